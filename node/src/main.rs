@@ -1,0 +1,5 @@
+//! The `herald` command.
+
+fn main() {
+    println!("herald");
+}

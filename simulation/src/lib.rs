@@ -1,0 +1,7 @@
+//! # herald-sim
+//!
+//! The APNs emulator (used by tests, the demo and the benchmarks) and, later, the
+//! deterministic cluster simulator.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
