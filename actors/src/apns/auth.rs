@@ -55,6 +55,12 @@ pub enum AuthError {
     /// must be replaced.
     #[error("provider token on this connection is too old; open a new connection")]
     TokenExhausted,
+    /// A provider token's text is not an ES256 JWT with `kid`, `iss` and `iat`.
+    #[error("provider token malformed: {0}")]
+    InvalidToken(String),
+    /// A provider token was offered to the minter of another key or team.
+    #[error("provider token belongs to another key or team")]
+    TokenKeyMismatch,
     /// The minting interval is outside 20–40 minutes.
     #[error("provider token interval {minutes} min is outside 20..=40 min")]
     InvalidInterval {

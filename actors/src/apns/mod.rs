@@ -2,11 +2,17 @@
 //! HTTP/2 connection that carries them.
 
 pub mod auth;
+pub mod certificate;
+pub mod provider_token;
 pub mod reason;
 pub mod request;
 pub mod response;
+pub mod tls;
 
 pub use auth::{AuthError, CertificateAuth, ConnectionAuth};
+pub use certificate::ClientIdentity;
+pub use provider_token::{ProviderToken, SigningKey, TokenConnectionAuth, TokenMinter};
 pub use reason::{Disposition, Reason, UnknownReason};
 pub use request::PreparedRequest;
 pub use response::{Delivery, Rejection, ResponseError, error_body, parse_response};
+pub use tls::{ApnsTlsConfig, TlsConfigError};
