@@ -14,7 +14,7 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use herald_actors::apns::{ConnectionAuth, SigningKey, TokenConnectionAuth, TokenMinter};
-//! use herald_actors::seams::{ManualClock, Timestamp};
+//! use herald_actors::seams::{Clock, ManualClock, Timestamp};
 //!
 //! # let p8 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
 //! // `p8` is the text of Apple's AuthKey_<key id>.p8.
@@ -26,7 +26,6 @@
 //! let header = auth.authorization(clock.now()).unwrap().unwrap();
 //! assert!(header.to_str().unwrap().starts_with("bearer "));
 //! assert_eq!(minter.minted_count(), 1);
-//! # use herald_actors::seams::Clock;
 //! ```
 
 use std::fmt;
@@ -420,13 +419,19 @@ impl TokenMinter {
 
 impl fmt::Debug for TokenMinter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.lock();
-        f.debug_struct("TokenMinter")
+        let mut debug = f.debug_struct("TokenMinter");
+        debug
             .field("key", &self.inner.key)
-            .field("interval", &self.inner.interval)
-            .field("cached", &state.cached)
-            .field("minted", &state.minted)
-            .finish()
+            .field("interval", &self.inner.interval);
+        // `try_lock`: formatting must never block or deadlock (e.g. inside a log line
+        // written while the lock is held).
+        match self.inner.state.try_lock() {
+            Ok(state) => debug
+                .field("cached", &state.cached)
+                .field("minted", &state.minted),
+            Err(_) => debug.field("state", &"<locked>"),
+        };
+        debug.finish()
     }
 }
 
