@@ -272,9 +272,14 @@ impl TokenMinter {
         if !(PROVIDER_TOKEN_MINT_INTERVAL_MIN..=PROVIDER_TOKEN_MINT_INTERVAL_MAX)
             .contains(&interval)
         {
-            return Err(AuthError::InvalidInterval {
-                minutes: interval.as_secs() / 60,
-            });
+            // Round away from the allowed range, so 40 min 1 s is not reported as "40 min".
+            let seconds = interval.as_secs();
+            let minutes = if interval > PROVIDER_TOKEN_MINT_INTERVAL_MAX {
+                seconds.div_ceil(60)
+            } else {
+                seconds / 60
+            };
+            return Err(AuthError::InvalidInterval { minutes });
         }
         Ok(TokenMinter {
             inner: Arc::new(MinterInner {

@@ -199,6 +199,8 @@ fn interval_outside_20_to_40_minutes_is_rejected() {
             good
         );
     }
+    let err = TokenMinter::new(key.clone(), clock.clone(), Duration::from_secs(40 * 60 + 1));
+    assert_eq!(err.unwrap_err(), AuthError::InvalidInterval { minutes: 41 });
     let default = TokenMinter::with_default_interval(key, clock);
     assert_eq!(default.interval(), PROVIDER_TOKEN_MINT_INTERVAL_DEFAULT);
 }
