@@ -10,3 +10,15 @@ pub use auth::{AuthError, CertificateAuth, ConnectionAuth};
 pub use reason::{Disposition, Reason, UnknownReason};
 pub use request::PreparedRequest;
 pub use response::{Delivery, Rejection, ResponseError, error_body, parse_response};
+pub mod headers;
+pub mod push_type;
+pub mod token;
+pub mod topic;
+
+pub use headers::{
+    ApnsId, ApnsIdError, ApnsIdStr, CollapseId, CollapseIdError, Expiration, ExpirationError,
+    Priority, PriorityError,
+};
+pub use push_type::{PushType, PushTypeError};
+pub use token::{DeviceToken, DeviceTokenError};
+pub use topic::{Topic, TopicError};
