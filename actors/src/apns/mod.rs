@@ -22,3 +22,9 @@ pub use headers::{
 pub use push_type::{PushType, PushTypeError};
 pub use token::{DeviceToken, DeviceTokenError};
 pub use topic::{Topic, TopicError};
+pub mod payload;
+
+pub use payload::{
+    Alert, AlertDictionary, Aps, CriticalSound, InterruptionLevel, LiveActivityEvent, Payload,
+    PayloadError, Sound,
+};
