@@ -28,3 +28,6 @@ pub use payload::{
     Alert, AlertDictionary, Aps, CriticalSound, InterruptionLevel, LiveActivityEvent, Payload,
     PayloadError, Sound,
 };
+pub mod notification;
+
+pub use notification::{DEVICE_PATH_PREFIX, Notification, NotificationBuilder, NotificationError};

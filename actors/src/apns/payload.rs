@@ -110,7 +110,7 @@ pub enum Alert {
     /// `"alert": "text"`: the body alone.
     Text(String),
     /// `"alert": {...}`: title, body, localisation keys and so on.
-    Dictionary(AlertDictionary),
+    Dictionary(Box<AlertDictionary>),
 }
 
 /// The `alert` dictionary. Build it with [`AlertDictionary::new`] and the setters.
@@ -581,7 +581,7 @@ impl From<String> for Alert {
 
 impl From<AlertDictionary> for Alert {
     fn from(dictionary: AlertDictionary) -> Self {
-        Alert::Dictionary(dictionary)
+        Alert::Dictionary(Box::new(dictionary))
     }
 }
 

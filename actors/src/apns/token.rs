@@ -67,7 +67,7 @@ impl DeviceToken {
             return Err(DeviceTokenError::NonHex { index, ch });
         }
         let len = hex.len();
-        if len % 2 != 0 {
+        if !len.is_multiple_of(2) {
             return Err(DeviceTokenError::OddLength { len });
         }
         if len < DEVICE_TOKEN_HEX_MIN {
