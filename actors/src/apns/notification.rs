@@ -9,8 +9,8 @@ use crate::apns::headers::{
     APNS_COLLAPSE_ID, APNS_EXPIRATION, APNS_ID, APNS_PRIORITY, APNS_PUSH_TYPE, APNS_TOPIC,
 };
 use crate::apns::{
-    ApnsId, CollapseId, DeviceToken, Expiration, Payload, PayloadError, PreparedRequest, Priority,
-    PushType, Topic,
+    ApnsId, CollapseId, DeviceToken, DeviceTokenError, Expiration, Payload, PayloadError,
+    PreparedRequest, Priority, PushType, Reason, Topic,
 };
 
 /// The path prefix of a device request: `/3/device/<hex token>`.
@@ -82,14 +82,12 @@ pub enum NotificationError {
         /// The push type given.
         push_type: PushType,
     },
-    /// Reading a request back: the path is not `/3/device/<valid token>`.
-    #[error("bad request path {path:?}: {detail}")]
-    BadPath {
-        /// The path given.
-        path: String,
-        /// What is wrong with it.
-        detail: String,
-    },
+    /// Reading a request back: the path is not `/3/device/<token>`.
+    #[error("bad request path {0:?}: expected {DEVICE_PATH_PREFIX}<device token>")]
+    BadPath(String),
+    /// Reading a request back: the token in the path is not a device token.
+    #[error("bad device token in path: {0}")]
+    BadDeviceToken(DeviceTokenError),
     /// Reading a request back: a required header is absent.
     #[error("missing header {0}")]
     MissingHeader(&'static str),
@@ -104,6 +102,45 @@ pub enum NotificationError {
         /// What is wrong with its value.
         detail: String,
     },
+}
+
+impl NotificationError {
+    /// The reason APNs gives for a request with this fault, when APNs documents one: what
+    /// an emulator answers, and what Herald saves itself from by validating first.
+    ///
+    /// `None` for faults APNs has no specific reason for: a payload that is not a JSON
+    /// object, and a topic whose suffix does not fit the push type (APNs' answer depends
+    /// on the certificate or key, so an emulator must decide).
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            NotificationError::MissingPayload | NotificationError::Payload(PayloadError::Empty) => {
+                Some(Reason::PayloadEmpty)
+            }
+            NotificationError::Payload(PayloadError::TooLarge { .. }) => {
+                Some(Reason::PayloadTooLarge)
+            }
+            NotificationError::Payload(_) | NotificationError::TopicMismatch { .. } => None,
+            NotificationError::PriorityNotAllowed { .. } => Some(Reason::BadPriority),
+            NotificationError::BadPath(_) => Some(Reason::BadPath),
+            NotificationError::BadDeviceToken(DeviceTokenError::TooShort { len: 0, .. }) => {
+                Some(Reason::MissingDeviceToken)
+            }
+            NotificationError::BadDeviceToken(_) => Some(Reason::BadDeviceToken),
+            NotificationError::DuplicateHeader(_) => Some(Reason::DuplicateHeaders),
+            NotificationError::MissingHeader(name) => Some(match *name {
+                "apns-topic" => Reason::MissingTopic,
+                _ => Reason::InvalidPushType,
+            }),
+            NotificationError::InvalidHeader { name, .. } => Some(match *name {
+                "apns-topic" => Reason::BadTopic,
+                "apns-priority" => Reason::BadPriority,
+                "apns-expiration" => Reason::BadExpirationDate,
+                "apns-collapse-id" => Reason::BadCollapseId,
+                "apns-id" => Reason::BadMessageId,
+                _ => Reason::InvalidPushType,
+            }),
+        }
+    }
 }
 
 impl Notification {
@@ -162,16 +199,10 @@ impl Notification {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Self, NotificationError> {
-        let hex =
-            path.strip_prefix(DEVICE_PATH_PREFIX)
-                .ok_or_else(|| NotificationError::BadPath {
-                    path: path.to_owned(),
-                    detail: format!("expected {DEVICE_PATH_PREFIX}<device token>"),
-                })?;
-        let device_token = DeviceToken::new(hex).map_err(|e| NotificationError::BadPath {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
+        let hex = path
+            .strip_prefix(DEVICE_PATH_PREFIX)
+            .ok_or_else(|| NotificationError::BadPath(path.to_owned()))?;
+        let device_token = DeviceToken::new(hex).map_err(NotificationError::BadDeviceToken)?;
         let push_type = header(headers, "apns-push-type")?
             .ok_or(NotificationError::MissingHeader("apns-push-type"))?;
         let topic =
@@ -664,12 +695,39 @@ mod tests {
                 ..
             })
         ));
-        for path in ["/3/device/", "/3/device/xyz", "/2/device/00", "/"] {
-            assert!(matches!(
-                Notification::from_parts(path, &request.headers, request.body.clone()),
-                Err(NotificationError::BadPath { .. })
-            ));
+        let reason = |path: &str, h: &HeaderMap| {
+            Notification::from_parts(path, h, request.body.clone())
+                .unwrap_err()
+                .reason()
+        };
+        assert_eq!(
+            reason("/3/device/", &request.headers),
+            Some(Reason::MissingDeviceToken)
+        );
+        assert_eq!(
+            reason("/3/device/xyz", &request.headers),
+            Some(Reason::BadDeviceToken)
+        );
+        assert_eq!(
+            reason("/2/device/00", &request.headers),
+            Some(Reason::BadPath)
+        );
+        assert_eq!(reason("/", &request.headers), Some(Reason::BadPath));
+        for (name, value, expected) in [
+            ("apns-topic", "bad topic", Reason::BadTopic),
+            ("apns-priority", "7", Reason::BadPriority),
+            ("apns-expiration", "-1", Reason::BadExpirationDate),
+            ("apns-collapse-id", "", Reason::BadCollapseId),
+            ("apns-id", "nope", Reason::BadMessageId),
+            ("apns-push-type", "sms", Reason::InvalidPushType),
+        ] {
+            let mut h = request.headers.clone();
+            h.insert(name, HeaderValue::from_static(value));
+            assert_eq!(reason(&request.path, &h), Some(expected), "{name}");
         }
+        let mut h = request.headers.clone();
+        h.remove("apns-topic");
+        assert_eq!(reason(&request.path, &h), Some(Reason::MissingTopic));
     }
 
     #[test]
