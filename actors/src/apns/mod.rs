@@ -2,32 +2,29 @@
 //! HTTP/2 connection that carries them.
 
 pub mod auth;
+pub mod headers;
+pub mod notification;
+pub mod payload;
+pub mod push_type;
 pub mod reason;
 pub mod request;
 pub mod response;
-
-pub use auth::{AuthError, CertificateAuth, ConnectionAuth};
-pub use reason::{Disposition, Reason, UnknownReason};
-pub use request::PreparedRequest;
-pub use response::{Delivery, Rejection, ResponseError, error_body, parse_response};
-pub mod headers;
-pub mod push_type;
 pub mod token;
 pub mod topic;
 
+pub use auth::{AuthError, CertificateAuth, ConnectionAuth};
 pub use headers::{
     ApnsId, ApnsIdError, ApnsIdStr, CollapseId, CollapseIdError, Expiration, ExpirationError,
     Priority, PriorityError,
 };
-pub use push_type::{PushType, PushTypeError};
-pub use token::{DeviceToken, DeviceTokenError};
-pub use topic::{Topic, TopicError};
-pub mod payload;
-
+pub use notification::{DEVICE_PATH_PREFIX, Notification, NotificationBuilder, NotificationError};
 pub use payload::{
     Alert, AlertDictionary, Aps, CriticalSound, InterruptionLevel, LiveActivityEvent, Payload,
     PayloadError, Sound,
 };
-pub mod notification;
-
-pub use notification::{DEVICE_PATH_PREFIX, Notification, NotificationBuilder, NotificationError};
+pub use push_type::{PushType, PushTypeError};
+pub use reason::{Disposition, Reason, UnknownReason};
+pub use request::PreparedRequest;
+pub use response::{Delivery, Rejection, ResponseError, error_body, parse_response};
+pub use token::{DeviceToken, DeviceTokenError};
+pub use topic::{Topic, TopicError};
