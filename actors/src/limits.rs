@@ -53,7 +53,8 @@ const _: () = assert!(PAYLOAD_BYTES_MAX < PAYLOAD_VOIP_BYTES_MAX);
 const _: () = assert!(DEVICE_TOKEN_HEX_MIN < DEVICE_TOKEN_HEX_MAX);
 const _: () = assert!(
     PROVIDER_TOKEN_MINT_INTERVAL_MIN.as_secs() <= PROVIDER_TOKEN_MINT_INTERVAL_DEFAULT.as_secs()
-        && PROVIDER_TOKEN_MINT_INTERVAL_DEFAULT.as_secs() <= PROVIDER_TOKEN_MINT_INTERVAL_MAX.as_secs()
+        && PROVIDER_TOKEN_MINT_INTERVAL_DEFAULT.as_secs()
+            <= PROVIDER_TOKEN_MINT_INTERVAL_MAX.as_secs()
 );
 // A connection starts on a token at most M old and keeps it 20 min: M + 20 ≤ 60.
 const _: () = assert!(
