@@ -2,6 +2,7 @@
 //! HTTP/2 connection that carries them.
 
 pub mod auth;
+pub mod http2;
 pub mod reason;
 pub mod request;
 pub mod response;
