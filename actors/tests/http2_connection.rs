@@ -616,20 +616,13 @@ async fn server_lowering_its_stream_limit_is_followed() {
                                     violations.fetch_add(1, Ordering::SeqCst);
                                 }
                             }
-                            let (open, answered, send) = (open.clone(), answered.clone(), send);
-                            let stream = f.stream;
-                            let write_half = write_half.clone();
+                            let (open, answered) = (open.clone(), answered.clone());
+                            let answer = send(ok_headers(f.stream));
                             tokio::spawn(async move {
                                 tokio::time::sleep(Duration::from_millis(20)).await;
-                                let mut w = write_half.lock().await;
                                 open.fetch_sub(1, Ordering::SeqCst);
                                 answered.fetch_add(1, Ordering::SeqCst);
-                                let _ = tokio::io::AsyncWriteExt::write_all(
-                                    &mut *w,
-                                    &ok_headers(stream),
-                                )
-                                .await;
-                                let _ = send;
+                                answer.await;
                             });
                         }
                         _ => {}
@@ -653,4 +646,68 @@ async fn server_lowering_its_stream_limit_is_followed() {
     assert_eq!(connection.stream_limit(), 2);
     assert_eq!(violations.load(Ordering::SeqCst), 0);
     assert!(max_after.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_closes_the_connection() {
+    let server = TestServer::start(ServerOptions::new(|_| Reply::ok())).await;
+    let clock = Arc::new(ManualClock::default());
+    let (connection, driver) = within(
+        5,
+        connect(
+            server.config(),
+            &TcpConnector,
+            Box::new(CertificateAuth::new("T")),
+            clock,
+        ),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let other = connection.clone();
+    within(5, other.send(&request("a"))).await.unwrap();
+    drop(connection);
+    assert!(matches!(other.state(), ConnectionState::Ready(_)));
+    drop(other);
+    assert_eq!(within(5, driver).await.unwrap(), CloseReason::Requested);
+}
+
+/// Paused time over in-memory links (the simulator's setting): the default 60 s PING
+/// interval and 10 s timeout elapse in virtual time.
+#[tokio::test(start_paused = true)]
+async fn ping_keepalive_runs_on_paused_time() {
+    let mut options = ServerOptions::new(|_| Reply::ok());
+    options.tls = false;
+    let live = DuplexConnector::new(options);
+    let clock = Arc::new(ManualClock::default());
+    let config = ConnectionConfig::new("sim.apns", 443, None);
+    let (connection, driver) = connect(
+        config.clone(),
+        &live,
+        Box::new(CertificateAuth::new("T")),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(driver.run());
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(matches!(connection.state(), ConnectionState::Ready(_)));
+    connection.send(&request("a")).await.unwrap();
+
+    let mut options = ServerOptions::new(|_| Reply::ok());
+    options.tls = false;
+    options.script = Script::DeadAfterHandshake;
+    let dead = DuplexConnector::new(options);
+    let start = Instant::now();
+    let (connection, driver) = connect(config, &dead, Box::new(CertificateAuth::new("T")), clock)
+        .await
+        .unwrap();
+    tokio::spawn(driver.run());
+    assert_eq!(connection.closed().await, CloseReason::PingTimeout);
+    let elapsed = start.elapsed();
+    let expected = herald_actors::limits::PING_INTERVAL + herald_actors::limits::PING_TIMEOUT;
+    assert!(
+        elapsed >= expected && elapsed < expected + Duration::from_secs(1),
+        "{elapsed:?}"
+    );
 }

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use herald_actors::apns::http2::{ConnectionConfig, TlsSettings};
 use herald_actors::apns::{AuthError, ConnectionAuth, PreparedRequest, Reason};
-use herald_actors::seams::Timestamp;
+use herald_actors::seams::{BoxFuture, BoxStream, Connector, Timestamp};
 
 /// What the server does with one request.
 #[derive(Debug, Clone)]
@@ -223,23 +223,58 @@ async fn serve_connection(
         tokio::time::sleep(Duration::from_secs(60)).await;
         return;
     }
-    let mut builder = h2::server::Builder::new();
-    if let Some(max) = options.max_concurrent_streams {
-        builder.max_concurrent_streams(max);
-    }
     if options.tls {
         let Ok(tls) = acceptor.accept(tcp).await else {
             return;
         };
-        let Ok(conn) = builder.handshake::<_, Bytes>(tls).await else {
-            return;
-        };
-        run_h2(conn, options, stats).await;
+        serve_h2(tls, options, stats).await;
     } else {
-        let Ok(conn) = builder.handshake::<_, Bytes>(tcp).await else {
-            return;
-        };
-        run_h2(conn, options, stats).await;
+        serve_h2(tcp, options, stats).await;
+    }
+}
+
+/// HTTP/2 (no TLS) over any byte stream.
+async fn serve_h2<T>(io: T, options: Arc<ServerOptions>, stats: Arc<Stats>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = h2::server::Builder::new();
+    if let Some(max) = options.max_concurrent_streams {
+        builder.max_concurrent_streams(max);
+    }
+    let Ok(conn) = builder.handshake::<_, Bytes>(io).await else {
+        return;
+    };
+    run_h2(conn, options, stats).await;
+}
+
+/// A [`Connector`] whose streams are in-memory pipes to an in-process h2 server
+/// (plaintext): the shape of the simulator's links, usable under paused time.
+pub struct DuplexConnector {
+    pub options: Arc<ServerOptions>,
+    pub stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for DuplexConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DuplexConnector")
+    }
+}
+
+impl DuplexConnector {
+    pub fn new(options: ServerOptions) -> DuplexConnector {
+        DuplexConnector {
+            options: Arc::new(options),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+}
+
+impl Connector for DuplexConnector {
+    fn connect<'a>(&'a self, _host: &'a str, _port: u16) -> BoxFuture<'a, io::Result<BoxStream>> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve_h2(server, self.options.clone(), self.stats.clone()));
+        Box::pin(async move { Ok(Box::new(client) as BoxStream) })
     }
 }
 
@@ -253,7 +288,7 @@ async fn run_h2<T>(
     if options.script == Script::DeadAfterHandshake {
         // Hold the connection without polling it: nothing is read or answered.
         let _held = conn;
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
         return;
     }
     let mut accepted_here = 0;
