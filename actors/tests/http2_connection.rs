@@ -27,6 +27,16 @@ async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
         .expect("test step timed out")
 }
 
+/// Wait (bounded) until `condition` holds.
+async fn wait_until(mut condition: impl FnMut() -> bool) {
+    within(5, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 async fn open_with(config: ConnectionConfig, auth: impl ConnectionAuth) -> ApnsConnection {
     let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_700_000_000)));
     let (connection, driver) = within(5, connect(config, &TcpConnector, Box::new(auth), clock))
@@ -467,7 +477,7 @@ async fn stream_wait_is_bounded() {
         let connection = connection.clone();
         tokio::spawn(async move { connection.send(&request("a")).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until(|| connection.in_flight() == 1).await;
     let error = within(5, connection.send(&request("b"))).await.unwrap_err();
     assert_eq!(
         error,
@@ -548,7 +558,7 @@ async fn plaintext_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_close_finishes_in_flight_requests() {
     let server = TestServer::start(ServerOptions::new(|_| {
-        Reply::ok_after(Duration::from_millis(100))
+        Reply::ok_after(Duration::from_millis(300))
     }))
     .await;
     let connection = open(server.config()).await;
@@ -557,8 +567,9 @@ async fn graceful_close_finishes_in_flight_requests() {
         let connection = connection.clone();
         tokio::spawn(async move { send_all(&connection, 5).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until(|| server.stats.current.load(Ordering::SeqCst) == 5).await;
     connection.close();
+    assert!(matches!(connection.state(), ConnectionState::Draining(_)));
     let error = within(5, connection.send(&request("late")))
         .await
         .unwrap_err();
