@@ -722,3 +722,56 @@ async fn ping_keepalive_runs_on_paused_time() {
         "{elapsed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_above_go_away_last_stream_id_are_reported_unprocessed() {
+    // Raw server: answer the warm-up (stream 1), take three more streams (3, 5, 7), then
+    // GOAWAY(last = 3) and answer stream 3 only.
+    let (addr, _server) = raw_server(|mut tcp| async move {
+        write(&mut tcp, &settings_max_streams(10)).await;
+        let mut streams = Vec::new();
+        while let Ok(f) = read_frame(&mut tcp).await {
+            match f.kind {
+                FRAME_SETTINGS if f.flags & FLAG_ACK == 0 => {
+                    write(&mut tcp, &frame(FRAME_SETTINGS, FLAG_ACK, 0, &[])).await;
+                }
+                FRAME_HEADERS if f.stream == 1 => write(&mut tcp, &ok_headers(1)).await,
+                FRAME_HEADERS => {
+                    streams.push(f.stream);
+                    if streams.len() == 3 {
+                        write(&mut tcp, &go_away(3, 0, br#"{"reason":"Shutdown"}"#)).await;
+                        write(&mut tcp, &ok_headers(3)).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let mut config = ConnectionConfig::new("127.0.0.1", addr.port(), None);
+    short_bounds(&mut config);
+    let connection = open(config).await;
+    within(5, connection.send(&request("warm"))).await.unwrap();
+    wait_until(|| connection.stream_limit() == 10).await;
+    let results = send_all(&connection, 3).await;
+    let answered = results.iter().filter(|(_, r)| r.is_ok()).count();
+    let cut_off: Vec<_> = results
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Err(SendError::GoAway(info)) => Some(info.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answered, 1, "{results:?}");
+    assert_eq!(cut_off.len(), 2, "{results:?}");
+    for info in &cut_off {
+        assert_eq!(info.last_stream_id, 3);
+        assert_eq!(info.apns_reason(), Some(Reason::Shutdown));
+        assert!(!SendError::GoAway(info.clone()).was_sent());
+    }
+    let reason = within(5, connection.closed()).await;
+    assert!(
+        matches!(reason, CloseReason::GoAway(ref info) if info.last_stream_id == 3),
+        "{reason}"
+    );
+}
