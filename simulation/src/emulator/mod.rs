@@ -610,10 +610,7 @@ impl Shared {
         let mut st = self.lock();
         let cert_topic = ctx.identity.as_ref().and_then(|i| i.topic.as_deref());
         let allowed = cert_topic == Some(bundle.as_str())
-            || st
-                .bundles
-                .get(&team)
-                .is_some_and(|b| b.contains(&bundle));
+            || st.bundles.get(&team).is_some_and(|b| b.contains(&bundle));
         if !allowed {
             return Err(plain(Reason::TopicDisallowed));
         }
