@@ -38,6 +38,20 @@ pub struct FaultProfile {
     pub slow_response_ms: u64,
 }
 
+impl FaultProfile {
+    /// Parse a fault profile from TOML (the `[faults]` table's contents).
+    pub fn from_toml(text: &str) -> Result<Self, super::EmulatorError> {
+        toml::from_str(text).map_err(|e| super::EmulatorError::Config(e.to_string()))
+    }
+
+    /// Read a fault profile from a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, super::EmulatorError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| super::EmulatorError::Config(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+}
+
 /// A latency distribution (delay before each response).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case")]
