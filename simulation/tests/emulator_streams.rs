@@ -26,6 +26,74 @@ fn request_headers(path: &str) -> Vec<u8> {
     block
 }
 
+/// Connect, exchange SETTINGS (acknowledging the server's), return the socket.
+async fn raw_connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    tcp.write_all(&out).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() >= 9 && buf[3] == 0x4 && buf[4] == 0 {
+            break;
+        }
+    }
+    tcp.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap();
+    tcp
+}
+
+/// Read frames until one of `kind` arrives; return its payload.
+async fn read_until(tcp: &mut tokio::net::TcpStream, kind: u8) -> Vec<u8> {
+    let mut buf = Vec::new();
+    loop {
+        while buf.len() >= 9 {
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..9 + len).collect();
+            if frame[3] == kind {
+                return frame[9..].to_vec();
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed before frame type {kind}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn goaway_carries_a_json_reason() {
+    let s = setup(|c| {
+        c.tls.mode = TlsMode::Plaintext;
+        c.faults.goaway_after_streams = Some(1);
+    })
+    .await;
+    let mut tcp = raw_connect(s.emulator.addr()).await;
+    let path = format!("/3/device/{TOKEN}");
+    // END_HEADERS | END_STREAM: an empty request (answered 403), which triggers the GOAWAY.
+    tcp.write_all(&frame(0x1, 0x5, 1, &request_headers(&path)))
+        .await
+        .unwrap();
+    let payload = read_until(&mut tcp, 0x7).await;
+    assert_eq!(&payload[4..8], &[0, 0, 0, 0], "NO_ERROR");
+    assert_eq!(&payload[8..], br#"{"reason":"Shutdown"}"#);
+    drop(tcp); // (h2's graceful close waits for a PING answer a raw client never sends)
+    s.emulator.shutdown().await;
+}
+
 #[tokio::test]
 async fn streams_beyond_the_limit_are_counted() {
     let s = setup(|c| {

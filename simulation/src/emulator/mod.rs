@@ -432,6 +432,8 @@ pub(crate) struct ConnCounters {
     pub(crate) accepted: AtomicU64,
     pub(crate) violations: AtomicU64,
     pub(crate) open: AtomicBool,
+    /// The reason to put in the debug data of this connection's GOAWAY frames.
+    pub(crate) goaway_reason: Mutex<Option<Reason>>,
 }
 
 impl ConnCounters {

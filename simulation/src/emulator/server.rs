@@ -150,9 +150,15 @@ async fn run_connection<S>(
     let mut closing = false;
     let mut last_activity = Instant::now();
     let mut tasks = JoinSet::new();
-    let go_away = |conn: &mut h2::server::Connection<_, Bytes>, closing: &mut bool| {
+    let go_away = |conn: &mut h2::server::Connection<_, Bytes>,
+                   closing: &mut bool,
+                   reason: Option<Reason>| {
         if !*closing {
             *closing = true;
+            *counters
+                .goaway_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = reason;
             conn.graceful_shutdown();
             shared.count(Counted::GoAway);
         }
@@ -160,11 +166,14 @@ async fn run_connection<S>(
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.changed(), if !closing => go_away(&mut conn, &mut closing),
-            _ = settings.changed(), if !closing => go_away(&mut conn, &mut closing),
+            _ = shutdown.changed(), if !closing => {
+                go_away(&mut conn, &mut closing, Some(Reason::Shutdown));
+            }
+            // A new stream limit: no reason, the client just reconnects.
+            _ = settings.changed(), if !closing => go_away(&mut conn, &mut closing, None),
             _ = &mut goaway_timer, if timer_armed && !closing => {
                 timer_armed = false;
-                go_away(&mut conn, &mut closing);
+                go_away(&mut conn, &mut closing, Some(Reason::Shutdown));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             next = conn.accept() => {
@@ -196,13 +205,13 @@ async fn run_connection<S>(
                     let apns_id = plan.generated_id.hyphenated().to_string().to_uppercase();
                     let answer = shared.reject(Reason::IdleTimeout, None, apns_id);
                     tasks.spawn(send_answer(respond, answer, Duration::ZERO));
-                    go_away(&mut conn, &mut closing);
+                    go_away(&mut conn, &mut closing, Some(Reason::IdleTimeout));
                     continue;
                 }
                 streams += 1;
                 tasks.spawn(handle_stream(shared.clone(), ctx.clone(), request, respond, plan));
                 if profile.goaway_after_streams.is_some_and(|n| streams >= n) {
-                    go_away(&mut conn, &mut closing);
+                    go_away(&mut conn, &mut closing, Some(Reason::Shutdown));
                 }
             }
         }
@@ -273,9 +282,16 @@ async fn send_answer(
 /// A transport wrapper that reads HTTP/2 frame headers in both directions to count
 /// streams on the wire: how many were open at once, and how many the client opened
 /// beyond the advertised `SETTINGS_MAX_CONCURRENT_STREAMS` once it had acknowledged it.
+///
+/// It also adds APNs-style JSON debug data (`{"reason":"Shutdown"}`) to the GOAWAY frames
+/// h2 writes, which h2's server API cannot do: outgoing bytes are copied into `pending`
+/// with GOAWAY frames lengthened, and `pending` is written out before anything else.
 #[derive(Debug)]
 struct Sniffer<S> {
     inner: S,
+    pending: Vec<u8>,
+    /// Debug data still to append once the current GOAWAY frame's payload has passed.
+    trailer: Option<Vec<u8>>,
     counters: Arc<ConnCounters>,
     client: FrameReader,
     server: FrameReader,
@@ -293,6 +309,8 @@ const FRAME_HEADERS: u8 = 0x1;
 const FRAME_RST_STREAM: u8 = 0x3;
 const FRAME_SETTINGS: u8 = 0x4;
 const FRAME_GOAWAY: u8 = 0x7;
+/// A GOAWAY without debug data: last stream id and error code.
+const GOAWAY_PAYLOAD_LEN: usize = 8;
 const FLAG_END_STREAM: u8 = 0x1;
 const FLAG_ACK: u8 = 0x1;
 
@@ -352,6 +370,8 @@ impl<S> Sniffer<S> {
     fn new(inner: S, counters: Arc<ConnCounters>) -> Self {
         Sniffer {
             inner,
+            pending: Vec::new(),
+            trailer: None,
             counters,
             client: FrameReader::new(CLIENT_PREFACE_LEN),
             server: FrameReader::new(0),
@@ -438,6 +458,90 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffer<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> Sniffer<S> {
+    /// Write out `pending`; Ready once it is empty.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Copy outgoing bytes into `pending`, parsing frames and extending GOAWAY frames.
+    fn transform(&mut self, mut bytes: &[u8]) {
+        let mut frames = Vec::new();
+        let reader = &mut self.server;
+        while !bytes.is_empty() {
+            if reader.skip > 0 {
+                let n = reader.skip.min(bytes.len());
+                self.pending.extend_from_slice(&bytes[..n]);
+                reader.skip -= n;
+                bytes = &bytes[n..];
+                if reader.skip == 0
+                    && let Some(trailer) = self.trailer.take()
+                {
+                    self.pending.extend_from_slice(&trailer);
+                }
+                continue;
+            }
+            let n = (FRAME_HEADER_LEN - reader.filled).min(bytes.len());
+            reader.header[reader.filled..reader.filled + n].copy_from_slice(&bytes[..n]);
+            reader.filled += n;
+            bytes = &bytes[n..];
+            if reader.filled < FRAME_HEADER_LEN {
+                continue;
+            }
+            reader.filled = 0;
+            let mut h = reader.header;
+            let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            let kind = h[3];
+            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7FFF_FFFF;
+            let mut trailer = None;
+            if kind == FRAME_GOAWAY && len == GOAWAY_PAYLOAD_LEN {
+                let reason = *self
+                    .counters
+                    .goaway_reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(reason) = reason {
+                    let data = serde_json::json!({ "reason": reason.as_str() }).to_string();
+                    let new_len = len + data.len();
+                    h[0] = (new_len >> 16) as u8;
+                    h[1] = (new_len >> 8) as u8;
+                    h[2] = new_len as u8;
+                    trailer = Some(data.into_bytes());
+                }
+            }
+            self.pending.extend_from_slice(&h);
+            reader.skip = len;
+            if len == 0 {
+                if let Some(t) = trailer {
+                    self.pending.extend_from_slice(&t);
+                }
+            } else {
+                self.trailer = trailer;
+            }
+            frames.push(FrameHeader {
+                kind,
+                flags: h[4],
+                stream,
+            });
+        }
+        for f in frames {
+            self.server_frame(f);
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -445,22 +549,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result {
-            let mut frames = Vec::new();
-            this.server.feed(&buf[..n], |f| frames.push(f));
-            for f in frames {
-                this.server_frame(f);
-            }
+        // Take new bytes only once the previous ones are out: at most one write is buffered.
+        std::task::ready!(this.poll_pending(cx))?;
+        this.transform(buf);
+        // Start writing now; whatever is left goes out on the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
+            return Poll::Ready(Err(e));
         }
-        result
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
