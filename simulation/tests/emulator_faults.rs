@@ -133,14 +133,16 @@ async fn error_rates_and_bursts() {
     }
     assert_eq!(s.emulator.accepted_count(), 0);
 
-    s.emulator.set_faults(FaultProfile {
-        bursts: vec![Burst {
-            reason: "Shutdown".parse().unwrap(),
-            requests: Some(2),
-            duration_ms: None,
-        }],
-        ..FaultProfile::default()
-    });
+    s.emulator
+        .set_faults(FaultProfile {
+            bursts: vec![Burst {
+                reason: "Shutdown".parse().unwrap(),
+                requests: Some(2),
+                duration_ms: None,
+            }],
+            ..FaultProfile::default()
+        })
+        .unwrap();
     for _ in 0..2 {
         let a = client.push(&refs(&alert_headers(&b))).await;
         assert_eq!((a.status, a.reason.as_deref()), (503, Some("Shutdown")));
@@ -148,14 +150,16 @@ async fn error_rates_and_bursts() {
     assert_eq!(client.push(&refs(&alert_headers(&b))).await.status, 200);
 
     // A timed burst ends by the emulator's clock.
-    s.emulator.set_faults(FaultProfile {
-        bursts: vec![Burst {
-            reason: "InternalServerError".parse().unwrap(),
-            requests: None,
-            duration_ms: Some(10_000),
-        }],
-        ..FaultProfile::default()
-    });
+    s.emulator
+        .set_faults(FaultProfile {
+            bursts: vec![Burst {
+                reason: "InternalServerError".parse().unwrap(),
+                requests: None,
+                duration_ms: Some(10_000),
+            }],
+            ..FaultProfile::default()
+        })
+        .unwrap();
     assert_eq!(client.push(&refs(&alert_headers(&b))).await.status, 500);
     s.clock.advance(Duration::from_secs(11));
     assert_eq!(client.push(&refs(&alert_headers(&b))).await.status, 200);
@@ -187,10 +191,12 @@ async fn refused_streams_and_dropped_connections() {
     assert_eq!(s.emulator.stats().refused_streams, 1);
     assert_eq!(s.emulator.accepted_count(), 0);
 
-    s.emulator.set_faults(FaultProfile {
-        connection_drop_rate: 1.0,
-        ..FaultProfile::default()
-    });
+    s.emulator
+        .set_faults(FaultProfile {
+            connection_drop_rate: 1.0,
+            ..FaultProfile::default()
+        })
+        .unwrap();
     let dropped = client
         .request(
             "POST",
@@ -231,10 +237,12 @@ async fn goaway_after_n_streams_and_idle_timeout() {
     let fresh = Client::connect(&s.emulator).await;
     assert_eq!(fresh.push(&refs(&alert_headers(&b))).await.status, 200);
 
-    s.emulator.set_faults(FaultProfile {
-        idle_timeout_ms: Some(50),
-        ..FaultProfile::default()
-    });
+    s.emulator
+        .set_faults(FaultProfile {
+            idle_timeout_ms: Some(50),
+            ..FaultProfile::default()
+        })
+        .unwrap();
     let idle = Client::connect(&s.emulator).await;
     assert_eq!(idle.push(&refs(&alert_headers(&b))).await.status, 200);
     tokio::time::sleep(Duration::from_millis(120)).await;
@@ -350,6 +358,8 @@ async fn admin_endpoint() {
     assert_eq!(admin(&s, "DELETE", "/record", "").await.0, 204);
     assert_eq!(s.emulator.accepted_count(), 0);
     assert_eq!(admin(&s, "PUT", "/faults", "not json").await.0 / 100, 4);
+    let bad_rate = r#"{"refused_stream_rate": 1.5}"#;
+    assert_eq!(admin(&s, "PUT", "/faults", bad_rate).await.0, 422);
     s.emulator.shutdown().await;
 }
 
@@ -406,4 +416,33 @@ async fn same_seed_same_answers_and_record() {
     assert!(a1.iter().any(|l| l.starts_with("reset")));
     let (a3, _) = run(43).await;
     assert_ne!(a1, a3, "another seed, other answers");
+}
+
+#[tokio::test]
+async fn latency_and_periodic_goaway() {
+    let s = setup(|c| {
+        c.faults = FaultProfile {
+            latency: Latency::Fixed { ms: 100 },
+            goaway_every_ms: Some(300),
+            ..FaultProfile::default()
+        }
+    })
+    .await;
+    let b = bearer(&s);
+    let client = Client::connect(&s.emulator).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(client.push(&refs(&alert_headers(&b))).await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.emulator.stats().goaways, 1);
+    let after = client
+        .request(
+            "POST",
+            &format!("/3/device/{TOKEN}"),
+            &refs(&alert_headers(&b)),
+            PAYLOAD,
+        )
+        .await;
+    assert!(after.is_err(), "{after:?}");
+    s.emulator.shutdown().await;
 }

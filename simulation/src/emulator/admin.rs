@@ -90,8 +90,10 @@ async fn set_faults(
     State(core): State<EmulatorCore>,
     Json(profile): Json<FaultProfile>,
 ) -> StatusCode {
-    core.set_faults(profile);
-    StatusCode::NO_CONTENT
+    match core.set_faults(profile) {
+        Ok(()) => StatusCode::NO_CONTENT,
+        Err(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    }
 }
 
 async fn set_devices(

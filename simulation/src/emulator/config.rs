@@ -118,6 +118,18 @@ impl EmulatorConfig {
         Self::from_toml(&text)
     }
 
+    /// A demo configuration: the defaults plus one team (`DEMOTEAM01`, bundle
+    /// `com.example.herald`) with a freshly generated key, returned for the provider.
+    pub fn demo() -> Result<(Self, GeneratedKey), EmulatorError> {
+        let (team, key) =
+            TeamConfig::generate("DEMOTEAM01", "DEMOKEY001", &["com.example.herald"])?;
+        let config = EmulatorConfig {
+            teams: vec![team],
+            ..EmulatorConfig::default()
+        };
+        Ok((config, key))
+    }
+
     /// A configuration listening in plaintext HTTP/2 (h2c, prior knowledge).
     pub fn plaintext() -> Self {
         EmulatorConfig {

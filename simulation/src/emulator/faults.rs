@@ -41,7 +41,33 @@ pub struct FaultProfile {
 impl FaultProfile {
     /// Parse a fault profile from TOML (the `[faults]` table's contents).
     pub fn from_toml(text: &str) -> Result<Self, super::EmulatorError> {
-        toml::from_str(text).map_err(|e| super::EmulatorError::Config(e.to_string()))
+        let profile: FaultProfile =
+            toml::from_str(text).map_err(|e| super::EmulatorError::Config(e.to_string()))?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// Check that every rate is a probability (finite, within 0..=1).
+    pub fn validate(&self) -> Result<(), super::EmulatorError> {
+        let rates = [
+            ("too_many_requests_rate", self.too_many_requests_rate),
+            (
+                "internal_server_error_rate",
+                self.internal_server_error_rate,
+            ),
+            ("service_unavailable_rate", self.service_unavailable_rate),
+            ("refused_stream_rate", self.refused_stream_rate),
+            ("connection_drop_rate", self.connection_drop_rate),
+            ("slow_response_rate", self.slow_response_rate),
+        ];
+        for (name, rate) in rates {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(super::EmulatorError::Config(format!(
+                    "faults.{name} = {rate} is not a probability in 0..=1"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Read a fault profile from a TOML file.
@@ -89,7 +115,7 @@ impl Latency {
     pub(crate) fn draw(self, rng: &mut DetRng) -> Duration {
         let between = |rng: &mut DetRng, lo: u64, hi: u64| {
             let (lo, hi) = (lo.min(hi), lo.max(hi));
-            lo + rng.below(hi - lo + 1)
+            lo + rng.below((hi - lo).saturating_add(1))
         };
         let ms = match self {
             Latency::None => 0,
@@ -185,7 +211,7 @@ impl ActiveFaults {
         let drop_connection = rng.chance(p.connection_drop_rate);
         let mut delay = p.latency.draw(rng);
         if rng.chance(p.slow_response_rate) {
-            delay += Duration::from_millis(p.slow_response_ms);
+            delay = delay.saturating_add(Duration::from_millis(p.slow_response_ms));
         }
         let r429 = rng.chance(p.too_many_requests_rate);
         let r500 = rng.chance(p.internal_server_error_rate);

@@ -200,6 +200,12 @@ impl std::ops::Deref for Emulator {
 impl EmulatorCore {
     /// Build the emulator state from `config` (listener settings are ignored).
     pub fn new(config: &EmulatorConfig, clock: SharedClock) -> Result<EmulatorCore, EmulatorError> {
+        config.faults.validate()?;
+        if config.max_concurrent_streams == 0 {
+            return Err(EmulatorError::Config(
+                "max_concurrent_streams must be at least 1".into(),
+            ));
+        }
         let mut keys = KeyStore::new();
         let mut bundles = BTreeMap::new();
         for team in &config.teams {
@@ -347,10 +353,13 @@ impl EmulatorCore {
         self.shared.lock().registry.rate_limit = limit;
     }
 
-    /// Replace the fault profile (bursts start now, by the emulator's clock).
-    pub fn set_faults(&self, profile: FaultProfile) {
+    /// Replace the fault profile (bursts start now, by the emulator's clock). Fails, leaving
+    /// the profile unchanged, if a rate is not a probability.
+    pub fn set_faults(&self, profile: FaultProfile) -> Result<(), EmulatorError> {
+        profile.validate()?;
         let now = self.shared.clock.now();
         self.shared.lock().faults = ActiveFaults::new(profile, now);
+        Ok(())
     }
 
     /// The fault profile in force.

@@ -142,7 +142,7 @@ async fn run_connection<S>(
     let profile = shared.fault_profile();
     let goaway_at = profile
         .goaway_every_ms
-        .map(|ms| Instant::now() + Duration::from_millis(ms.max(1)));
+        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms.max(1))));
     let goaway_timer = tokio::time::sleep_until(goaway_at.unwrap_or_else(Instant::now));
     tokio::pin!(goaway_timer);
     let mut timer_armed = goaway_at.is_some();
