@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rustls::pki_types::ServerName;
 
 use crate::pusher::{Pusher, PusherConfig, run_all};
+use crate::summary::Summary;
 
 /// The demo's knobs (all have defaults: `herald demo` needs no flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -43,8 +44,11 @@ pub struct DemoArgs {
 const TEAM_ID: &str = "HERALDDEMO";
 const BUNDLE_ID: &str = "com.example.herald";
 
-/// Run the demo and print its summary.
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// Run the demo, print its summary and return it.
+///
+/// Fails if the emulator's record of accepted notifications disagrees with the number
+/// reported delivered (a lost or duplicated push).
+pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let clock: SharedClock = Arc::new(SystemClock);
     let mut rng = DetRng::from_seed(args.seed);
 
@@ -195,5 +199,5 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "the emulator accepted {accepted} notifications but {} were reported delivered",
         summary.delivered
     );
-    Ok(())
+    Ok(summary)
 }

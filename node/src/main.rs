@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)).map(drop),
         Command::Emulator(args) => runtime()?.block_on(emulator_cmd::run(args)),
         Command::Bench(command) => bench::run(command),
     }
