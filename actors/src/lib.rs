@@ -17,3 +17,4 @@
 pub mod apns;
 pub mod limits;
 pub mod seams;
+pub mod wal;

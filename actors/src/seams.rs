@@ -265,6 +265,9 @@ mod tests {
         assert_eq!(clock.now().as_secs(), 100);
         clock.advance(Duration::from_millis(1500));
         assert_eq!(clock.now().as_millis(), 101_500);
-        assert_eq!(clock.now().since(Timestamp::from_secs(100)), Duration::from_millis(1500));
+        assert_eq!(
+            clock.now().since(Timestamp::from_secs(100)),
+            Duration::from_millis(1500)
+        );
     }
 }

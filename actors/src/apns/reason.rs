@@ -308,6 +308,9 @@ mod tests {
         assert_eq!(Reason::IdleTimeout.status(), 400);
         assert!(Reason::IdleTimeout.is_retryable());
         assert!(!Reason::BadTopic.is_retryable());
-        assert_eq!(Reason::Unregistered.disposition(), Disposition::Unregistered);
+        assert_eq!(
+            Reason::Unregistered.disposition(),
+            Disposition::Unregistered
+        );
     }
 }
