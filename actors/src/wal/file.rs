@@ -1,27 +1,4 @@
 //! [`FileWal`]: a durable WAL in one redb file.
-//!
-//! # Layout
-//!
-//! One redb database holds two tables:
-//! - `herald_wal_records`: sequence number (`u64`, increasing in append order) → record,
-//!   encoded as `id (16 bytes, big-endian) ‖ shard (4 bytes, big-endian) ‖ payload`;
-//! - `herald_wal_meta`: `"format"` → the layout version ([`FORMAT_VERSION`]).
-//!
-//! Replay is a scan of the records table in key order, which is append order. After every
-//! record has been completed the table is empty and numbering restarts at zero on the next open:
-//! order matters only among pending records.
-//!
-//! # Durability
-//!
-//! `append` is one redb write transaction committed with `Durability::Immediate` (redb's
-//! default: the commit is fsync'd before it returns), so one fsync per batch. `complete` is one
-//! more such transaction that deletes the records; redb reuses the freed pages (the file does
-//! not shrink). Wrap a `FileWal` in a [`GroupCommitWal`](super::GroupCommitWal) to share one
-//! fsync among concurrent callers.
-//!
-//! redb calls block, so every operation runs on tokio's blocking pool (`spawn_blocking`): call
-//! them from within a tokio runtime. The simulator does not use `FileWal` (it plugs in a WAL
-//! over its simulated disk), so this thread use never reaches simulated code.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,7 +18,30 @@ const META: TableDefinition<'static, &str, u64> = TableDefinition::new("herald_w
 /// Bytes of an encoded record before its payload: id (16) + shard (4).
 const HEADER_BYTES: usize = 20;
 
-/// A durable write-ahead log stored in one redb file. See the [module docs](self).
+/// A durable write-ahead log stored in one redb file.
+///
+/// # Layout
+///
+/// One redb database holds two tables:
+/// - `herald_wal_records`: sequence number (`u64`, increasing in append order) → record,
+///   encoded as `id (16 bytes, big-endian) ‖ shard (4 bytes, big-endian) ‖ payload`;
+/// - `herald_wal_meta`: `"format"` → the layout version (currently 1).
+///
+/// Replay is a scan of the records table in key order, which is append order. After every
+/// record has been completed the table is empty and numbering restarts at zero on the next open:
+/// order matters only among pending records.
+///
+/// # Durability
+///
+/// `append` is one redb write transaction committed with `Durability::Immediate` (redb's
+/// default: the commit is fsync'd before it returns), so one fsync per batch. `complete` is one
+/// more such transaction that deletes the records; redb reuses the freed pages (the file does
+/// not shrink). Wrap a `FileWal` in a [`GroupCommitWal`](super::GroupCommitWal) to share one
+/// fsync among concurrent callers.
+///
+/// redb calls block, so every operation runs on tokio's blocking pool (`spawn_blocking`): call
+/// them from within a tokio runtime. The simulator does not use `FileWal` (it plugs in a WAL
+/// over its simulated disk), so this thread use never reaches simulated code.
 ///
 /// Cloning gives another handle to the same open store.
 #[derive(Debug, Clone)]

@@ -1,21 +1,4 @@
 //! [`GroupCommitWal`]: many concurrent appenders, one commit.
-//!
-//! Callers send their batch over a bounded channel with a oneshot for the answer. One writer
-//! task takes the first request, drains every request already waiting (up to
-//! [`WAL_GROUP_COMMIT_RECORDS_MAX`] records), appends them to the wrapped WAL as **one** batch
-//! (one transaction, one fsync) and answers every caller. While that commit runs, new requests
-//! queue up and form the next group, so the commit rate adapts to the fsync latency by itself.
-//!
-//! Only consecutive requests of the same kind are merged (appends with appends, completions
-//! with completions), so the wrapped WAL sees operations in the order callers issued them.
-//!
-//! Each caller keeps its own answer: if the merged batch fails with [`WalError::Full`] or
-//! [`WalError::RecordTooLarge`], the writer retries each caller's batch on its own, so one
-//! caller's oversized record or the last free slots never fail another caller. Any other error
-//! (I/O) is answered to every caller of the group.
-//!
-//! When the queue holds [`WAL_GROUP_COMMIT_QUEUE_MAX`] requests, `append` and `complete` fail
-//! at once with [`WalError::Full`] (answer `Overloaded`) rather than wait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +29,24 @@ impl Default for GroupCommitConfig {
 }
 
 /// A [`Wal`] that coalesces concurrent appends (and completions) into one commit of the wrapped
-/// WAL. See the [module docs](self).
+/// WAL.
+///
+/// Callers send their batch over a bounded channel with a oneshot for the answer. One writer
+/// task takes the first request, drains every request already waiting (up to
+/// [`WAL_GROUP_COMMIT_RECORDS_MAX`] records), appends them to the wrapped WAL as **one** batch
+/// (one transaction, one fsync) and answers every caller. While that commit runs, new requests
+/// queue up and form the next group, so the commit rate adapts to the fsync latency by itself.
+///
+/// Only consecutive requests of the same kind are merged (appends with appends, completions
+/// with completions), so the wrapped WAL sees operations in the order callers issued them.
+///
+/// Each caller keeps its own answer: if the merged batch fails with [`WalError::Full`] or
+/// [`WalError::RecordTooLarge`], the writer retries each caller's batch on its own, so one
+/// caller's oversized record or the last free slots never fail another caller. Any other error
+/// (I/O) is answered to every caller of the group.
+///
+/// When the queue holds [`WAL_GROUP_COMMIT_QUEUE_MAX`] requests, `append` and `complete` fail
+/// at once with [`WalError::Full`] (answer `Overloaded`) rather than wait.
 ///
 /// `replay`, `len` and `bytes` go straight to the wrapped WAL: replay before appending.
 /// The writer task ends when the last handle is dropped.
