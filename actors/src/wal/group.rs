@@ -50,6 +50,31 @@ impl Default for GroupCommitConfig {
 ///
 /// `replay`, `len` and `bytes` go straight to the wrapped WAL: replay before appending.
 /// The writer task ends when the last handle is dropped.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use herald_actors::wal::{FileWal, GroupCommitWal, SharedWal, Wal, WalRecord};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let file = FileWal::open(dir.path().join("shard-7.redb"))?;
+/// let wal: SharedWal = Arc::new(GroupCommitWal::spawn(Arc::new(file.clone())));
+/// // Recover first, then take new work.
+/// assert!(wal.replay().await?.is_empty());
+/// let appenders: Vec<_> = (0..8u128)
+///     .map(|id| {
+///         let wal = Arc::clone(&wal);
+///         tokio::spawn(async move { wal.append(vec![WalRecord::new(id, 7, vec![1, 2, 3])]).await })
+///     })
+///     .collect();
+/// for appender in appenders {
+///     appender.await.unwrap()?; // durable: safe to answer 202
+/// }
+/// assert_eq!(wal.len(), 8);
+/// assert!(file.commits() <= 8);
+/// # Ok::<(), herald_actors::wal::WalError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone)]
 pub struct GroupCommitWal {
     inner: SharedWal,
