@@ -17,3 +17,5 @@
 pub mod apns;
 pub mod limits;
 pub mod seams;
+pub mod token_state;
+pub mod wal;
