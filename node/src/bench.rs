@@ -1,9 +1,10 @@
 //! `herald bench`: throughput of the client core against the emulator, and the raw HTTP/2
 //! rate of the emulator and of nghttp2's own server under `h2load`.
 //!
-//! To compare like with like on a 2-core machine, the emulator always runs on its own
-//! one-thread tokio runtime (one core), and the load generator (Herald's client core, or
-//! h2load with `-t 1`) gets the other core.
+//! To compare like with like on a 2-core machine, the emulator runs on its own tokio
+//! runtime (one worker thread by default: one core), and the load generator (Herald's
+//! client core, or h2load with `-t 1`) gets the other core. nghttpd runs with its default
+//! single worker.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,6 +22,17 @@ use rustls::pki_types::ServerName;
 use crate::pusher::{Pusher, PusherConfig, run_all};
 
 /// `herald bench …`
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Worker threads of the emulator's runtime (1 leaves the other core to the load generator).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub emulator_threads: usize,
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// The benchmarks.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
     /// Herald's client core → emulator: pushes/s with 1 and N connections.
@@ -64,9 +76,9 @@ const TEAM_ID: &str = "HERALDBNCH";
 const BUNDLE_ID: &str = "com.example.herald";
 
 /// Run a benchmark command.
-pub fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let emulator = EmulatorThread::start()?;
-    let result = match command {
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let emulator = EmulatorThread::start(args.emulator_threads.max(1))?;
+    let result = match args.command {
         BenchCommand::Client(args) => client(&emulator, args),
         BenchCommand::H2load(args) => h2load(&emulator, args),
     };
@@ -297,12 +309,12 @@ struct EmulatorThread {
 }
 
 impl EmulatorThread {
-    fn start() -> anyhow::Result<Self> {
+    fn start(threads: usize) -> anyhow::Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(threads)
                 .enable_all()
                 .build()
             {

@@ -22,8 +22,7 @@ enum Command {
     /// The APNs emulator as a standalone server.
     Emulator(emulator_cmd::EmulatorArgs),
     /// Benchmarks against the emulator (see docs/benchmarks.md).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => runtime()?.block_on(demo::run(args)).map(drop),
         Command::Emulator(args) => runtime()?.block_on(emulator_cmd::run(args)),
-        Command::Bench(command) => bench::run(command),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
