@@ -889,6 +889,77 @@ async fn stream_limit_is_respected_on_the_wire() {
     env.emulator.shutdown().await;
 }
 
+/// (5b) The stream limit lowered while requests are in flight: the emulator sends GOAWAY,
+/// the client finishes what was sent and reports the rest unprocessed; new connections
+/// respect the new limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_limit_lowered_mid_flight() {
+    let env = start(|c| {
+        c.max_concurrent_streams = 20;
+        c.faults = FaultProfile {
+            latency: Latency::Fixed { ms: 20 },
+            ..FaultProfile::default()
+        };
+    })
+    .await;
+    let requests: BTreeMap<String, PreparedRequest> = apns_ids(150, 9)
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str().to_string(), request(&device(i as u64), id)))
+        .collect();
+    let connection = env.open().await;
+    let batch: Vec<_> = requests.values().cloned().collect();
+    let sending = {
+        let connection = connection.clone();
+        tokio::spawn(async move { send_all(&connection, &batch).await })
+    };
+    let emulator = &env.emulator;
+    wait_until("the first connection carried 30 streams", || {
+        emulator
+            .stats()
+            .connections
+            .first()
+            .is_some_and(|c| c.streams_accepted >= 30)
+    })
+    .await;
+    emulator.set_max_concurrent_streams(3);
+    let results = within(120, sending).await.unwrap();
+    let mut rest = BTreeMap::new();
+    for ((id, request), result) in requests.iter().zip(results) {
+        match result {
+            Ok(Delivery::Accepted { .. }) => {}
+            Err(e) if !e.was_sent() => {
+                rest.insert(id.clone(), request.clone());
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert!(!rest.is_empty(), "GOAWAY cut nothing off");
+    assert!(matches!(
+        within(60, connection.closed()).await,
+        CloseReason::GoAway(_)
+    ));
+    let (maybe_sent, _) = deliver_all_resending(&env, &rest, 10).await;
+    assert!(maybe_sent.is_empty(), "{maybe_sent:?}");
+    let stats = emulator.stats();
+    assert!(stats.connections.len() >= 2);
+    for c in &stats.connections {
+        assert_eq!(c.stream_limit_violations, 0, "{c:?}");
+        assert!(
+            c.max_concurrent_seen <= u64::from(c.max_concurrent_streams),
+            "{c:?}"
+        );
+    }
+    assert!(
+        stats.connections[1..]
+            .iter()
+            .all(|c| c.max_concurrent_streams == 3)
+    );
+    let ids: BTreeSet<String> = requests.keys().cloned().collect();
+    assert_nothing_lost(&env, &ids, &BTreeMap::new());
+    env.emulator.shutdown().await;
+}
+
 /// (6) A peer that silently stops answering is found by PING: the connection closes with
 /// PingTimeout, the request in flight fails as possibly processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
