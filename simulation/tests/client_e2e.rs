@@ -1,6 +1,10 @@
 //! Herald's APNs client core against the emulator, end to end: real TLS and HTTP/2 on
 //! 127.0.0.1, Herald's builder, provider tokens and connection on one side, the emulator's
 //! validation, authentication, device registry and faults on the other.
+//!
+//! Malformed answers (bad JSON, unknown reasons or statuses, broken frames) are not here:
+//! the emulator never produces them, and `actors/tests/http2_connection.rs` covers them
+//! against a scripted h2 server.
 
 mod client_support;
 
@@ -45,7 +49,9 @@ const INJECTED_ONLY: [(Reason, &str); 3] = [
     (Reason::MethodNotAllowed, "the client only sends POST"),
 ];
 
-/// Which reasons came back through the client, and how they were produced.
+/// Which reasons came back through the client, and how they were produced: `genuine` by
+/// an emulator rule or a failure it models (500/503/Shutdown come from fault bursts, as
+/// APNs' own failures would), `injected` by a burst of a reason no rule produces.
 #[derive(Default)]
 struct Coverage {
     genuine: BTreeSet<Reason>,
@@ -679,7 +685,7 @@ async fn deliver_all_resending(
         let results = send_all(&connection, &batch).await;
         let mut unsent = Vec::new();
         let mut next = Vec::new();
-        let mut kinds = BTreeMap::<String, usize>::new();
+        let mut kinds = BTreeMap::<&str, usize>::new();
         for (id, result) in pending.iter().zip(results) {
             match result {
                 Ok(Delivery::Accepted { apns_id }) => {
@@ -688,9 +694,7 @@ async fn deliver_all_resending(
                 }
                 Ok(Delivery::Rejected(r)) => panic!("{id} rejected: {r:?}"),
                 Err(e) if !e.was_sent() => {
-                    *kinds
-                        .entry(format!("{e:?}").split('(').next().unwrap_or("").to_owned())
-                        .or_insert(0) += 1;
+                    *kinds.entry(unsent_kind(&e)).or_insert(0) += 1;
                     unsent.push(id.clone());
                     next.push(id.clone());
                 }
@@ -723,6 +727,16 @@ async fn deliver_all_resending(
     }
     assert_eq!(accepted.len(), requests.len());
     (maybe_sent, rounds)
+}
+
+fn unsent_kind(e: &SendError) -> &'static str {
+    match e {
+        SendError::GoAway(_) => "GoAway",
+        SendError::Closed(_) => "Closed",
+        SendError::Refused { .. } => "Refused",
+        SendError::StreamWaitTimeout { .. } => "StreamWaitTimeout",
+        _ => "other",
+    }
 }
 
 /// Every notification is in the record exactly once, except those reported as possibly
