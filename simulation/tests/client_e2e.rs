@@ -586,6 +586,11 @@ async fn rotation_over_hours(interval_minutes: u64) {
         .iter()
         .map(|l| check_presented(&l.lock().unwrap()))
         .sum();
+    eprintln!(
+        "M = {interval_minutes}: {} pushes over {total_minutes} min, {minted} tokens minted, \
+         busy connection switched {busy_switches} times, sporadic {sporadic_switches}",
+        tally.sent
+    );
     assert_eq!(busy.logs.len(), 1, "one connection carried the busy lane");
     assert!(
         busy_switches as u64 >= total_minutes / 60,
