@@ -35,13 +35,25 @@
 use std::time::Duration;
 
 pub mod frame;
+pub mod listener;
+pub mod peer_link;
 pub mod tls;
 
 pub use frame::{
     AckResult, ClusterId, Envelope, FrameError, FrameReader, NodeId, PeerMessage, PushId,
     decode_frame, encode_frame, write_frame,
 };
-pub use tls::{ClusterCa, LinkSecurity, MutualTls, NodeCertificate, TlsError};
+pub use listener::{
+    CloseReason, Inbound, InboundConfig, LinkClosed, Listener, serve_connection, spawn_listener,
+};
+pub use peer_link::{
+    LinkStatus, LinkTimings, PeerLink, PeerLinkArguments, PeerLinkConfig, PeerLinkMsg,
+    PeerLinkSender, SendError,
+};
+pub use tls::{
+    ClusterCa, LinkSecurity, MutualTls, NodeCertificate, TlsError, node_dns_name,
+    node_id_from_certificate,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Limits: every bound of the transport, named in one place.
