@@ -496,3 +496,84 @@ async fn unanswered_pings_kill_the_link() {
     link.stop(None);
     silent.abort();
 }
+
+#[tokio::test]
+async fn envelope_from_another_node_than_the_link_is_refused() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let server = ca.mutual_tls(NodeId(2)).unwrap();
+    let client = ca.mutual_tls(NodeId(1)).unwrap();
+    let (addr, task, mut inbox) = accept_one(NodeId(2), LinkSecurity::MutualTls(server)).await;
+    let mut stream = authenticated_client(addr, &client).await;
+    let spoofed = encode_frame(&Envelope::new(NodeId(3), PeerMessage::Raft(vec![1]))).unwrap();
+    write_frame(&mut stream, &spoofed).await.unwrap();
+    assert!(closed_by_peer(&mut stream).await);
+    assert_eq!(join(task).await.reason, CloseReason::NodeMismatch);
+    assert!(inbox.try_recv().is_err());
+}
+
+/// A simulator-style network: every `connect` makes an in-memory duplex pipe and hands the
+/// far end to `serve_connection`, as the simulator does with its own streams.
+#[derive(Debug)]
+struct PipeConnector {
+    server: Arc<InboundConfig>,
+}
+
+impl herald_actors::seams::Connector for PipeConnector {
+    fn connect<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+    ) -> herald_actors::seams::BoxFuture<'a, std::io::Result<BoxStream>> {
+        Box::pin(async move {
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(serve_connection(Box::new(far), self.server.clone()));
+            Ok(Box::new(near) as BoxStream)
+        })
+    }
+}
+
+#[tokio::test]
+async fn links_run_over_any_connector_in_plaintext_and_tls() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    for tls in [false, true] {
+        let (server, client) = if tls {
+            (
+                LinkSecurity::MutualTls(ca.mutual_tls(NodeId(2)).unwrap()),
+                LinkSecurity::MutualTls(ca.mutual_tls(NodeId(1)).unwrap()),
+            )
+        } else {
+            (LinkSecurity::Plaintext, LinkSecurity::Plaintext)
+        };
+        let (tx, mut inbox) = mpsc::channel(INBOX_CAPACITY);
+        let connector = PipeConnector {
+            server: Arc::new(InboundConfig::new(NodeId(2), CLUSTER, server, tx)),
+        };
+        let mut config = PeerLinkConfig::new(
+            NodeId(1),
+            NodeId(2),
+            CLUSTER,
+            "node-2",
+            1,
+            client,
+            Arc::new(connector),
+            DetRng::from_seed(7),
+        );
+        config.timings = timings();
+        let (arguments, sender) = PeerLinkArguments::new(config);
+        let (link, _join) = Actor::spawn(None, PeerLink, arguments).await.unwrap();
+        let outcome = PeerMessage::Outcome {
+            push_id: PushId([1; 16]),
+            outcome: vec![4, 2],
+        };
+        sender.try_send(outcome.clone()).unwrap();
+        assert_eq!(
+            recv(&mut inbox).await,
+            Inbound {
+                from: NodeId(1),
+                msg: outcome
+            },
+            "tls: {tls}"
+        );
+        link.stop(None);
+    }
+}

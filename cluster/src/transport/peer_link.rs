@@ -457,15 +457,20 @@ impl PeerLinkState {
 
     /// Exponential backoff with full jitter: uniform in `0..=min(max, base * 2^attempt)`.
     fn backoff(&mut self) -> Duration {
-        let timings = self.config.timings;
-        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
-        let cap = timings
-            .backoff_base
-            .saturating_mul(factor)
-            .min(timings.backoff_max);
+        let cap = backoff_cap(&self.config.timings, self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         self.config.rng.jitter(cap)
     }
+}
+
+/// The most the `attempt`-th (from 0) reconnect waits: `min(max, base * 2^attempt)`.
+fn backoff_cap(timings: &LinkTimings, attempt: u32) -> Duration {
+    // 2^20 × any sane base is far past any sane max; stop doubling there.
+    let factor = 1u32 << attempt.min(20);
+    timings
+        .backoff_base
+        .saturating_mul(factor)
+        .min(timings.backoff_max)
 }
 
 /// One connection attempt and, if it succeeds, its life.
@@ -623,5 +628,20 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let timings = LinkTimings::default();
+        assert_eq!(backoff_cap(&timings, 0), RECONNECT_BACKOFF_BASE);
+        assert_eq!(backoff_cap(&timings, 1), RECONNECT_BACKOFF_BASE * 2);
+        assert_eq!(backoff_cap(&timings, 3), RECONNECT_BACKOFF_BASE * 8);
+        assert_eq!(backoff_cap(&timings, 40), RECONNECT_BACKOFF_MAX);
+        assert_eq!(backoff_cap(&timings, u32::MAX), RECONNECT_BACKOFF_MAX);
     }
 }
