@@ -332,6 +332,8 @@ impl RaftDriver {
     ///    light ready's messages, apply its committed entries, `advance_apply`.
     ///
     /// Then, past the snapshot threshold, snapshot the state machine and compact the log.
+    /// A snapshot (without compaction) is also taken at every applied configuration change,
+    /// so the snapshot a new member receives always names it.
     ///
     /// # Errors
     /// Fatal (see [`DriverError`]): storage failures and unreadable snapshots or
@@ -411,9 +413,14 @@ impl RaftDriver {
         &self.storage
     }
 
-    /// The voters and learners in force.
+    /// The voters and learners in force (each list sorted).
     pub fn conf_state(&self) -> ConfState {
-        self.node.raft.prs().conf().to_conf_state()
+        let mut conf_state = self.node.raft.prs().conf().to_conf_state();
+        conf_state.voters.sort_unstable();
+        conf_state.learners.sort_unstable();
+        conf_state.voters_outgoing.sort_unstable();
+        conf_state.learners_next.sort_unstable();
+        conf_state
     }
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) -> Result<(), DriverError> {
@@ -460,6 +467,15 @@ impl RaftDriver {
         match result {
             Ok(conf_state) => {
                 self.storage.set_conf_state(conf_state.clone())?;
+                // A node joining by snapshot accepts only a snapshot whose configuration
+                // includes it: snapshot at every configuration change (rare, and the log is
+                // not compacted here).
+                let data = self.machine.snapshot()?;
+                self.storage.create_snapshot(
+                    self.machine.applied_index(),
+                    conf_state.clone(),
+                    data,
+                )?;
                 Ok(CommittedKind::ConfChange(conf_state))
             }
             Err(e) => Ok(CommittedKind::ConfChangeRejected(e.to_string())),
