@@ -357,6 +357,7 @@ impl RaftDriver {
             let machine = restore_machine(&snapshot)?;
             self.storage.apply_snapshot(snapshot)?;
             self.machine = machine;
+            tracing::debug!(id = self.config.id, index, "snapshot from leader restored");
             out.snapshot_restored = Some(index);
         }
         // 4.
@@ -466,16 +467,20 @@ impl RaftDriver {
     ) -> Result<CommittedKind, DriverError> {
         match result {
             Ok(conf_state) => {
-                self.storage.set_conf_state(conf_state.clone())?;
                 // A node joining by snapshot accepts only a snapshot whose configuration
-                // includes it: snapshot at every configuration change (rare, and the log is
-                // not compacted here).
+                // includes it: snapshot at every configuration change (rare; the log is not
+                // compacted here). This also keeps the latest snapshot at or after the latest
+                // configuration change, so a restart never re-applies a change.
                 let data = self.machine.snapshot()?;
-                self.storage.create_snapshot(
-                    self.machine.applied_index(),
-                    conf_state.clone(),
-                    data,
-                )?;
+                let index = self.machine.applied_index();
+                self.storage
+                    .record_conf_change(index, conf_state.clone(), data)?;
+                tracing::debug!(
+                    id = self.config.id,
+                    index,
+                    ?conf_state,
+                    "configuration changed"
+                );
                 Ok(CommittedKind::ConfChange(conf_state))
             }
             Err(e) => Ok(CommittedKind::ConfChangeRejected(e.to_string())),
@@ -491,8 +496,14 @@ impl RaftDriver {
         let data = self.machine.snapshot()?;
         self.storage
             .create_snapshot(applied, self.storage.conf_state(), data)?;
-        self.storage
-            .compact(applied.saturating_sub(self.config.log_entries_kept))?;
+        let compact_to = applied.saturating_sub(self.config.log_entries_kept);
+        self.storage.compact(compact_to)?;
+        tracing::debug!(
+            id = self.config.id,
+            applied,
+            compact_to,
+            "snapshot taken, log compacted"
+        );
         Ok(Some(applied))
     }
 }

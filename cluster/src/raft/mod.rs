@@ -11,6 +11,35 @@
 //! - [`encode_message`]/[`decode_message`] put Raft messages on the wire (protobuf); decoding
 //!   garbage is an error, never a panic.
 //!
+//! A one-node group, driven by hand (a real shell sends `out.messages` to the peers named
+//! in `message.to` and steps what they send back):
+//!
+//! ```
+//! use herald_cluster::raft::eraftpb::ConfState;
+//! use herald_cluster::raft::{DriverConfig, RaftDriver, RaftStorage, Role, raft_logger};
+//! use herald_cluster::state::{ApplyResult, Command};
+//!
+//! let storage = RaftStorage::in_memory(); // or RaftStorage::open("raft.redb")?
+//! storage.initialize(ConfState { voters: vec![1], ..ConfState::default() })?;
+//! let mut config = DriverConfig::new(1);
+//! config.fixed_election_timeout(config.election_tick);
+//! let mut driver = RaftDriver::new(config, storage, &raft_logger(1))?;
+//!
+//! while driver.role() != Role::Leader {
+//!     driver.tick();
+//!     driver.ready()?;
+//! }
+//! let command = Command::AddMember { id: 1, addr: "10.0.0.1:7000".into(), region: "eu".into() };
+//! driver.propose_command(b"request 1".to_vec(), &command)?;
+//! let out = driver.ready()?;
+//! assert!(out.messages.is_empty()); // no peers
+//! let last = out.committed.last().unwrap();
+//! assert_eq!(last.context, b"request 1");
+//! assert_eq!(last.kind, herald_cluster::raft::CommittedKind::Command(ApplyResult::Applied));
+//! assert_eq!(driver.machine().members().len(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Determinism (DESIGN.md §12): raft-rs draws its election timeout from `thread_rng()`
 //! within `[min_election_tick, max_election_tick)`. [`DriverConfig::fixed_election_timeout`]
 //! sets `max = min + 1` so the timeout is fixed; give each node a different value.

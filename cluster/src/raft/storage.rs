@@ -258,21 +258,30 @@ impl RaftStorage {
         data: Vec<u8>,
     ) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        if index < inner.core.snapshot.get_metadata().index {
-            return Err(StorageError::SnapshotOutOfDate { index });
-        }
-        let term = inner.core.term(index)?;
-        let mut snapshot = Snapshot {
-            data: data.into(),
-            ..Snapshot::default()
-        };
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(conf_state);
-        let mut next = inner.core.clone();
-        next.snapshot = snapshot;
+        let next = inner.core.with_snapshot(index, conf_state, data)?;
         inner.commit(next, |w| w.snapshot = true)
+    }
+
+    /// Set the configuration that an applied configuration change at `index` put in force
+    /// and record a snapshot of the state machine there (`data`), in one durable write. So a
+    /// crash never leaves the stored configuration ahead of the stored snapshot, and the
+    /// latest snapshot always covers the latest configuration change.
+    ///
+    /// # Errors
+    /// As [`create_snapshot`](Self::create_snapshot).
+    pub fn record_conf_change(
+        &self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let next = inner.core.with_snapshot(index, conf_state.clone(), data)?;
+        let next = Core { conf_state, ..next };
+        inner.commit(next, |w| {
+            w.snapshot = true;
+            w.conf_state = true;
+        })
     }
 
     /// Discard every entry at or before `index` (log compaction). Only entries covered by
@@ -440,6 +449,31 @@ impl Core {
             return Err(StorageError::Unavailable { index, last_index });
         }
         Ok(self.entries[(index - self.first_index()) as usize].term)
+    }
+
+    /// A copy holding a new snapshot at `index`.
+    fn with_snapshot(
+        &self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<Core, StorageError> {
+        if index < self.snapshot.get_metadata().index {
+            return Err(StorageError::SnapshotOutOfDate { index });
+        }
+        let term = self.term(index)?;
+        let mut snapshot = Snapshot {
+            data: data.into(),
+            ..Snapshot::default()
+        };
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        Ok(Core {
+            snapshot,
+            ..self.clone()
+        })
     }
 
     /// Replace entries from `index` on with `entries`; returns `index`.
