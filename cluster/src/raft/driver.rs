@@ -430,6 +430,13 @@ impl RaftDriver {
                 // Covered by a snapshot restored in this round.
                 continue;
             }
+            if entry.index != self.machine.applied_index() + 1 {
+                return Err(DriverError::Corrupt(format!(
+                    "committed entry {} after applied index {}",
+                    entry.index,
+                    self.machine.applied_index()
+                )));
+            }
             let kind = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     self.machine.skip(entry.index);

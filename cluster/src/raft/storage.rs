@@ -247,6 +247,8 @@ impl RaftStorage {
     /// Record a snapshot of the state machine at `index` (applied there), with the
     /// configuration `conf_state` in force at that index. Does not discard entries: call
     /// [`compact`](Self::compact) for that.
+    /// Moves the stored commit index up to `index` if it was behind (an applied entry is
+    /// committed).
     ///
     /// # Errors
     /// [`StorageError::Compacted`] / [`StorageError::Unavailable`] if the term of `index` is
@@ -259,7 +261,10 @@ impl RaftStorage {
     ) -> Result<(), StorageError> {
         let mut inner = self.lock();
         let next = inner.core.with_snapshot(index, conf_state, data)?;
-        inner.commit(next, |w| w.snapshot = true)
+        inner.commit(next, |w| {
+            w.snapshot = true;
+            w.hard_state = true;
+        })
     }
 
     /// Set the configuration that an applied configuration change at `index` put in force
@@ -281,6 +286,7 @@ impl RaftStorage {
         inner.commit(next, |w| {
             w.snapshot = true;
             w.conf_state = true;
+            w.hard_state = true;
         })
     }
 
@@ -470,8 +476,13 @@ impl Core {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(conf_state);
+        // The snapshot's index was applied, so it is committed: never leave the stored commit
+        // index behind it (a restart would start raft-rs with applied > committed).
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = hard_state.commit.max(index);
         Ok(Core {
             snapshot,
+            hard_state,
             ..self.clone()
         })
     }
@@ -706,9 +717,11 @@ mod tests {
                 snapshot_index: 0
             })
         );
+        store.set_commit(1).unwrap();
         store
             .create_snapshot(2, voters(&[1, 2, 3]), b"image".to_vec())
             .unwrap();
+        assert_eq!(store.hard_state().commit, 2);
         store.compact(2).unwrap();
         assert_eq!(Storage::first_index(store).unwrap(), 3);
         assert_eq!(Storage::last_index(store).unwrap(), 4);

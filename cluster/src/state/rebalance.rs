@@ -69,6 +69,8 @@ pub fn rebalance(
         .map(|(rank, &(m, _))| (m, base + usize::from(rank < extra)))
         .collect();
 
+    // `target` has a key for every member of `held` (built from it), so indexing it below
+    // cannot fail.
     // Take the excess (highest shard numbers first) from members above target.
     for (member, shards) in &mut held {
         let keep = target[member];
