@@ -420,3 +420,30 @@ fn restarted_node_restores_its_snapshot_then_replays_its_log() {
     assert_eq!(cluster.nodes[&victim].machine().applied_index(), before);
     cluster.assert_agree();
 }
+
+#[test]
+fn bad_input_from_the_network_is_an_error_not_a_panic() {
+    use herald_cluster::raft::DriverError;
+    let mut cluster = Cluster::new(&[1, 2, 3], None);
+    cluster.elect();
+    for garbage in [&b"\xff\xff"[..], b"\x12\xff\xff\xff\xff\x0f", &[0x0a; 300]] {
+        assert!(decode_message(garbage).is_err());
+    }
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgHeartbeat);
+    message.from = 2;
+    message.to = 9;
+    assert!(matches!(
+        cluster.node(1).step(message.clone()),
+        Err(DriverError::WrongRecipient { to: 9, id: 1 })
+    ));
+    // A local message type may not come from a peer.
+    message.to = 1;
+    message.set_msg_type(MessageType::MsgHup);
+    assert!(matches!(
+        cluster.node(1).step(message),
+        Err(DriverError::Raft(_))
+    ));
+    cluster.tick(3);
+    cluster.assert_agree();
+}

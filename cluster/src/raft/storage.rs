@@ -820,4 +820,76 @@ mod tests {
             Err(StorageError::Corrupt(_))
         ));
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Append `len` entries of `term`, starting `back` entries before the end.
+        Append { back: u64, len: u64, term: u64 },
+        /// Commit up to `back` entries before the end.
+        Commit { back: u64 },
+        /// Snapshot at `back` entries before the end, then compact `keep` behind it.
+        SnapshotCompact { back: u64, keep: u64 },
+    }
+
+    fn arb_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..4, 1u64..6, 1u64..4).prop_map(|(back, len, term)| Op::Append {
+                back,
+                len,
+                term
+            }),
+            (0u64..4).prop_map(|back| Op::Commit { back }),
+            (0u64..4, 0u64..3).prop_map(|(back, keep)| Op::SnapshotCompact { back, keep }),
+        ]
+    }
+
+    fn run_op(store: &RaftStorage, op: &Op) {
+        let last = store.last_index_held();
+        let first = store.first_index_held();
+        match *op {
+            Op::Append { back, len, term } => {
+                let start = last.saturating_sub(back).max(first);
+                let entries: Vec<Entry> = (start..start + len).map(|i| entry(i, term)).collect();
+                store.append(&entries).unwrap();
+            }
+            Op::Commit { back } => {
+                let commit = last.saturating_sub(back).max(store.hard_state().commit);
+                store.set_commit(commit).unwrap();
+            }
+            Op::SnapshotCompact { back, keep } => {
+                let index = last.saturating_sub(back);
+                let snapshot_index = store.latest_snapshot().get_metadata().index;
+                if index < first || index <= snapshot_index {
+                    return;
+                }
+                store
+                    .create_snapshot(index, voters(&[1]), index.to_le_bytes().to_vec())
+                    .unwrap();
+                store.compact(index.saturating_sub(keep)).unwrap();
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Whatever the writes, the redb store holds after reopening exactly what the
+        /// in-memory store holds.
+        #[test]
+        fn redb_after_reopen_equals_memory(ops in proptest::collection::vec(arb_op(), 1..25)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("raft.redb");
+            let memory = RaftStorage::in_memory();
+            {
+                let durable = RaftStorage::open(&path).unwrap();
+                for op in &ops {
+                    run_op(&memory, op);
+                    run_op(&durable, op);
+                }
+            }
+            let reopened = RaftStorage::open(&path).unwrap();
+            let (m, r) = (memory.lock().core.clone(), reopened.lock().core.clone());
+            proptest::prop_assert_eq!(m, r);
+        }
+    }
 }
