@@ -50,3 +50,54 @@ fn durable_appends_per_second() {
         );
     }
 }
+
+/// Commits per second of a one-node group on redb, proposing `batch` commands per `ready()`
+/// (each `ready()` is one durable append plus one durable commit-index update).
+#[test]
+#[ignore = "measures the disk"]
+fn driver_commits_per_second() {
+    use herald_actors::seams::Timestamp;
+    use herald_actors::token_state::TokenEvent;
+    use herald_cluster::raft::eraftpb::ConfState;
+    use herald_cluster::raft::{DriverConfig, RaftDriver, Role, raft_logger};
+    use herald_cluster::state::{Command, TokenEventRecord};
+
+    for batch in [1u64, 16, 128] {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = RaftStorage::open(dir.path().join("raft.redb")).unwrap();
+        storage
+            .initialize(ConfState {
+                voters: vec![1],
+                ..ConfState::default()
+            })
+            .unwrap();
+        let mut config = DriverConfig::new(1);
+        config.fixed_election_timeout(config.election_tick);
+        let mut driver = RaftDriver::new(config, storage, &raft_logger(1)).unwrap();
+        while driver.role() != Role::Leader {
+            driver.tick();
+            driver.ready().unwrap();
+        }
+        let rounds = 2_000 / batch;
+        let start = Instant::now();
+        let mut committed = 0;
+        for round in 0..rounds {
+            for n in 0..batch {
+                let command = Command::TokenEvents(vec![TokenEventRecord {
+                    tenant: "acme".into(),
+                    token: format!("{:016x}", round * batch + n),
+                    event: TokenEvent::Invalidated {
+                        at: Timestamp::from_millis(n),
+                    },
+                }]);
+                driver.propose_command(vec![], &command).unwrap();
+            }
+            committed += driver.ready().unwrap().committed.len();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "batch {batch:>4}: {:>8.0} commits/s ({committed} commits, {rounds} readies)",
+            committed as f64 / secs
+        );
+    }
+}
