@@ -94,8 +94,8 @@ impl Cluster {
             for id in self.up() {
                 let out = self.node(id).ready().unwrap();
                 if out.became_leader {
-                    let term = self.node(id).term();
-                    self.trace.push(format!("leader {id} term {term}"));
+                    assert_eq!(out.leader_id, Some(id));
+                    self.trace.push(format!("leader {id} term {}", out.term));
                 }
                 if let Some(index) = out.snapshot_restored {
                     self.snapshots_restored.insert(id, index);

@@ -149,6 +149,10 @@ pub struct ReadyOutput {
     pub snapshot_taken: Option<u64>,
     /// True if this node became leader in this round.
     pub became_leader: bool,
+    /// The leader this node knows of after this round, if any.
+    pub leader_id: Option<u64>,
+    /// The term after this round.
+    pub term: u64,
 }
 
 /// Why a driver operation failed.
@@ -339,7 +343,11 @@ impl RaftDriver {
     /// Fatal (see [`DriverError`]): storage failures and unreadable snapshots or
     /// configuration-change entries.
     pub fn ready(&mut self) -> Result<ReadyOutput, DriverError> {
-        let mut out = ReadyOutput::default();
+        let mut out = ReadyOutput {
+            leader_id: self.leader_id(),
+            term: self.term(),
+            ..ReadyOutput::default()
+        };
         if !self.node.has_ready() {
             return Ok(out);
         }
@@ -376,6 +384,8 @@ impl RaftDriver {
         self.node.advance_apply();
 
         out.snapshot_taken = self.maybe_snapshot()?;
+        out.leader_id = self.leader_id();
+        out.term = self.term();
         Ok(out)
     }
 
