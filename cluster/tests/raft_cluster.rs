@@ -25,8 +25,10 @@ const ROUNDS_MAX: usize = 10_000;
 struct Cluster {
     nodes: BTreeMap<u64, RaftDriver>,
     net: VecDeque<Message>,
-    /// Nodes whose traffic is dropped both ways ("crashed" or partitioned away).
+    /// Crashed nodes: no ticks, no readies, traffic dropped both ways.
     down: BTreeSet<u64>,
+    /// Partitioned nodes: they run, but their traffic is dropped both ways.
+    isolated: BTreeSet<u64>,
     /// Where each node keeps its redb file (None: in memory).
     dir: Option<PathBuf>,
     trace: Vec<String>,
@@ -40,6 +42,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             net: VecDeque::new(),
             down: BTreeSet::new(),
+            isolated: BTreeSet::new(),
             dir,
             trace: vec![],
             snapshots_restored: BTreeMap::new(),
@@ -116,7 +119,8 @@ impl Cluster {
             }
             while let Some(message) = self.net.pop_front() {
                 moved = true;
-                if self.down.contains(&message.to) || self.down.contains(&message.from) {
+                let cut = |id| self.down.contains(id) || self.isolated.contains(id);
+                if cut(&message.to) || cut(&message.from) {
                     continue;
                 }
                 // Through the wire format, as the transport does.
@@ -445,5 +449,25 @@ fn bad_input_from_the_network_is_an_error_not_a_panic() {
         Err(DriverError::Raft(_))
     ));
     cluster.tick(3);
+    cluster.assert_agree();
+}
+
+#[test]
+fn an_isolated_leader_steps_down_and_the_majority_moves_on() {
+    let mut cluster = Cluster::new(&[1, 2, 3], None);
+    let old = cluster.elect();
+    cluster.isolated.insert(old);
+    // Check-quorum: without acks from a majority the old leader steps down.
+    cluster.tick(3 * DriverConfig::new(old).election_tick);
+    assert_ne!(cluster.nodes[&old].role(), Role::Leader);
+    let majority: Vec<u64> = cluster.up().into_iter().filter(|id| *id != old).collect();
+    let new = cluster.nodes[&majority[0]].leader_id().unwrap();
+    assert_ne!(new, old);
+    cluster.propose(new, &add_member(new));
+    // Healed: one leader, and the old one catches up without disrupting it (pre-vote).
+    cluster.isolated.clear();
+    cluster.tick(30);
+    assert_eq!(cluster.nodes[&old].leader_id(), Some(new));
+    assert_eq!(cluster.nodes[&new].role(), Role::Leader);
     cluster.assert_agree();
 }
