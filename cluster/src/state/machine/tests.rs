@@ -1,0 +1,251 @@
+use super::*;
+use crate::state::command::encode;
+use herald_actors::apns::SigningKey;
+
+fn key() -> SigningKey {
+    let p8 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .unwrap()
+        .serialize_pem();
+    SigningKey::from_p8_pem(p8.as_bytes(), "ABC123DEFG", "TEAM123456").unwrap()
+}
+
+fn add(id: NodeId, region: &str) -> Command {
+    Command::AddMember {
+        id,
+        addr: format!("10.0.0.{id}:7000"),
+        region: region.into(),
+    }
+}
+
+fn activate(id: NodeId) -> Command {
+    Command::SetMemberState {
+        id,
+        state: MemberState::Active,
+    }
+}
+
+fn run(machine: &mut StateMachine, commands: &[Command]) -> Vec<ApplyResult> {
+    commands
+        .iter()
+        .map(|c| {
+            let index = machine.applied_index() + 1;
+            machine.apply(index, c)
+        })
+        .collect()
+}
+
+#[test]
+fn membership_life_cycle() {
+    let mut m = StateMachine::new();
+    let results = run(
+        &mut m,
+        &[
+            add(1, "eu"),
+            add(1, "eu"),
+            add(1, "us"),
+            activate(1),
+            activate(2),
+            Command::SetMemberState {
+                id: 1,
+                state: MemberState::Removed,
+            },
+            activate(1),
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![
+            ApplyResult::Applied,
+            ApplyResult::Unchanged,
+            ApplyResult::Rejected(Rejection::MemberExists(1)),
+            ApplyResult::Applied,
+            ApplyResult::Rejected(Rejection::UnknownMember(2)),
+            ApplyResult::Applied,
+            ApplyResult::Rejected(Rejection::MemberRemoved(1)),
+        ]
+    );
+    assert_eq!(m.applied_index(), 7);
+}
+
+#[test]
+fn shard_maps_need_newer_epochs_and_active_owners() {
+    let mut m = StateMachine::new();
+    run(
+        &mut m,
+        &[add(1, "eu"), add(2, "eu"), activate(1), activate(2)],
+    );
+    let assign = |epoch, owners: Vec<NodeId>| Command::AssignShards {
+        region: "eu".into(),
+        epoch,
+        owners,
+    };
+    let results = run(
+        &mut m,
+        &[
+            assign(1, vec![1, 2, 3]),
+            assign(1, vec![1, 2, 1]),
+            assign(1, vec![2, 2, 2]),
+            assign(2, vec![2, 2]),
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![
+            ApplyResult::Rejected(Rejection::IneligibleOwner(3)),
+            ApplyResult::Applied,
+            ApplyResult::Rejected(Rejection::StaleEpoch {
+                current: 1,
+                proposed: 1
+            }),
+            ApplyResult::Rejected(Rejection::ShardCountChanged {
+                current: 3,
+                proposed: 2
+            }),
+        ]
+    );
+    // Draining node 2 → the rebalance command moves only its shard.
+    run(
+        &mut m,
+        &[Command::SetMemberState {
+            id: 2,
+            state: MemberState::Draining,
+        }],
+    );
+    let command = m.rebalance_command("eu", 3).unwrap().unwrap();
+    assert_eq!(command, assign(2, vec![1, 1, 1]));
+    run(&mut m, &[command]);
+    assert_eq!(m.rebalance_command("eu", 3).unwrap(), None);
+}
+
+#[test]
+fn provider_tokens_newest_wins() {
+    let key = key();
+    let older = key.sign(Timestamp::from_secs(1_000)).unwrap();
+    let newer = key.sign(Timestamp::from_secs(2_000)).unwrap();
+    let set = |t: &herald_actors::apns::ProviderToken| Command::SetProviderToken {
+        key_id: t.key_id().into(),
+        jwt: t.jwt().into(),
+        issued_at: t.issued_at(),
+    };
+    let mut m = StateMachine::new();
+    let mismatched = Command::SetProviderToken {
+        key_id: "OTHERKEY00".into(),
+        jwt: newer.jwt().into(),
+        issued_at: newer.issued_at(),
+    };
+    let garbage = Command::SetProviderToken {
+        key_id: "ABC123DEFG".into(),
+        jwt: "not.a.jwt".into(),
+        issued_at: newer.issued_at(),
+    };
+    let results = run(&mut m, &[set(&newer), set(&older), mismatched, garbage]);
+    assert_eq!(results[0], ApplyResult::Applied);
+    assert_eq!(
+        results[1],
+        ApplyResult::Rejected(Rejection::StaleProviderToken)
+    );
+    assert!(matches!(
+        results[2],
+        ApplyResult::Rejected(Rejection::InvalidProviderToken(_))
+    ));
+    assert!(matches!(
+        results[3],
+        ApplyResult::Rejected(Rejection::InvalidProviderToken(_))
+    ));
+    let installed = m.provider_tokens()["ABC123DEFG"].token().unwrap();
+    assert_eq!(installed, newer);
+}
+
+fn populated() -> StateMachine {
+    let mut m = StateMachine::new();
+    run(
+        &mut m,
+        &[
+            add(1, "eu"),
+            activate(1),
+            Command::AssignShards {
+                region: "eu".into(),
+                epoch: 1,
+                owners: vec![1; 8],
+            },
+            Command::UpsertTenant {
+                tenant: "acme".into(),
+                team_id: "TEAM123456".into(),
+                key_id: "ABC123DEFG".into(),
+                topics: vec!["com.acme".into()],
+                limits: TenantLimits {
+                    pushes_per_second: 10,
+                    burst: 5,
+                },
+            },
+            Command::TokenEvents(vec![
+                TokenEventRecord {
+                    tenant: "acme".into(),
+                    token: "AAAA".into(),
+                    event: TokenEvent::Registered {
+                        at: Timestamp::from_secs(1),
+                    },
+                },
+                TokenEventRecord {
+                    tenant: "acme".into(),
+                    token: "aaaa".into(),
+                    event: TokenEvent::Invalidated {
+                        at: Timestamp::from_secs(2),
+                    },
+                },
+                TokenEventRecord {
+                    tenant: "acme".into(),
+                    token: "bbbb".into(),
+                    event: TokenEvent::Unregistered {
+                        at: Timestamp::from_secs(3),
+                    },
+                },
+            ]),
+        ],
+    );
+    m
+}
+
+#[test]
+fn token_events_reuse_last_writer_wins() {
+    let m = populated();
+    assert_eq!(
+        m.check_token(&TokenKey::new("acme", "AaAa")),
+        TokenValidity::Invalidated {
+            at: Timestamp::from_secs(2)
+        }
+    );
+    assert_eq!(m.token_table().len(), 2);
+}
+
+#[test]
+fn snapshot_round_trips_and_is_canonical() {
+    let m = populated();
+    let bytes = m.snapshot().unwrap();
+    let restored = StateMachine::restore(&bytes).unwrap();
+    assert_eq!(restored, m);
+    assert_eq!(restored.snapshot().unwrap(), bytes);
+    for garbage in [&b""[..], b"\x01\x02", &bytes[..bytes.len() / 2]] {
+        assert!(StateMachine::restore(garbage).is_err());
+    }
+}
+
+#[test]
+fn undecodable_entries_are_rejected_alike() {
+    let mut m = StateMachine::new();
+    assert!(matches!(
+        m.apply_bytes(1, b"garbage"),
+        ApplyResult::Rejected(Rejection::Undecodable(_))
+    ));
+    let bytes = encode(&add(1, "eu")).unwrap();
+    assert_eq!(m.apply_bytes(2, &bytes), ApplyResult::Applied);
+    m.skip(3);
+    assert_eq!(m.applied_index(), 3);
+}
+
+#[test]
+#[should_panic(expected = "in order")]
+fn out_of_order_apply_is_a_bug() {
+    let mut m = StateMachine::new();
+    m.skip(2);
+}
