@@ -571,7 +571,7 @@ impl Shared {
             .filter(|_| req.headers.get_all("apns-id").iter().count() == 1)
             .filter(|id| id.len() == 36 && uuid::Uuid::try_parse(id).is_ok())
             .map(str::to_owned)
-            .unwrap_or_else(|| plan.generated_id.hyphenated().to_string().to_uppercase());
+            .unwrap_or_else(|| upper_uuid(plan.generated_id));
         match self.decide(ctx, req, plan, &apns_id) {
             Ok(accepted) => {
                 let unique_id = (self.environment == Environment::Sandbox)
@@ -652,6 +652,12 @@ impl Shared {
             connection_id: ctx.id,
         })
     }
+}
+
+/// A UUID as APNs writes a generated `apns-id`: hyphenated, uppercase.
+pub(crate) fn upper_uuid(id: uuid::Uuid) -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_upper(&mut buf).to_owned()
 }
 
 /// Events counted outside answers.

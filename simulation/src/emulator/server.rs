@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -139,8 +139,8 @@ async fn run_connection<S>(
         identity,
         tokens: Default::default(),
     });
-    let profile = shared.fault_profile();
-    let goaway_at = profile
+    let goaway_at = shared
+        .fault_profile()
         .goaway_every_ms
         .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms.max(1))));
     let goaway_timer = tokio::time::sleep_until(goaway_at.unwrap_or_else(Instant::now));
@@ -150,6 +150,9 @@ async fn run_connection<S>(
     let mut closing = false;
     let mut last_activity = Instant::now();
     let mut tasks = JoinSet::new();
+    // Answers decided in this loop, sent together once no further stream is ready so that
+    // h2 writes them out in one flush rather than one write per response.
+    let mut ready: Vec<(h2::server::SendResponse<Bytes>, Answer)> = Vec::new();
     let go_away = |conn: &mut h2::server::Connection<_, Bytes>,
                    closing: &mut bool,
                    reason: Option<Reason>| {
@@ -163,7 +166,7 @@ async fn run_connection<S>(
             shared.count(Counted::GoAway);
         }
     };
-    loop {
+    'connection: loop {
         tokio::select! {
             biased;
             _ = shutdown.changed(), if !closing => {
@@ -177,41 +180,68 @@ async fn run_connection<S>(
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             next = conn.accept() => {
-                let (request, mut respond) = match next {
-                    Some(Ok(x)) => x,
-                    Some(Err(e)) => {
-                        tracing::debug!(connection = counters.id, error = %e, "emulator connection error");
-                        break;
+                let mut next = next;
+                // Take every stream that is ready now, then send the answers decided inline.
+                loop {
+                    let (request, mut respond) = match next {
+                        Some(Ok(x)) => x,
+                        Some(Err(e)) => {
+                            tracing::debug!(connection = counters.id, error = %e, "emulator connection error");
+                            break 'connection;
+                        }
+                        None => break 'connection,
+                    };
+                    'stream: {
+                        counters.accepted.fetch_add(1, Ordering::Relaxed);
+                        let plan = shared.plan_stream();
+                        if plan.drop_connection {
+                            shared.count(Counted::Dropped);
+                            return; // dropping `conn` closes the transport without GOAWAY
+                        }
+                        if plan.refuse {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            shared.count(Counted::Refused);
+                            break 'stream;
+                        }
+                        let idle = plan
+                            .idle_timeout_ms
+                            .is_some_and(|ms| last_activity.elapsed() > Duration::from_millis(ms));
+                        last_activity = Instant::now();
+                        if idle {
+                            let apns_id = super::upper_uuid(plan.generated_id);
+                            let answer = shared.reject(Reason::IdleTimeout, None, apns_id);
+                            ready.push((respond, answer));
+                            go_away(&mut conn, &mut closing, Some(Reason::IdleTimeout));
+                            break 'stream;
+                        }
+                        streams += 1;
+                        let (parts, mut body) = request.into_parts();
+                        let mut read = BodyRead::default();
+                        if plan.delay.is_zero() {
+                            match read.now(&mut body) {
+                                BodyNow::Complete => {
+                                    let answer = shared.answer(&ctx, &read.view(&parts), &plan);
+                                    ready.push((respond, answer));
+                                }
+                                BodyNow::Failed => {}
+                                BodyNow::Pending => {
+                                    tasks.spawn(handle_stream(shared.clone(), ctx.clone(), parts, body, read, respond, plan));
+                                }
+                            }
+                        } else {
+                            tasks.spawn(handle_stream(shared.clone(), ctx.clone(), parts, body, read, respond, plan));
+                        }
+                        if plan.goaway_after_streams.is_some_and(|n| streams >= n) {
+                            go_away(&mut conn, &mut closing, Some(Reason::Shutdown));
+                        }
                     }
-                    None => break,
-                };
-                counters.accepted.fetch_add(1, Ordering::Relaxed);
-                let plan = shared.plan_stream();
-                if plan.drop_connection {
-                    shared.count(Counted::Dropped);
-                    return; // dropping `conn` closes the transport without GOAWAY
+                    match poll_now(conn.accept()) {
+                        Some(n) => next = n,
+                        None => break,
+                    }
                 }
-                if plan.refuse {
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    shared.count(Counted::Refused);
-                    continue;
-                }
-                let profile = shared.fault_profile();
-                let idle = profile
-                    .idle_timeout_ms
-                    .is_some_and(|ms| last_activity.elapsed() > Duration::from_millis(ms));
-                last_activity = Instant::now();
-                if idle {
-                    let apns_id = plan.generated_id.hyphenated().to_string().to_uppercase();
-                    let answer = shared.reject(Reason::IdleTimeout, None, apns_id);
-                    tasks.spawn(send_answer(respond, answer, Duration::ZERO));
-                    go_away(&mut conn, &mut closing, Some(Reason::IdleTimeout));
-                    continue;
-                }
-                streams += 1;
-                tasks.spawn(handle_stream(shared.clone(), ctx.clone(), request, respond, plan));
-                if profile.goaway_after_streams.is_some_and(|n| streams >= n) {
-                    go_away(&mut conn, &mut closing, Some(Reason::Shutdown));
+                for (respond, answer) in ready.drain(..) {
+                    respond_now(respond, answer);
                 }
             }
         }
@@ -220,44 +250,104 @@ async fn run_connection<S>(
     tasks.abort_all();
 }
 
+/// Poll a future once, without a waker to be woken by: its output if it is ready now.
+fn poll_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// A request body read so far (up to [`BODY_READ_MAX`] bytes kept, every byte counted).
+#[derive(Debug, Default)]
+struct BodyRead {
+    data: Vec<u8>,
+    len: usize,
+    /// Past [`BODY_READ_MAX`]: the rest is not read.
+    full: bool,
+}
+
+enum BodyNow {
+    Complete,
+    Pending,
+    Failed,
+}
+
+impl BodyRead {
+    /// Take one chunk; false once no more is wanted.
+    fn take(&mut self, body: &mut h2::RecvStream, chunk: Bytes) -> bool {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        self.len += chunk.len();
+        if self.len > BODY_READ_MAX {
+            self.full = true;
+            return false;
+        }
+        self.data.extend_from_slice(&chunk);
+        true
+    }
+
+    /// Read whatever has already arrived.
+    fn now(&mut self, body: &mut h2::RecvStream) -> BodyNow {
+        while !self.full {
+            match poll_now(body.data()) {
+                None => return BodyNow::Pending,
+                Some(None) => break,
+                Some(Some(Err(_))) => return BodyNow::Failed,
+                Some(Some(Ok(chunk))) => {
+                    self.take(body, chunk);
+                }
+            }
+        }
+        BodyNow::Complete
+    }
+
+    /// Read to the end (or to the limit).
+    async fn all(&mut self, body: &mut h2::RecvStream) -> bool {
+        while !self.full {
+            match body.data().await {
+                None => break,
+                Some(Err(_)) => return false,
+                Some(Ok(chunk)) => {
+                    self.take(body, chunk);
+                }
+            }
+        }
+        true
+    }
+
+    fn view<'a>(&'a self, parts: &'a http::request::Parts) -> RequestView<'a> {
+        RequestView {
+            method: &parts.method,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            body: &self.data,
+            body_len: self.len,
+        }
+    }
+}
+
 async fn handle_stream(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
-    request: Request<h2::RecvStream>,
+    parts: http::request::Parts,
+    mut body: h2::RecvStream,
+    mut read: BodyRead,
     respond: h2::server::SendResponse<Bytes>,
     plan: StreamPlan,
 ) {
-    let (parts, mut body) = request.into_parts();
-    let mut data = Vec::new();
-    let mut len = 0usize;
-    while let Some(chunk) = body.data().await {
-        let Ok(chunk) = chunk else { return };
-        let _ = body.flow_control().release_capacity(chunk.len());
-        len += chunk.len();
-        if len > BODY_READ_MAX {
-            break;
-        }
-        data.extend_from_slice(&chunk);
+    if !read.all(&mut body).await {
+        return;
     }
-    let view = RequestView {
-        method: &parts.method,
-        path: parts.uri.path(),
-        headers: &parts.headers,
-        body: &data,
-        body_len: len,
-    };
-    let answer = shared.answer(&ctx, &view, &plan);
-    send_answer(respond, answer, plan.delay).await;
+    let answer = shared.answer(&ctx, &read.view(&parts), &plan);
+    if !plan.delay.is_zero() {
+        tokio::time::sleep(plan.delay).await;
+    }
+    respond_now(respond, answer);
 }
 
-async fn send_answer(
-    mut respond: h2::server::SendResponse<Bytes>,
-    answer: Answer,
-    delay: Duration,
-) {
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+fn respond_now(mut respond: h2::server::SendResponse<Bytes>, answer: Answer) {
     let mut builder = Response::builder()
         .status(answer.status)
         .header("apns-id", answer.apns_id.as_str());
