@@ -537,12 +537,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffer<S> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            let mut frames = Vec::new();
-            this.client
-                .feed(&buf.filled()[before..], |f| frames.push(f));
-            for f in frames {
-                this.client_frame(f);
-            }
+            let mut reader = std::mem::replace(&mut this.client, FrameReader::new(0));
+            reader.feed(&buf.filled()[before..], |f| this.client_frame(f));
+            this.client = reader;
         }
         result
     }
