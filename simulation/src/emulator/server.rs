@@ -348,14 +348,19 @@ async fn handle_stream(
 }
 
 fn respond_now(mut respond: h2::server::SendResponse<Bytes>, answer: Answer) {
+    const APNS_UNIQUE_ID: http::HeaderName = http::HeaderName::from_static("apns-unique-id");
+    // Names parsed once; values take the answer's strings without copying them.
     let mut builder = Response::builder()
         .status(answer.status)
-        .header("apns-id", answer.apns_id.as_str());
-    if let Some(unique) = &answer.unique_id {
-        builder = builder.header("apns-unique-id", unique.as_str());
+        .header(super::validate::APNS_ID, answer.apns_id);
+    if let Some(unique) = answer.unique_id {
+        builder = builder.header(APNS_UNIQUE_ID, unique);
     }
     if !answer.body.is_empty() {
-        builder = builder.header("content-type", "application/json");
+        builder = builder.header(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
     }
     let Ok(response) = builder.body(()) else {
         return;
@@ -374,8 +379,9 @@ fn respond_now(mut respond: h2::server::SendResponse<Bytes>, answer: Answer) {
 /// beyond the advertised `SETTINGS_MAX_CONCURRENT_STREAMS` once it had acknowledged it.
 ///
 /// It also adds APNs-style JSON debug data (`{"reason":"Shutdown"}`) to the GOAWAY frames
-/// h2 writes, which h2's server API cannot do: outgoing bytes are copied into `pending`
-/// with GOAWAY frames lengthened, and `pending` is written out before anything else.
+/// h2 writes, which h2's server API cannot do: outgoing bytes pass straight through up to a
+/// GOAWAY frame; from there they are copied into `pending` with GOAWAY frames lengthened,
+/// and `pending` is written out before anything else.
 #[derive(Debug)]
 struct Sniffer<S> {
     inner: S,
@@ -563,6 +569,30 @@ impl<S: AsyncWrite + Unpin> Sniffer<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// How much of `buf` may go straight to the transport, uncopied: everything up to the
+    /// first GOAWAY frame header or incomplete frame header. `None` when the copying path
+    /// must take the start of `buf` (bytes or a debug-data trailer queued, a frame header
+    /// begun, or a GOAWAY frame next).
+    fn passthrough_len(&self, buf: &[u8]) -> Option<usize> {
+        if !self.pending.is_empty() || self.trailer.is_some() || self.server.filled > 0 {
+            return None;
+        }
+        let mut pos = 0;
+        let mut skip = self.server.skip;
+        loop {
+            if skip >= buf.len() - pos {
+                return Some(buf.len());
+            }
+            pos += skip;
+            let h = &buf[pos..];
+            if h.len() < FRAME_HEADER_LEN || h[3] == FRAME_GOAWAY {
+                return (pos > 0).then_some(pos);
+            }
+            skip = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            pos += FRAME_HEADER_LEN;
+        }
+    }
+
     /// Copy outgoing bytes into `pending`, parsing frames and extending GOAWAY frames.
     fn transform(&mut self, mut bytes: &[u8]) {
         let mut frames = Vec::new();
@@ -638,6 +668,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
         let this = &mut *self;
         // Take new bytes only once the previous ones are out: at most one write is buffered.
         std::task::ready!(this.poll_pending(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if let Some(cut) = this.passthrough_len(buf) {
+            // No GOAWAY to rewrite: write without copying, then count the frames written.
+            let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..cut]))?;
+            let mut reader = std::mem::replace(&mut this.server, FrameReader::new(0));
+            reader.feed(&buf[..n], |f| this.server_frame(f));
+            let mut taken = n;
+            if reader.filled > 0 {
+                // Part of a (non-GOAWAY) frame header went out: queue the rest of it.
+                let rest = &buf[n..n + (FRAME_HEADER_LEN - reader.filled)];
+                this.pending.extend_from_slice(rest);
+                reader.feed(rest, |f| this.server_frame(f));
+                taken += rest.len();
+            }
+            this.server = reader;
+            return Poll::Ready(Ok(taken));
+        }
         this.transform(buf);
         // Start writing now; whatever is left goes out on the next write or flush.
         if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
@@ -654,5 +703,93 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// A transport that takes at most `step` bytes per write.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Whatever the transport and the writer's chunking, the bytes out are the frames with
+    /// only the GOAWAY lengthened by its debug data.
+    #[tokio::test]
+    async fn writes_pass_through_except_goaway_debug_data() {
+        let goaway_payload = [0, 0, 0, 3, 0, 0, 0, 0];
+        let frames = [
+            frame(FRAME_SETTINGS, 0, 0, &[]),
+            frame(FRAME_HEADERS, FLAG_END_STREAM, 1, b"hdrs!"),
+            frame(FRAME_DATA, 0, 3, &[7; 40]),
+            frame(FRAME_GOAWAY, 0, 0, &goaway_payload),
+            frame(FRAME_HEADERS, FLAG_END_STREAM, 3, b"more"),
+            frame(FRAME_GOAWAY, 0, 0, &goaway_payload),
+        ];
+        let input: Vec<u8> = frames.concat();
+        let debug = br#"{"reason":"Shutdown"}"#;
+        let mut goaway = frame(FRAME_GOAWAY, 0, 0, &goaway_payload);
+        goaway.extend_from_slice(debug);
+        goaway[2] += debug.len() as u8;
+        let expected: Vec<u8> = [
+            frames[0].clone(),
+            frames[1].clone(),
+            frames[2].clone(),
+            goaway.clone(),
+            frames[4].clone(),
+            goaway,
+        ]
+        .concat();
+        for step in [1, 2, 3, 5, 9, 10, 17, 1000] {
+            for chunk in [1, 4, 9, 13, 64, 1000] {
+                let counters = Arc::new(ConnCounters::default());
+                *counters.goaway_reason.lock().unwrap() = Some(Reason::Shutdown);
+                let mut sniffer = Sniffer::new(
+                    Trickle {
+                        out: Vec::new(),
+                        step,
+                    },
+                    counters,
+                );
+                for part in input.chunks(chunk) {
+                    sniffer.write_all(part).await.unwrap();
+                }
+                sniffer.flush().await.unwrap();
+                assert_eq!(sniffer.inner.out, expected, "step {step} chunk {chunk}");
+                assert!(sniffer.goaway_sent);
+            }
+        }
     }
 }
