@@ -1,9 +1,12 @@
-//! The listener and the HTTP/2 connections: accept, TLS, h2 server, one task per stream.
+//! The listener and the HTTP/2 connections: accept, TLS, h2 server, streams answered
+//! inline or by a task each.
 //!
 //! Each connection runs one loop that accepts streams (drawing each stream's fault plan
-//! in accept order, so answers are deterministic for a seed), sends GOAWAY when a fault,
-//! a settings change or shutdown asks for it, and spawns a task per stream that reads the
-//! body, decides the answer and sends it after the planned delay.
+//! in accept order, so answers are deterministic for a seed) and sends GOAWAY when a fault,
+//! a settings change or shutdown asks for it. A stream whose body has fully arrived and
+//! whose plan has no delay is answered in the loop; the answers to all streams ready at
+//! once are handed to h2 together, so it writes them in one flush. Any other stream gets
+//! a task that reads the body, decides the answer and sends it after the planned delay.
 
 use std::pin::Pin;
 use std::sync::Arc;
