@@ -182,6 +182,10 @@ pub(crate) struct StreamPlan {
     pub(crate) injected: Option<Reason>,
     pub(crate) generated_id: uuid::Uuid,
     pub(crate) unique_id: uuid::Uuid,
+    /// The profile's idle timeout when the stream was accepted.
+    pub(crate) idle_timeout_ms: Option<u64>,
+    /// The profile's GOAWAY-after-streams count when the stream was accepted.
+    pub(crate) goaway_after_streams: Option<u64>,
 }
 
 /// A profile in force, with the progress of its bursts.
@@ -249,6 +253,8 @@ impl ActiveFaults {
             injected,
             generated_id,
             unique_id,
+            idle_timeout_ms: p.idle_timeout_ms,
+            goaway_after_streams: p.goaway_after_streams,
         }
     }
 }

@@ -566,12 +566,18 @@ impl Shared {
     pub(crate) fn answer(&self, ctx: &ConnCtx, req: &RequestView<'_>, plan: &StreamPlan) -> Answer {
         let apns_id = req
             .headers
-            .get("apns-id")
+            .get(validate::APNS_ID)
             .and_then(|v| v.to_str().ok())
-            .filter(|_| req.headers.get_all("apns-id").iter().count() == 1)
+            .filter(|_| {
+                req.headers
+                    .get_all(validate::APNS_ID)
+                    .iter()
+                    .nth(1)
+                    .is_none()
+            })
             .filter(|id| id.len() == 36 && uuid::Uuid::try_parse(id).is_ok())
             .map(str::to_owned)
-            .unwrap_or_else(|| plan.generated_id.hyphenated().to_string().to_uppercase());
+            .unwrap_or_else(|| upper_uuid(plan.generated_id));
         match self.decide(ctx, req, plan, &apns_id) {
             Ok(accepted) => {
                 let unique_id = (self.environment == Environment::Sandbox)
@@ -601,7 +607,7 @@ impl Shared {
         let team = match &ctx.identity {
             Some(id) => id.team_id.clone().ok_or(plain(Reason::BadCertificate))?,
             None => {
-                let header = req.headers.get("authorization").map(|v| v.to_str());
+                let header = req.headers.get(validate::AUTHORIZATION).map(|v| v.to_str());
                 let header = match header {
                     None => None,
                     Some(Ok(h)) => Some(h),
@@ -646,12 +652,29 @@ impl Shared {
             priority: headers.priority,
             collapse_id: headers.collapse_id,
             expiration: headers.expiration,
-            payload_sha256: hex::encode(sha2::Sha256::digest(req.body)),
+            payload_sha256: lower_hex(&sha2::Sha256::digest(req.body)),
             payload_bytes: req.body_len,
             time_ms: now.as_millis(),
             connection_id: ctx.id,
         })
     }
+}
+
+/// A UUID as APNs writes a generated `apns-id`: hyphenated, uppercase.
+pub(crate) fn upper_uuid(id: uuid::Uuid) -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_upper(&mut buf).to_owned()
+}
+
+/// Bytes as lowercase hex (what `hex::encode` gives, without a `char` at a time).
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Events counted outside answers.
@@ -660,4 +683,23 @@ pub(crate) enum Counted {
     Refused,
     Dropped,
     GoAway,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lower_hex_matches_hex_encode() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::lower_hex(&bytes), hex::encode(&bytes));
+        assert_eq!(super::lower_hex(&[]), "");
+    }
+
+    #[test]
+    fn upper_uuid_is_hyphenated_uppercase() {
+        let id = uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(
+            super::upper_uuid(id),
+            id.hyphenated().to_string().to_uppercase()
+        );
+    }
 }

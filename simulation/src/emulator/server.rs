@@ -1,9 +1,12 @@
-//! The listener and the HTTP/2 connections: accept, TLS, h2 server, one task per stream.
+//! The listener and the HTTP/2 connections: accept, TLS, h2 server, streams answered
+//! inline or by a task each.
 //!
 //! Each connection runs one loop that accepts streams (drawing each stream's fault plan
-//! in accept order, so answers are deterministic for a seed), sends GOAWAY when a fault,
-//! a settings change or shutdown asks for it, and spawns a task per stream that reads the
-//! body, decides the answer and sends it after the planned delay.
+//! in accept order, so answers are deterministic for a seed) and sends GOAWAY when a fault,
+//! a settings change or shutdown asks for it. A stream whose body has fully arrived and
+//! whose plan has no delay is answered in the loop; the answers to all streams ready at
+//! once are handed to h2 together, so it writes them in one flush. Any other stream gets
+//! a task that reads the body, decides the answer and sends it after the planned delay.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -139,8 +142,8 @@ async fn run_connection<S>(
         identity,
         tokens: Default::default(),
     });
-    let profile = shared.fault_profile();
-    let goaway_at = profile
+    let goaway_at = shared
+        .fault_profile()
         .goaway_every_ms
         .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms.max(1))));
     let goaway_timer = tokio::time::sleep_until(goaway_at.unwrap_or_else(Instant::now));
@@ -150,6 +153,9 @@ async fn run_connection<S>(
     let mut closing = false;
     let mut last_activity = Instant::now();
     let mut tasks = JoinSet::new();
+    // Answers decided in this loop, sent together once no further stream is ready so that
+    // h2 writes them out in one flush rather than one write per response.
+    let mut ready: Vec<(h2::server::SendResponse<Bytes>, Answer)> = Vec::new();
     let go_away = |conn: &mut h2::server::Connection<_, Bytes>,
                    closing: &mut bool,
                    reason: Option<Reason>| {
@@ -163,7 +169,7 @@ async fn run_connection<S>(
             shared.count(Counted::GoAway);
         }
     };
-    loop {
+    'connection: loop {
         tokio::select! {
             biased;
             _ = shutdown.changed(), if !closing => {
@@ -177,41 +183,68 @@ async fn run_connection<S>(
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             next = conn.accept() => {
-                let (request, mut respond) = match next {
-                    Some(Ok(x)) => x,
-                    Some(Err(e)) => {
-                        tracing::debug!(connection = counters.id, error = %e, "emulator connection error");
-                        break;
+                let mut next = next;
+                // Take every stream that is ready now, then send the answers decided inline.
+                loop {
+                    let (request, mut respond) = match next {
+                        Some(Ok(x)) => x,
+                        Some(Err(e)) => {
+                            tracing::debug!(connection = counters.id, error = %e, "emulator connection error");
+                            break 'connection;
+                        }
+                        None => break 'connection,
+                    };
+                    'stream: {
+                        counters.accepted.fetch_add(1, Ordering::Relaxed);
+                        let plan = shared.plan_stream();
+                        if plan.drop_connection {
+                            shared.count(Counted::Dropped);
+                            return; // dropping `conn` closes the transport without GOAWAY
+                        }
+                        if plan.refuse {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            shared.count(Counted::Refused);
+                            break 'stream;
+                        }
+                        let idle = plan
+                            .idle_timeout_ms
+                            .is_some_and(|ms| last_activity.elapsed() > Duration::from_millis(ms));
+                        last_activity = Instant::now();
+                        if idle {
+                            let apns_id = super::upper_uuid(plan.generated_id);
+                            let answer = shared.reject(Reason::IdleTimeout, None, apns_id);
+                            ready.push((respond, answer));
+                            go_away(&mut conn, &mut closing, Some(Reason::IdleTimeout));
+                            break 'stream;
+                        }
+                        streams += 1;
+                        let (parts, mut body) = request.into_parts();
+                        let mut read = BodyRead::default();
+                        if plan.delay.is_zero() {
+                            match read.now(&mut body) {
+                                BodyNow::Complete => {
+                                    let answer = shared.answer(&ctx, &read.view(&parts), &plan);
+                                    ready.push((respond, answer));
+                                }
+                                BodyNow::Failed => {}
+                                BodyNow::Pending => {
+                                    tasks.spawn(handle_stream(shared.clone(), ctx.clone(), parts, body, read, respond, plan));
+                                }
+                            }
+                        } else {
+                            tasks.spawn(handle_stream(shared.clone(), ctx.clone(), parts, body, read, respond, plan));
+                        }
+                        if plan.goaway_after_streams.is_some_and(|n| streams >= n) {
+                            go_away(&mut conn, &mut closing, Some(Reason::Shutdown));
+                        }
                     }
-                    None => break,
-                };
-                counters.accepted.fetch_add(1, Ordering::Relaxed);
-                let plan = shared.plan_stream();
-                if plan.drop_connection {
-                    shared.count(Counted::Dropped);
-                    return; // dropping `conn` closes the transport without GOAWAY
+                    match poll_now(conn.accept()) {
+                        Some(n) => next = n,
+                        None => break,
+                    }
                 }
-                if plan.refuse {
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    shared.count(Counted::Refused);
-                    continue;
-                }
-                let profile = shared.fault_profile();
-                let idle = profile
-                    .idle_timeout_ms
-                    .is_some_and(|ms| last_activity.elapsed() > Duration::from_millis(ms));
-                last_activity = Instant::now();
-                if idle {
-                    let apns_id = plan.generated_id.hyphenated().to_string().to_uppercase();
-                    let answer = shared.reject(Reason::IdleTimeout, None, apns_id);
-                    tasks.spawn(send_answer(respond, answer, Duration::ZERO));
-                    go_away(&mut conn, &mut closing, Some(Reason::IdleTimeout));
-                    continue;
-                }
-                streams += 1;
-                tasks.spawn(handle_stream(shared.clone(), ctx.clone(), request, respond, plan));
-                if profile.goaway_after_streams.is_some_and(|n| streams >= n) {
-                    go_away(&mut conn, &mut closing, Some(Reason::Shutdown));
+                for (respond, answer) in ready.drain(..) {
+                    respond_now(respond, answer);
                 }
             }
         }
@@ -220,52 +253,117 @@ async fn run_connection<S>(
     tasks.abort_all();
 }
 
+/// Poll a future once, without a waker to be woken by: its output if it is ready now.
+fn poll_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// A request body read so far (up to [`BODY_READ_MAX`] bytes kept, every byte counted).
+#[derive(Debug, Default)]
+struct BodyRead {
+    data: Vec<u8>,
+    len: usize,
+    /// Past [`BODY_READ_MAX`]: the rest is not read.
+    full: bool,
+}
+
+enum BodyNow {
+    Complete,
+    Pending,
+    Failed,
+}
+
+impl BodyRead {
+    /// Take one chunk; false once no more is wanted.
+    fn take(&mut self, body: &mut h2::RecvStream, chunk: Bytes) -> bool {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        self.len += chunk.len();
+        if self.len > BODY_READ_MAX {
+            self.full = true;
+            return false;
+        }
+        self.data.extend_from_slice(&chunk);
+        true
+    }
+
+    /// Read whatever has already arrived.
+    fn now(&mut self, body: &mut h2::RecvStream) -> BodyNow {
+        while !self.full {
+            match poll_now(body.data()) {
+                None => return BodyNow::Pending,
+                Some(None) => break,
+                Some(Some(Err(_))) => return BodyNow::Failed,
+                Some(Some(Ok(chunk))) => {
+                    self.take(body, chunk);
+                }
+            }
+        }
+        BodyNow::Complete
+    }
+
+    /// Read to the end (or to the limit).
+    async fn all(&mut self, body: &mut h2::RecvStream) -> bool {
+        while !self.full {
+            match body.data().await {
+                None => break,
+                Some(Err(_)) => return false,
+                Some(Ok(chunk)) => {
+                    self.take(body, chunk);
+                }
+            }
+        }
+        true
+    }
+
+    fn view<'a>(&'a self, parts: &'a http::request::Parts) -> RequestView<'a> {
+        RequestView {
+            method: &parts.method,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            body: &self.data,
+            body_len: self.len,
+        }
+    }
+}
+
 async fn handle_stream(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
-    request: Request<h2::RecvStream>,
+    parts: http::request::Parts,
+    mut body: h2::RecvStream,
+    mut read: BodyRead,
     respond: h2::server::SendResponse<Bytes>,
     plan: StreamPlan,
 ) {
-    let (parts, mut body) = request.into_parts();
-    let mut data = Vec::new();
-    let mut len = 0usize;
-    while let Some(chunk) = body.data().await {
-        let Ok(chunk) = chunk else { return };
-        let _ = body.flow_control().release_capacity(chunk.len());
-        len += chunk.len();
-        if len > BODY_READ_MAX {
-            break;
-        }
-        data.extend_from_slice(&chunk);
+    if !read.all(&mut body).await {
+        return;
     }
-    let view = RequestView {
-        method: &parts.method,
-        path: parts.uri.path(),
-        headers: &parts.headers,
-        body: &data,
-        body_len: len,
-    };
-    let answer = shared.answer(&ctx, &view, &plan);
-    send_answer(respond, answer, plan.delay).await;
+    let answer = shared.answer(&ctx, &read.view(&parts), &plan);
+    if !plan.delay.is_zero() {
+        tokio::time::sleep(plan.delay).await;
+    }
+    respond_now(respond, answer);
 }
 
-async fn send_answer(
-    mut respond: h2::server::SendResponse<Bytes>,
-    answer: Answer,
-    delay: Duration,
-) {
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+fn respond_now(mut respond: h2::server::SendResponse<Bytes>, answer: Answer) {
+    const APNS_UNIQUE_ID: http::HeaderName = http::HeaderName::from_static("apns-unique-id");
+    // Names parsed once; values take the answer's strings without copying them.
     let mut builder = Response::builder()
         .status(answer.status)
-        .header("apns-id", answer.apns_id.as_str());
-    if let Some(unique) = &answer.unique_id {
-        builder = builder.header("apns-unique-id", unique.as_str());
+        .header(super::validate::APNS_ID, answer.apns_id);
+    if let Some(unique) = answer.unique_id {
+        builder = builder.header(APNS_UNIQUE_ID, unique);
     }
     if !answer.body.is_empty() {
-        builder = builder.header("content-type", "application/json");
+        builder = builder.header(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
     }
     let Ok(response) = builder.body(()) else {
         return;
@@ -284,8 +382,9 @@ async fn send_answer(
 /// beyond the advertised `SETTINGS_MAX_CONCURRENT_STREAMS` once it had acknowledged it.
 ///
 /// It also adds APNs-style JSON debug data (`{"reason":"Shutdown"}`) to the GOAWAY frames
-/// h2 writes, which h2's server API cannot do: outgoing bytes are copied into `pending`
-/// with GOAWAY frames lengthened, and `pending` is written out before anything else.
+/// h2 writes, which h2's server API cannot do: outgoing bytes pass straight through up to a
+/// GOAWAY frame; from there they are copied into `pending` with GOAWAY frames lengthened,
+/// and `pending` is written out before anything else.
 #[derive(Debug)]
 struct Sniffer<S> {
     inner: S,
@@ -447,12 +546,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffer<S> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            let mut frames = Vec::new();
-            this.client
-                .feed(&buf.filled()[before..], |f| frames.push(f));
-            for f in frames {
-                this.client_frame(f);
-            }
+            let mut reader = std::mem::replace(&mut this.client, FrameReader::new(0));
+            reader.feed(&buf.filled()[before..], |f| this.client_frame(f));
+            this.client = reader;
         }
         result
     }
@@ -474,6 +570,30 @@ impl<S: AsyncWrite + Unpin> Sniffer<S> {
             }
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// How much of `buf` may go straight to the transport, uncopied: everything up to the
+    /// first GOAWAY frame header or incomplete frame header. `None` when the copying path
+    /// must take the start of `buf` (bytes or a debug-data trailer queued, a frame header
+    /// begun, or a GOAWAY frame next).
+    fn passthrough_len(&self, buf: &[u8]) -> Option<usize> {
+        if !self.pending.is_empty() || self.trailer.is_some() || self.server.filled > 0 {
+            return None;
+        }
+        let mut pos = 0;
+        let mut skip = self.server.skip;
+        loop {
+            if skip >= buf.len() - pos {
+                return Some(buf.len());
+            }
+            pos += skip;
+            let h = &buf[pos..];
+            if h.len() < FRAME_HEADER_LEN || h[3] == FRAME_GOAWAY {
+                return (pos > 0).then_some(pos);
+            }
+            skip = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            pos += FRAME_HEADER_LEN;
+        }
     }
 
     /// Copy outgoing bytes into `pending`, parsing frames and extending GOAWAY frames.
@@ -551,6 +671,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
         let this = &mut *self;
         // Take new bytes only once the previous ones are out: at most one write is buffered.
         std::task::ready!(this.poll_pending(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if let Some(cut) = this.passthrough_len(buf) {
+            // No GOAWAY to rewrite: write without copying, then count the frames written.
+            let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..cut]))?;
+            let mut reader = std::mem::replace(&mut this.server, FrameReader::new(0));
+            reader.feed(&buf[..n], |f| this.server_frame(f));
+            let mut taken = n;
+            if reader.filled > 0 {
+                // Part of a (non-GOAWAY) frame header went out: queue the rest of it.
+                let rest = &buf[n..n + (FRAME_HEADER_LEN - reader.filled)];
+                this.pending.extend_from_slice(rest);
+                reader.feed(rest, |f| this.server_frame(f));
+                taken += rest.len();
+            }
+            this.server = reader;
+            return Poll::Ready(Ok(taken));
+        }
         this.transform(buf);
         // Start writing now; whatever is left goes out on the next write or flush.
         if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
@@ -567,5 +706,93 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// A transport that takes at most `step` bytes per write.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Whatever the transport and the writer's chunking, the bytes out are the frames with
+    /// only the GOAWAY lengthened by its debug data.
+    #[tokio::test]
+    async fn writes_pass_through_except_goaway_debug_data() {
+        let goaway_payload = [0, 0, 0, 3, 0, 0, 0, 0];
+        let frames = [
+            frame(FRAME_SETTINGS, 0, 0, &[]),
+            frame(FRAME_HEADERS, FLAG_END_STREAM, 1, b"hdrs!"),
+            frame(FRAME_DATA, 0, 3, &[7; 40]),
+            frame(FRAME_GOAWAY, 0, 0, &goaway_payload),
+            frame(FRAME_HEADERS, FLAG_END_STREAM, 3, b"more"),
+            frame(FRAME_GOAWAY, 0, 0, &goaway_payload),
+        ];
+        let input: Vec<u8> = frames.concat();
+        let debug = br#"{"reason":"Shutdown"}"#;
+        let mut goaway = frame(FRAME_GOAWAY, 0, 0, &goaway_payload);
+        goaway.extend_from_slice(debug);
+        goaway[2] += debug.len() as u8;
+        let expected: Vec<u8> = [
+            frames[0].clone(),
+            frames[1].clone(),
+            frames[2].clone(),
+            goaway.clone(),
+            frames[4].clone(),
+            goaway,
+        ]
+        .concat();
+        for step in [1, 2, 3, 5, 9, 10, 17, 1000] {
+            for chunk in [1, 4, 9, 13, 64, 1000] {
+                let counters = Arc::new(ConnCounters::default());
+                *counters.goaway_reason.lock().unwrap() = Some(Reason::Shutdown);
+                let mut sniffer = Sniffer::new(
+                    Trickle {
+                        out: Vec::new(),
+                        step,
+                    },
+                    counters,
+                );
+                for part in input.chunks(chunk) {
+                    sniffer.write_all(part).await.unwrap();
+                }
+                sniffer.flush().await.unwrap();
+                assert_eq!(sniffer.inner.out, expected, "step {step} chunk {chunk}");
+                assert!(sniffer.goaway_sent);
+            }
+        }
     }
 }

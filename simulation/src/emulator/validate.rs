@@ -11,7 +11,7 @@ use herald_actors::limits::{
     COLLAPSE_ID_BYTES_MAX, DEVICE_TOKEN_HEX_MAX, DEVICE_TOKEN_HEX_MIN, PAYLOAD_BYTES_MAX,
     PAYLOAD_VOIP_BYTES_MAX, TOPIC_BYTES_MAX,
 };
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 
 /// Push types APNs knows, with the topic suffix each requires (if any).
 const PUSH_TYPES: [(&str, Option<&str>); 11] = [
@@ -39,14 +39,23 @@ const TOPIC_SUFFIXES: [&str; 6] = [
 ];
 
 /// The headers APNs reads; repeating any of them is `DuplicateHeaders`.
-const APNS_HEADERS: [&str; 7] = [
-    "authorization",
-    "apns-id",
-    "apns-expiration",
-    "apns-priority",
-    "apns-topic",
-    "apns-push-type",
-    "apns-collapse-id",
+pub(crate) const AUTHORIZATION: HeaderName = HeaderName::from_static("authorization");
+pub(crate) const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+
+/// The headers that may appear at most once (names parsed once, not per lookup).
+const APNS_HEADERS: [HeaderName; 7] = [
+    AUTHORIZATION,
+    APNS_ID,
+    APNS_EXPIRATION,
+    APNS_PRIORITY,
+    APNS_TOPIC,
+    APNS_PUSH_TYPE,
+    APNS_COLLAPSE_ID,
 ];
 
 /// The path check: the device token, or the reason.
@@ -91,37 +100,37 @@ pub(crate) struct Headers {
 pub(crate) fn check_headers(headers: &HeaderMap, topic_required: bool) -> Result<Headers, Reason> {
     if APNS_HEADERS
         .iter()
-        .any(|name| headers.get_all(*name).iter().count() > 1)
+        .any(|name| headers.get_all(name).iter().nth(1).is_some())
     {
         return Err(Reason::DuplicateHeaders);
     }
-    let text = |name: &str, bad: Reason| -> Result<Option<String>, Reason> {
+    let text = |name: HeaderName, bad: Reason| -> Result<Option<String>, Reason> {
         match headers.get(name) {
             None => Ok(None),
             Some(v) => v.to_str().map(|s| Some(s.to_owned())).map_err(|_| bad),
         }
     };
-    let apns_id = text("apns-id", Reason::BadMessageId)?;
+    let apns_id = text(APNS_ID, Reason::BadMessageId)?;
     if let Some(id) = &apns_id
         && !is_canonical_uuid(id)
     {
         return Err(Reason::BadMessageId);
     }
-    let expiration = match text("apns-expiration", Reason::BadExpirationDate)? {
+    let expiration = match text(APNS_EXPIRATION, Reason::BadExpirationDate)? {
         None => None,
         Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
             Some(s.parse::<u64>().map_err(|_| Reason::BadExpirationDate)?)
         }
         Some(_) => return Err(Reason::BadExpirationDate),
     };
-    let explicit_priority = match text("apns-priority", Reason::BadPriority)?.as_deref() {
+    let explicit_priority = match text(APNS_PRIORITY, Reason::BadPriority)?.as_deref() {
         None => None,
         Some("10") => Some(10),
         Some("5") => Some(5),
         Some("1") => Some(1),
         Some(_) => return Err(Reason::BadPriority),
     };
-    let push_type = text("apns-push-type", Reason::InvalidPushType)?;
+    let push_type = text(APNS_PUSH_TYPE, Reason::InvalidPushType)?;
     let suffix = match &push_type {
         None => None,
         Some(p) => match PUSH_TYPES.iter().find(|(name, _)| name == p) {
@@ -132,7 +141,7 @@ pub(crate) fn check_headers(headers: &HeaderMap, topic_required: bool) -> Result
     if push_type.as_deref() == Some("background") && explicit_priority == Some(10) {
         return Err(Reason::BadPriority);
     }
-    let topic = text("apns-topic", Reason::BadTopic)?;
+    let topic = text(APNS_TOPIC, Reason::BadTopic)?;
     match &topic {
         None if topic_required => return Err(Reason::MissingTopic),
         None => {}
@@ -147,7 +156,7 @@ pub(crate) fn check_headers(headers: &HeaderMap, topic_required: bool) -> Result
             }
         }
     }
-    let collapse_id = text("apns-collapse-id", Reason::BadCollapseId)?;
+    let collapse_id = text(APNS_COLLAPSE_ID, Reason::BadCollapseId)?;
     if collapse_id
         .as_ref()
         .is_some_and(|c| c.len() > COLLAPSE_ID_BYTES_MAX)
