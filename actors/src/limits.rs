@@ -49,6 +49,15 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest APNs response body read (error bodies are tiny JSON objects).
 pub const RESPONSE_BODY_BYTES_MAX: usize = 8 * 1024;
 
+/// HTTP/2: attempts per request on one connection when the server answers
+/// `RST_STREAM(REFUSED_STREAM)` (the request was not processed, so resending is safe).
+pub const REFUSED_STREAM_ATTEMPTS_MAX: u32 = 3;
+/// HTTP/2: GOAWAY debug data kept for the close report (bytes).
+pub const GOAWAY_DEBUG_BYTES_MAX: usize = 1024;
+/// HTTP/2: after the last in-flight stream of a draining connection finishes, how long the
+/// connection may take to close before it is dropped (h2 futures can otherwise hang).
+pub const H2_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 const _: () = assert!(PAYLOAD_BYTES_MAX < PAYLOAD_VOIP_BYTES_MAX);
 const _: () = assert!(DEVICE_TOKEN_HEX_MIN < DEVICE_TOKEN_HEX_MAX);
 const _: () = assert!(
@@ -62,3 +71,5 @@ const _: () = assert!(
         <= PROVIDER_TOKEN_AGE_MAX.as_secs()
 );
 const _: () = assert!(H2_INITIAL_STREAMS >= 1 && H2_INITIAL_STREAMS <= H2_STREAMS_MAX);
+const _: () = assert!(REFUSED_STREAM_ATTEMPTS_MAX >= 1);
+const _: () = assert!(PING_TIMEOUT.as_millis() < PING_INTERVAL.as_millis());

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod certificate;
 pub mod headers;
+pub mod http2;
 pub mod notification;
 pub mod payload;
 pub mod provider_token;
