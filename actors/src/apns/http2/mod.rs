@@ -43,6 +43,12 @@
 //! [`CloseReason::PingTimeout`]; requests in flight then fail with
 //! [`SendError::ConnectionLost`].
 //!
+//! # Shutdown
+//! [`ApnsConnection::close`] (or dropping every handle) drains: no new requests, in-flight
+//! ones finish, then the h2 connection closes. The drain is bounded by `request_timeout +`
+//! [`H2_CLOSE_TIMEOUT`](crate::limits::H2_CLOSE_TIMEOUT) ([`CloseReason::DrainTimeout`]),
+//! because an h2 client connection can otherwise wait for handles that are never dropped.
+//!
 //! Timers use `tokio::time` only, so paused time (the simulator) drives them.
 
 mod driver;
@@ -96,7 +102,8 @@ pub struct ConnectionConfig {
     pub request_timeout: Duration,
     /// Bound on waiting for a free stream. Default: [`STREAM_WAIT_MAX`](limits::STREAM_WAIT_MAX).
     pub stream_wait_max: Duration,
-    /// Time between keepalive PINGs. Default: [`PING_INTERVAL`](limits::PING_INTERVAL).
+    /// Time between keepalive PINGs: the first this long after connecting, each next one
+    /// this long after the previous PONG. Default: [`PING_INTERVAL`](limits::PING_INTERVAL).
     pub ping_interval: Duration,
     /// A PING unanswered this long means the peer is dead.
     /// Default: [`PING_TIMEOUT`](limits::PING_TIMEOUT).

@@ -25,6 +25,20 @@ use std::fmt;
 use crate::apns::Reason;
 
 /// Where a connection is in its life. See the module docs for the diagram.
+///
+/// ```
+/// use herald_actors::apns::http2::{CloseReason, Confirmation, ConnectionState, GoAwayInfo};
+///
+/// let mut state = ConnectionState::Connecting;
+/// assert!(state.on_connected(Confirmation::Unconfirmed));
+/// assert_eq!(state.stream_limit(1000, 500), 1); // one stream until confirmed
+/// assert!(state.on_confirmation(Confirmation::Confirmed));
+/// assert_eq!(state.stream_limit(1000, 500), 500);
+/// assert!(state.on_go_away(GoAwayInfo::new(7, 0, br#"{"reason":"Shutdown"}"#)));
+/// assert!(!state.accepts_new_streams());
+/// assert!(state.on_closed(CloseReason::GoAway(state.go_away().unwrap().clone())));
+/// assert!(state.is_closed());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionState {
