@@ -1,0 +1,190 @@
+//! TLS for the listener: server certificate (generated or from files), optional client
+//! certificates, and the identity a client certificate carries.
+
+use std::io::BufReader;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use super::EmulatorError;
+use super::config::{TlsConfig, TlsMode};
+
+/// Who a client certificate says the client is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertIdentity {
+    /// The team id (the subject's organizational unit, OU).
+    pub team_id: Option<String>,
+    /// The topic (the subject's UID, or the bundle id in a common name
+    /// `Apple Push Services: <bundle>`).
+    pub topic: Option<String>,
+}
+
+/// The listener's TLS setup.
+pub(crate) struct Tls {
+    pub(crate) acceptor: Option<TlsAcceptor>,
+    pub(crate) ca_pem: Option<String>,
+}
+
+pub(crate) fn build(cfg: &TlsConfig) -> Result<Tls, EmulatorError> {
+    let tls_err = |e: &dyn std::fmt::Display| EmulatorError::Tls(e.to_string());
+    let (chain, key, ca_pem) = match cfg.mode {
+        TlsMode::Plaintext => {
+            return Ok(Tls {
+                acceptor: None,
+                ca_pem: None,
+            });
+        }
+        TlsMode::SelfSigned => {
+            let ck = rcgen::generate_simple_self_signed(cfg.subject_alt_names.clone())
+                .map_err(|e| tls_err(&e))?;
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+            (vec![ck.cert.der().clone()], key, ck.cert.pem())
+        }
+        TlsMode::Files => {
+            let (Some(cert_path), Some(key_path)) = (&cfg.cert_pem_path, &cfg.key_pem_path) else {
+                return Err(EmulatorError::Config(
+                    "tls mode \"files\" needs cert_pem_path and key_pem_path".into(),
+                ));
+            };
+            let cert_pem = read(cert_path)?;
+            let key_pem = read(key_path)?;
+            let chain = parse_certs(&cert_pem)?;
+            let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_bytes()))
+                .map_err(|e| tls_err(&e))?
+                .ok_or_else(|| {
+                    EmulatorError::Tls(format!("{}: no private key", key_path.display()))
+                })?;
+            (chain, key, cert_pem)
+        }
+    };
+    if let Some(path) = &cfg.ca_pem_out {
+        std::fs::write(path, &ca_pem)
+            .map_err(|e| EmulatorError::Config(format!("{}: {e}", path.display())))?;
+    }
+    let client_ca = match (&cfg.client_ca_pem, &cfg.client_ca_pem_path) {
+        (Some(pem), _) => Some(pem.clone()),
+        (None, Some(path)) => Some(read(path)?),
+        (None, None) => None,
+    };
+    let builder = rustls::ServerConfig::builder();
+    let mut server = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in parse_certs(&pem)? {
+                roots.add(cert).map_err(|e| tls_err(&e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier = if cfg.require_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| tls_err(&e))?)
+        }
+    }
+    .with_single_cert(chain, key)
+    .map_err(|e| tls_err(&e))?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Tls {
+        acceptor: Some(TlsAcceptor::from(Arc::new(server))),
+        ca_pem: Some(ca_pem),
+    })
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("tls", &self.acceptor.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String, EmulatorError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| EmulatorError::Config(format!("{}: {e}", path.display())))
+}
+
+fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, EmulatorError> {
+    let certs = rustls_pemfile::certs(&mut BufReader::new(pem.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EmulatorError::Tls(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(EmulatorError::Tls("no certificate in PEM".into()));
+    }
+    Ok(certs)
+}
+
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const OID_ORG_UNIT: &[u8] = &[0x55, 0x04, 0x0B];
+const OID_USER_ID: &[u8] = &[0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x01];
+const APPLE_CN_PREFIX: &str = "Apple Push Services: ";
+
+/// Read team id and topic from a certificate's subject. `None` if the DER is malformed.
+pub(crate) fn identity_of(cert_der: &[u8]) -> Option<CertIdentity> {
+    let (_, cert, _) = tlv(cert_der)?;
+    let (_, mut tbs, _) = tlv(cert)?;
+    // version [0] (optional), serial, signature algorithm, issuer, validity, subject
+    let (tag, _, rest) = tlv(tbs)?;
+    if tag == 0xA0 {
+        tbs = rest;
+        tbs = tlv(tbs)?.2; // serial
+    } else {
+        tbs = rest; // that was the serial
+    }
+    for _ in 0..3 {
+        tbs = tlv(tbs)?.2;
+    }
+    let (_, mut subject, _) = tlv(tbs)?;
+    let mut id = CertIdentity::default();
+    let mut common_name = None;
+    while !subject.is_empty() {
+        let (_, mut set, rest) = tlv(subject)?;
+        subject = rest;
+        while !set.is_empty() {
+            let (_, attr, rest) = tlv(set)?;
+            set = rest;
+            let (_, oid, value) = tlv(attr)?;
+            let (_, value, _) = tlv(value)?;
+            let value = String::from_utf8_lossy(value).into_owned();
+            if oid == OID_ORG_UNIT {
+                id.team_id = Some(value);
+            } else if oid == OID_USER_ID {
+                id.topic = Some(value);
+            } else if oid == OID_COMMON_NAME {
+                common_name = Some(value);
+            }
+        }
+    }
+    if id.topic.is_none() {
+        id.topic = common_name.and_then(|cn| cn.strip_prefix(APPLE_CN_PREFIX).map(str::to_owned));
+    }
+    Some(id)
+}
+
+/// One DER TLV: tag, contents, the bytes after it.
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7F);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        rest = &rest[n..];
+        len
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
