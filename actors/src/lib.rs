@@ -15,5 +15,22 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod apns;
+pub mod backoff;
+pub mod breaker;
+mod connection;
+mod engine;
+pub mod journal;
 pub mod limits;
+pub mod outcome;
+pub mod rate_limit;
 pub mod seams;
+mod shard;
+mod supervisor;
+mod tenant;
+pub mod token_validity;
+
+pub use engine::{
+    BuildError, Endpoint, Herald, HeraldBuilder, PushError, ShutdownReport, TenantError, Tuning,
+};
+pub use outcome::{Failure, Invalidation, Outcome, OutcomeRecord, PushId};
+pub use tenant::{Credentials, TenantConfig, TenantStatus};
