@@ -205,20 +205,20 @@ impl Actor for ConnectionActor {
         }
         Ok(())
     }
+}
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<ConnectionMsg>,
-        state: &mut ConnectionState,
-    ) -> Result<(), ActorProcessingErr> {
-        while let Some(job) = state.pending.pop_front() {
-            state.give_back(job, Duration::ZERO);
+/// However the actor ends (stopped, drained or crashed), nothing it holds is lost: queued
+/// requests go back to their shards, and the connection closes gracefully, so requests in
+/// flight finish and report to their shards directly.
+impl Drop for ConnectionState {
+    fn drop(&mut self) {
+        while let Some(job) = self.pending.pop_front() {
+            self.give_back(job, Duration::ZERO);
         }
-        if let Some(c) = state.connection.take() {
+        if let Some(c) = self.connection.take() {
             c.close();
             metrics::gauge!("herald_connections").decrement(1.0);
         }
-        Ok(())
     }
 }
 
