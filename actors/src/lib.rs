@@ -27,7 +27,9 @@ pub mod seams;
 mod shard;
 mod supervisor;
 mod tenant;
+pub mod token_state;
 pub mod token_validity;
+pub mod wal;
 
 pub use engine::{
     BuildError, Endpoint, Herald, HeraldBuilder, PushError, ShutdownReport, TenantError, Tuning,

@@ -167,3 +167,28 @@ const _: () = assert!(RESTART_INTENSITY_MAX >= 1);
 const _: () = assert!(SHARD_DEDUPE_KEPT_MAX >= 1 && OUTCOMES_KEPT_MAX >= SHARD_DEDUPE_KEPT_MAX);
 /// The `Retry-After` an `Overloaded` answer suggests.
 pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Write-ahead log: most records pending (appended, not yet completed) in one WAL. An append
+/// past it fails with `WalError::Full` and the caller answers `Overloaded`.
+pub const WAL_RECORDS_MAX: usize = 100_000;
+/// Write-ahead log: most payload bytes pending in one WAL.
+pub const WAL_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Write-ahead log: largest single record payload (a serialized push with its headers).
+pub const WAL_RECORD_BYTES_MAX: usize = 16 * 1024;
+/// Group commit: the writer stops draining callers into one transaction once it holds this
+/// many records (one caller's batch is never split, so a transaction may hold a little more).
+pub const WAL_GROUP_COMMIT_RECORDS_MAX: usize = 1024;
+/// Group commit: requests (appends or completions) that may wait for the writer.
+pub const WAL_GROUP_COMMIT_QUEUE_MAX: usize = 1024;
+
+/// Token state: most (tenant, token) entries kept by one store.
+pub const TOKEN_STATE_ENTRIES_MAX: usize = 1_000_000;
+/// Token state: invalidations buffered per subscriber of the invalidation stream before it lags.
+pub const TOKEN_INVALIDATIONS_CHANNEL_CAPACITY: usize = 4096;
+
+// A WAL must hold at least one largest push, and a record must fit in the byte budget.
+const _: () = assert!(WAL_RECORD_BYTES_MAX >= PAYLOAD_VOIP_BYTES_MAX);
+const _: () = assert!(WAL_RECORD_BYTES_MAX as u64 <= WAL_BYTES_MAX);
+const _: () =
+    assert!(WAL_GROUP_COMMIT_RECORDS_MAX >= 1 && WAL_GROUP_COMMIT_RECORDS_MAX <= WAL_RECORDS_MAX);
+const _: () = assert!(WAL_GROUP_COMMIT_QUEUE_MAX >= 1);
+const _: () = assert!(TOKEN_STATE_ENTRIES_MAX >= 1 && TOKEN_INVALIDATIONS_CHANNEL_CAPACITY >= 1);

@@ -23,6 +23,7 @@ pub const SEED_DEFAULT: u64 = 0x5EED_A9A5;
 /// Which APNs environment the emulator pretends to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Environment {
     /// `api.push.apple.com`.
     #[default]
@@ -34,6 +35,7 @@ pub enum Environment {
 /// The environments a signing key is valid for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum KeyEnvironment {
     /// Both production and sandbox (Apple's default for new keys).
     #[default]
@@ -184,6 +186,7 @@ impl Default for TlsConfig {
 /// Where the listener's certificate comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum TlsMode {
     /// Generate a self-signed certificate for `subject_alt_names` at start.
     #[default]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// The state of one device token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DeviceState {
     /// The token is active; if `topic` is set, only for that bundle id (else
     /// `DeviceTokenNotForTopic`).
@@ -45,6 +46,7 @@ pub struct DeviceEntry {
 /// What to answer for a token the registry does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum UnknownTokenPolicy {
     /// Accept it (200).
     #[default]

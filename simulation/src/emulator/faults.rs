@@ -81,6 +81,7 @@ impl FaultProfile {
 /// A latency distribution (delay before each response).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Latency {
     /// No added delay.
     #[default]

@@ -96,6 +96,9 @@ pub struct EmulatorCore {
 
 /// A running emulator: an APNs listener (TLS or plaintext) and an admin endpoint around an
 /// [`EmulatorCore`] (which it dereferences to for settings and record queries).
+///
+/// Dropping it without [`Emulator::shutdown`] also stops the listener and sends GOAWAY on
+/// every connection, without waiting for them.
 #[derive(Debug)]
 pub struct Emulator {
     core: EmulatorCore,
@@ -369,7 +372,8 @@ impl EmulatorCore {
 
     /// Change `SETTINGS_MAX_CONCURRENT_STREAMS`. New connections advertise the new value;
     /// live connections get a graceful GOAWAY (the h2 server cannot send a new SETTINGS
-    /// value mid-connection), so clients reconnect and see it.
+    /// value mid-connection), so clients reconnect and see it. Zero makes new connections
+    /// refuse every stream.
     pub fn set_max_concurrent_streams(&self, max: u32) {
         self.shared.settings_tx.send_replace(max);
     }

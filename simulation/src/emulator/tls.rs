@@ -188,3 +188,52 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     }
     Some((tag, &rest[..len], &rest[len..]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with(dn: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        for (kind, value) in dn {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn identity_from_uid_or_common_name() {
+        let uid = rcgen::DnType::CustomDnType(vec![0, 9, 2342, 19_200_300, 100, 1, 1]);
+        let der = cert_with(&[
+            (uid, "com.example.uid"),
+            (rcgen::DnType::OrganizationalUnitName, "TEAM123456"),
+            (
+                rcgen::DnType::CommonName,
+                "Apple Push Services: com.example.cn",
+            ),
+        ]);
+        let id = identity_of(&der).unwrap();
+        assert_eq!(id.team_id.as_deref(), Some("TEAM123456"));
+        assert_eq!(
+            id.topic.as_deref(),
+            Some("com.example.uid"),
+            "UID wins over CN"
+        );
+
+        let der = cert_with(&[(
+            rcgen::DnType::CommonName,
+            "Apple Push Services: com.example.cn",
+        )]);
+        let id = identity_of(&der).unwrap();
+        assert_eq!(
+            (id.team_id, id.topic.as_deref()),
+            (None, Some("com.example.cn"))
+        );
+
+        let der = cert_with(&[(rcgen::DnType::CommonName, "something else")]);
+        assert_eq!(identity_of(&der).unwrap(), CertIdentity::default());
+        assert_eq!(identity_of(&der[..der.len() / 2]), None);
+        assert_eq!(identity_of(&[]), None);
+    }
+}

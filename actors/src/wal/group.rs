@@ -1,0 +1,307 @@
+//! [`GroupCommitWal`]: many concurrent appenders, one commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{SharedWal, Wal, WalError, WalRecord};
+use crate::limits::{WAL_GROUP_COMMIT_QUEUE_MAX, WAL_GROUP_COMMIT_RECORDS_MAX};
+use crate::seams::BoxFuture;
+
+/// Settings of a [`GroupCommitWal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitConfig {
+    /// Requests that may wait for the writer. Default value: [`WAL_GROUP_COMMIT_QUEUE_MAX`].
+    pub queue_max: usize,
+    /// The writer stops draining once a group holds this many records. Default value:
+    /// [`WAL_GROUP_COMMIT_RECORDS_MAX`].
+    pub group_records_max: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        GroupCommitConfig {
+            queue_max: WAL_GROUP_COMMIT_QUEUE_MAX,
+            group_records_max: WAL_GROUP_COMMIT_RECORDS_MAX,
+        }
+    }
+}
+
+/// A [`Wal`] that coalesces concurrent appends (and completions) into one commit of the wrapped
+/// WAL.
+///
+/// Callers send their batch over a bounded channel with a oneshot for the answer. One writer
+/// task takes the first request, drains every request already waiting (up to
+/// [`WAL_GROUP_COMMIT_RECORDS_MAX`] records), appends them to the wrapped WAL as **one** batch
+/// (one transaction, one fsync) and answers every caller. While that commit runs, new requests
+/// queue up and form the next group, so the commit rate adapts to the fsync latency by itself.
+///
+/// Only consecutive requests of the same kind are merged (appends with appends, completions
+/// with completions), so the wrapped WAL sees operations in the order callers issued them.
+///
+/// Each caller keeps its own answer: if the merged batch fails with [`WalError::Full`] or
+/// [`WalError::RecordTooLarge`], the writer retries each caller's batch on its own, so one
+/// caller's oversized record or the last free slots never fail another caller. Any other error
+/// (I/O) is answered to every caller of the group.
+///
+/// When the queue holds [`WAL_GROUP_COMMIT_QUEUE_MAX`] requests, `append` and `complete` fail
+/// at once with [`WalError::Full`] (answer `Overloaded`) rather than wait.
+///
+/// `replay`, `len` and `bytes` go straight to the wrapped WAL: replay before appending.
+/// The writer task ends when the last handle is dropped.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use herald_actors::wal::{FileWal, GroupCommitWal, SharedWal, Wal, WalRecord};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let file = FileWal::open(dir.path().join("shard-7.redb"))?;
+/// let wal: SharedWal = Arc::new(GroupCommitWal::spawn(Arc::new(file.clone())));
+/// // Recover first, then take new work.
+/// assert!(wal.replay().await?.is_empty());
+/// let appenders: Vec<_> = (0..8u128)
+///     .map(|id| {
+///         let wal = Arc::clone(&wal);
+///         tokio::spawn(async move { wal.append(vec![WalRecord::new(id, 7, vec![1, 2, 3])]).await })
+///     })
+///     .collect();
+/// for appender in appenders {
+///     appender.await.unwrap()?; // durable: safe to answer 202
+/// }
+/// assert_eq!(wal.len(), 8);
+/// assert!(file.commits() <= 8);
+/// # Ok::<(), herald_actors::wal::WalError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct GroupCommitWal {
+    inner: SharedWal,
+    requests: mpsc::Sender<Request>,
+    commits: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+enum Request {
+    Append {
+        batch: Vec<WalRecord>,
+        reply: oneshot::Sender<Result<(), WalError>>,
+    },
+    Complete {
+        ids: Vec<u128>,
+        reply: oneshot::Sender<Result<(), WalError>>,
+    },
+}
+
+impl GroupCommitWal {
+    /// Wrap `inner` with the default [`GroupCommitConfig`] and spawn the writer task.
+    ///
+    /// # Panics
+    /// If called outside a tokio runtime.
+    #[track_caller]
+    pub fn spawn(inner: SharedWal) -> Self {
+        GroupCommitWal::spawn_with(inner, GroupCommitConfig::default())
+    }
+
+    /// Wrap `inner` with `config` and spawn the writer task.
+    ///
+    /// # Panics
+    /// If called outside a tokio runtime, or if a value of `config` is zero.
+    #[track_caller]
+    pub fn spawn_with(inner: SharedWal, config: GroupCommitConfig) -> Self {
+        assert!(
+            config.queue_max > 0,
+            "GroupCommitConfig::queue_max must be > 0"
+        );
+        assert!(
+            config.group_records_max > 0,
+            "GroupCommitConfig::group_records_max must be > 0"
+        );
+        let (requests, receiver) = mpsc::channel(config.queue_max);
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            inner: Arc::clone(&inner),
+            requests: receiver,
+            group_records_max: config.group_records_max,
+            commits: Arc::clone(&commits),
+            carried: None,
+        };
+        tokio::spawn(writer.run());
+        GroupCommitWal {
+            inner,
+            requests,
+            commits,
+        }
+    }
+
+    /// How many operations (appends and completions) the writer issued to the wrapped WAL:
+    /// one commit each.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    fn submit(
+        &self,
+        request: Request,
+        reply: oneshot::Receiver<Result<(), WalError>>,
+    ) -> BoxFuture<'_, Result<(), WalError>> {
+        let sent = self.requests.try_send(request);
+        Box::pin(async move {
+            match sent {
+                Ok(()) => reply.await.unwrap_or(Err(WalError::Closed)),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(WalError::Full),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(WalError::Closed),
+            }
+        })
+    }
+}
+
+impl Wal for GroupCommitWal {
+    fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>> {
+        if batch.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Append { batch, reply }, answer)
+    }
+
+    fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
+        if ids.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Complete { ids, reply }, answer)
+    }
+
+    fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
+        self.inner.replay()
+    }
+
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.inner.bytes()
+    }
+}
+
+struct Writer {
+    inner: SharedWal,
+    requests: mpsc::Receiver<Request>,
+    group_records_max: usize,
+    commits: Arc<AtomicU64>,
+    /// A request drained that did not fit the group being formed: it starts the next one.
+    carried: Option<Request>,
+}
+
+type Reply = oneshot::Sender<Result<(), WalError>>;
+
+impl Writer {
+    async fn run(mut self) {
+        loop {
+            let first = match self.carried.take() {
+                Some(request) => request,
+                None => match self.requests.recv().await {
+                    Some(request) => request,
+                    None => return, // every handle dropped
+                },
+            };
+            match first {
+                Request::Append { batch, reply } => {
+                    let group = self.drain_appends(batch, reply);
+                    self.commit_appends(group).await;
+                }
+                Request::Complete { ids, reply } => {
+                    let group = self.drain_completions(ids, reply);
+                    self.commit_completions(group).await;
+                }
+            }
+        }
+    }
+
+    fn drain_appends(
+        &mut self,
+        batch: Vec<WalRecord>,
+        reply: Reply,
+    ) -> Vec<(Vec<WalRecord>, Reply)> {
+        let mut records = batch.len();
+        let mut group = vec![(batch, reply)];
+        while records < self.group_records_max {
+            match self.requests.try_recv() {
+                Ok(Request::Append { batch, reply }) => {
+                    records += batch.len();
+                    group.push((batch, reply));
+                }
+                Ok(other) => {
+                    self.carried = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        group
+    }
+
+    fn drain_completions(&mut self, ids: Vec<u128>, reply: Reply) -> (Vec<u128>, Vec<Reply>) {
+        let mut all = ids;
+        let mut replies = vec![reply];
+        while all.len() < self.group_records_max {
+            match self.requests.try_recv() {
+                Ok(Request::Complete { ids, reply }) => {
+                    all.extend(ids);
+                    replies.push(reply);
+                }
+                Ok(other) => {
+                    self.carried = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        (all, replies)
+    }
+
+    async fn commit_appends(&self, group: Vec<(Vec<WalRecord>, Reply)>) {
+        let merged: Vec<WalRecord> = if group.len() == 1 {
+            group[0].0.clone()
+        } else {
+            group
+                .iter()
+                .flat_map(|(batch, _)| batch.iter().cloned())
+                .collect()
+        };
+        let callers = group.len();
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        match self.inner.append(merged).await {
+            Ok(()) => {
+                tracing::trace!(callers, "group commit");
+                for (_, reply) in group {
+                    // A caller that stopped waiting does not need its answer.
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(WalError::Full | WalError::RecordTooLarge { .. }) if callers > 1 => {
+                // Some caller's batch does not fit: give each caller its own answer.
+                for (batch, reply) in group {
+                    self.commits.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(self.inner.append(batch).await);
+                }
+            }
+            Err(e) => {
+                for (_, reply) in group {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    async fn commit_completions(&self, (ids, replies): (Vec<u128>, Vec<Reply>)) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let result = self.inner.complete(ids).await;
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+}

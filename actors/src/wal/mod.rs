@@ -1,0 +1,336 @@
+//! The device shard's write-ahead log: accepted pushes survive a crash.
+//!
+//! A push is acknowledged to its caller (`202 {id}`) only after [`Wal::append`] returned `Ok`.
+//! From then on the record is *pending*: it comes back from [`Wal::replay`] after a restart,
+//! in append order, until the shard calls [`Wal::complete`] with its id (delivered, failed or
+//! expired). Delivery is therefore at-least-once: a crash between sending a push and
+//! completing it replays the push, so it may be sent twice; a push is never lost.
+//!
+//! # Durability guarantees
+//!
+//! | implementation | `append` returned `Ok` means | survives |
+//! |---|---|---|
+//! | [`FileWal`] | the batch is in a committed, fsync'd redb transaction | process crash, power loss |
+//! | [`MemoryWal`] | the batch is in this process's memory | **nothing**: lost when the process exits |
+//! | [`GroupCommitWal`] | whatever the wrapped WAL promises | whatever the wrapped WAL survives |
+//!
+//! A batch is atomic: either every record of it is pending or (on `Err`) none is. Completions
+//! are durable when [`Wal::complete`] returns for [`FileWal`]; if a crash loses a completion the
+//! record is replayed and resent, which the at-least-once contract allows.
+//!
+//! Appends are idempotent per id: appending an id that is already pending keeps the first
+//! record and drops the new one (so a caller that saw an error may safely retry the batch).
+//!
+//! # Bounds
+//!
+//! Every WAL is bounded by [`WalLimits`]: at most [`WAL_RECORDS_MAX`] pending records and
+//! [`WAL_BYTES_MAX`] pending payload bytes (past either, [`WalError::Full`]: answer
+//! `Overloaded`), and records of at most [`WAL_RECORD_BYTES_MAX`] bytes
+//! ([`WalError::RecordTooLarge`]: a request bug).
+//!
+//! # Why an async trait with boxed futures
+//!
+//! [`Wal`] is object-safe (methods return [`BoxFuture`], like
+//! [`Connector`](crate::seams::Connector)) so a shard holds a [`SharedWal`] and never knows which
+//! store it writes to. It is async rather than a synchronous API run by the actor because:
+//! - an fsync takes milliseconds (≈3.4 ms on the reference disk); [`FileWal`] runs it on tokio's
+//!   blocking pool so it never stalls the actor runtime's workers;
+//! - group commit needs many callers to wait on one commit, which is natural with futures;
+//! - the simulator plugs in its own implementation over a simulated disk whose latency is
+//!   simulated time (`tokio::time::sleep`), and which loses unsynced writes on a simulated crash.
+//!   A synchronous API could not model that latency.
+//!
+//! [`Wal::len`] and [`Wal::bytes`] are synchronous: every implementation keeps its pending
+//! counters in memory.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use herald_actors::wal::{MemoryWal, Wal, WalRecord};
+//!
+//! let wal = MemoryWal::new();
+//! wal.append(vec![WalRecord::new(1, 7, &b"push one"[..]), WalRecord::new(2, 7, &b"push two"[..])])
+//!     .await?;
+//! wal.complete(vec![1]).await?;
+//! let pending = wal.replay().await?;
+//! assert_eq!(pending.len(), 1);
+//! assert_eq!(pending[0].id, 2);
+//! # Ok::<(), herald_actors::wal::WalError>(())
+//! # }).unwrap();
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::limits::{WAL_BYTES_MAX, WAL_RECORD_BYTES_MAX, WAL_RECORDS_MAX};
+use crate::seams::BoxFuture;
+
+mod file;
+mod group;
+mod memory;
+
+pub use file::FileWal;
+pub use group::{GroupCommitConfig, GroupCommitWal};
+pub use memory::MemoryWal;
+
+/// One write-ahead log record: an opaque payload keyed by a caller-given 128-bit id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRecord {
+    /// The caller's id for the record (the push id). Completions name records by it.
+    pub id: u128,
+    /// The shard the record belongs to.
+    pub shard: u32,
+    /// The record's bytes, opaque to the WAL (a serialized push).
+    pub data: Bytes,
+}
+
+impl WalRecord {
+    /// A record with id `id` for shard `shard` holding `data`.
+    pub fn new(id: u128, shard: u32, data: impl Into<Bytes>) -> Self {
+        WalRecord {
+            id,
+            shard,
+            data: data.into(),
+        }
+    }
+}
+
+/// Why a WAL operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalError {
+    /// The batch would take the WAL past its pending record or byte bound, or the group-commit
+    /// queue is full. Nothing of the batch was appended; answer `Overloaded`.
+    #[error("write-ahead log full")]
+    Full,
+    /// A record is larger than the WAL accepts. Nothing of the batch was appended.
+    #[error("record {id:032x} holds {bytes} bytes; at most {max} are allowed")]
+    RecordTooLarge {
+        /// The offending record's id.
+        id: u128,
+        /// Its payload size (bytes).
+        bytes: usize,
+        /// The largest payload accepted (bytes).
+        max: usize,
+    },
+    /// The store could not be read or written (disk error, failed fsync). The operation may or
+    /// may not have taken effect; retrying an append is safe (appends are idempotent per id).
+    #[error("write-ahead log I/O error: {0}")]
+    Io(String),
+    /// The store's contents are not a valid WAL (damaged file, foreign file, unknown format).
+    #[error("write-ahead log store corrupt or unreadable: {0}")]
+    Corrupt(String),
+    /// The store is already open (in this process or another one).
+    #[error("write-ahead log store is already open elsewhere")]
+    Locked,
+    /// The WAL's writer has stopped (its task ended): nothing more can be appended.
+    #[error("write-ahead log closed")]
+    Closed,
+}
+
+/// A WAL shared by the actors that use it.
+pub type SharedWal = Arc<dyn Wal>;
+
+/// A device shard's write-ahead log. See the [module docs](self) for the guarantees.
+pub trait Wal: Send + Sync + fmt::Debug + 'static {
+    /// Append `batch` atomically. When this returns `Ok`, every record of the batch is pending
+    /// (and, for a durable WAL, durable). An empty batch is a no-op. Records whose id is already
+    /// pending are skipped (the first record with an id wins).
+    ///
+    /// Fails with [`WalError::Full`] or [`WalError::RecordTooLarge`] without appending anything.
+    fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>>;
+
+    /// Mark the records named by `ids` done and reclaim their space. Ids that are not pending
+    /// are ignored, so completing twice is harmless.
+    fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>>;
+
+    /// Every pending record (appended, not completed), in append order. Called by a shard
+    /// when it (re)starts, before it appends anything new.
+    fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>>;
+
+    /// How many records are pending.
+    fn len(&self) -> usize;
+
+    /// True if no record is pending.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total payload bytes of the pending records.
+    fn bytes(&self) -> u64;
+}
+
+/// The bounds of one WAL. The default is [`WAL_RECORDS_MAX`], [`WAL_BYTES_MAX`] and
+/// [`WAL_RECORD_BYTES_MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalLimits {
+    records_max: usize,
+    bytes_max: u64,
+    record_bytes_max: usize,
+}
+
+impl WalLimits {
+    /// Limits of at most `records_max` pending records, `bytes_max` pending payload bytes and
+    /// `record_bytes_max` bytes per record.
+    ///
+    /// # Panics
+    /// If a limit is zero or `record_bytes_max` exceeds `bytes_max`.
+    #[track_caller]
+    pub fn new(records_max: usize, bytes_max: u64, record_bytes_max: usize) -> Self {
+        assert!(records_max > 0, "WalLimits: records_max must be > 0");
+        assert!(
+            record_bytes_max > 0,
+            "WalLimits: record_bytes_max must be > 0"
+        );
+        assert!(
+            record_bytes_max as u64 <= bytes_max,
+            "WalLimits: record_bytes_max must be <= bytes_max"
+        );
+        WalLimits {
+            records_max,
+            bytes_max,
+            record_bytes_max,
+        }
+    }
+
+    /// Most pending records.
+    pub fn records_max(&self) -> usize {
+        self.records_max
+    }
+
+    /// Most pending payload bytes.
+    pub fn bytes_max(&self) -> u64 {
+        self.bytes_max
+    }
+
+    /// Largest record payload (bytes).
+    pub fn record_bytes_max(&self) -> usize {
+        self.record_bytes_max
+    }
+}
+
+impl Default for WalLimits {
+    fn default() -> Self {
+        WalLimits::new(WAL_RECORDS_MAX, WAL_BYTES_MAX, WAL_RECORD_BYTES_MAX)
+    }
+}
+
+/// The in-memory index of pending records every implementation keeps: which ids are pending
+/// under which sequence number, and the counters the bounds are checked against.
+///
+/// Operations are split in `plan_*` (check, no change) and `apply_*` (after the store
+/// accepted the change), so a failed write leaves the index as it was.
+#[derive(Debug)]
+pub(crate) struct PendingIndex {
+    limits: WalLimits,
+    /// Pending id → (sequence number, payload bytes).
+    by_id: BTreeMap<u128, (u64, usize)>,
+    bytes: u64,
+    next_seq: u64,
+}
+
+impl PendingIndex {
+    pub(crate) fn new(limits: WalLimits) -> Self {
+        PendingIndex {
+            limits,
+            by_id: BTreeMap::new(),
+            bytes: 0,
+            next_seq: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Restore one record found in the store at start-up. Records must come in sequence order.
+    pub(crate) fn restore(&mut self, seq: u64, id: u128, bytes: usize) {
+        // A store written by a correct WAL holds each id once; if an id repeats, the later
+        // copy wins the index and the earlier one is still replayed (at-least-once).
+        if let Some((_, old_bytes)) = self.by_id.insert(id, (seq, bytes)) {
+            self.bytes = self.bytes.saturating_sub(old_bytes as u64);
+        }
+        self.bytes += bytes as u64;
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
+    /// Check `batch` against the bounds and give each new record its sequence number.
+    /// Records whose id is pending already (or repeats within the batch) are left out.
+    pub(crate) fn plan_append(
+        &self,
+        batch: Vec<WalRecord>,
+    ) -> Result<Vec<(u64, WalRecord)>, WalError> {
+        let mut planned: Vec<(u64, WalRecord)> = Vec::with_capacity(batch.len());
+        let mut seen = std::collections::BTreeSet::new();
+        let mut added_bytes: u64 = 0;
+        let mut seq = self.next_seq;
+        for record in batch {
+            if record.data.len() > self.limits.record_bytes_max {
+                return Err(WalError::RecordTooLarge {
+                    id: record.id,
+                    bytes: record.data.len(),
+                    max: self.limits.record_bytes_max,
+                });
+            }
+            if self.by_id.contains_key(&record.id) || !seen.insert(record.id) {
+                continue;
+            }
+            added_bytes += record.data.len() as u64;
+            planned.push((seq, record));
+            seq += 1;
+        }
+        if self.by_id.len() + planned.len() > self.limits.records_max
+            || self.bytes + added_bytes > self.limits.bytes_max
+        {
+            return Err(WalError::Full);
+        }
+        Ok(planned)
+    }
+
+    /// Record that `planned` (from [`Self::plan_append`]) is now in the store.
+    pub(crate) fn apply_append(&mut self, planned: &[(u64, WalRecord)]) {
+        for (seq, record) in planned {
+            let previous = self.by_id.insert(record.id, (*seq, record.data.len()));
+            debug_assert!(previous.is_none(), "planned append of a pending id");
+            self.bytes += record.data.len() as u64;
+            self.next_seq = self.next_seq.max(seq + 1);
+        }
+    }
+
+    /// Skip the sequence numbers of `planned` without indexing it: used after a write whose
+    /// outcome is unknown, so a later append never reuses a sequence number that may be taken.
+    pub(crate) fn skip(&mut self, planned: &[(u64, WalRecord)]) {
+        if let Some((seq, _)) = planned.last() {
+            self.next_seq = self.next_seq.max(seq + 1);
+        }
+    }
+
+    /// The sequence numbers of the pending records among `ids` (each once).
+    pub(crate) fn plan_complete(&self, ids: &[u128]) -> Vec<(u128, u64)> {
+        let mut found: BTreeMap<u128, u64> = BTreeMap::new();
+        for id in ids {
+            if let Some((seq, _)) = self.by_id.get(id) {
+                found.insert(*id, *seq);
+            }
+        }
+        found.into_iter().collect()
+    }
+
+    /// Record that the records of `planned` (from [`Self::plan_complete`]) left the store.
+    pub(crate) fn apply_complete(&mut self, planned: &[(u128, u64)]) {
+        for (id, _) in planned {
+            if let Some((_, bytes)) = self.by_id.remove(id) {
+                self.bytes = self.bytes.saturating_sub(bytes as u64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,434 @@
+//! One suite run against every [`Wal`] implementation, plus implementation-specific tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Semaphore;
+
+use super::*;
+
+fn record(id: u128, data: &str) -> WalRecord {
+    WalRecord::new(id, (id % 4) as u32, data.as_bytes().to_vec())
+}
+
+fn ids(records: &[WalRecord]) -> Vec<u128> {
+    records.iter().map(|r| r.id).collect()
+}
+
+fn small_limits() -> WalLimits {
+    WalLimits::new(4, 100, 40)
+}
+
+/// The behaviour every WAL shares. `make` opens a fresh WAL with the given limits.
+async fn suite(make: &dyn Fn(WalLimits) -> SharedWal) {
+    // Append order is replay order, across batches; completions remove records.
+    let wal = make(WalLimits::default());
+    assert!(wal.is_empty());
+    wal.append(vec![record(3, "c"), record(1, "a")])
+        .await
+        .unwrap();
+    wal.append(vec![record(2, "b")]).await.unwrap();
+    wal.append(vec![]).await.unwrap();
+    assert_eq!(wal.len(), 3);
+    assert_eq!(wal.bytes(), 3);
+    assert_eq!(ids(&wal.replay().await.unwrap()), vec![3, 1, 2]);
+    wal.complete(vec![1, 99]).await.unwrap();
+    wal.complete(vec![1]).await.unwrap(); // twice is harmless
+    let replayed = wal.replay().await.unwrap();
+    assert_eq!(replayed, vec![record(3, "c"), record(2, "b")]);
+    assert_eq!(wal.len(), 2);
+    assert_eq!(wal.bytes(), 2);
+
+    // Appends are idempotent per id: the first record wins, within and across batches.
+    wal.append(vec![record(3, "other"), record(4, "d"), record(4, "dup")])
+        .await
+        .unwrap();
+    assert_eq!(
+        wal.replay().await.unwrap(),
+        vec![record(3, "c"), record(2, "b"), record(4, "d")]
+    );
+    // A completed id may be appended again, and goes to the end.
+    wal.complete(vec![3]).await.unwrap();
+    wal.append(vec![record(3, "again")]).await.unwrap();
+    assert_eq!(ids(&wal.replay().await.unwrap()), vec![2, 4, 3]);
+    wal.complete(vec![2, 3, 4]).await.unwrap();
+    assert!(wal.is_empty());
+    assert_eq!(wal.bytes(), 0);
+
+    // Bounds: records, bytes, record size. A failing batch appends nothing.
+    let wal = make(small_limits());
+    wal.append(vec![record(1, "a"), record(2, "b"), record(3, "c")])
+        .await
+        .unwrap();
+    assert_eq!(
+        wal.append(vec![record(4, "d"), record(5, "e")]).await,
+        Err(WalError::Full)
+    );
+    assert_eq!(wal.len(), 3);
+    wal.append(vec![record(4, "d")]).await.unwrap();
+    assert_eq!(wal.append(vec![record(5, "e")]).await, Err(WalError::Full));
+    // A batch of only pending ids adds nothing, so it fits even when full.
+    wal.append(vec![record(1, "a")]).await.unwrap();
+    wal.complete(vec![1, 2, 3, 4]).await.unwrap();
+
+    let big = "x".repeat(41);
+    assert_eq!(
+        wal.append(vec![record(5, "e"), record(6, &big)]).await,
+        Err(WalError::RecordTooLarge {
+            id: 6,
+            bytes: 41,
+            max: 40
+        })
+    );
+    assert!(wal.is_empty());
+    let forty = "y".repeat(40);
+    wal.append(vec![record(7, &forty), record(8, &forty)])
+        .await
+        .unwrap();
+    assert_eq!(
+        wal.append(vec![record(9, &forty)]).await,
+        Err(WalError::Full),
+        "byte bound"
+    );
+    assert_eq!(wal.bytes(), 80);
+    assert_eq!(ids(&wal.replay().await.unwrap()), vec![7, 8]);
+}
+
+#[tokio::test]
+async fn memory_wal_suite() {
+    suite(&|limits| Arc::new(MemoryWal::with_limits(limits))).await;
+}
+
+#[tokio::test]
+async fn file_wal_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicUsize::new(0);
+    suite(&|limits| {
+        let path = dir
+            .path()
+            .join(format!("wal-{}.redb", n.fetch_add(1, Ordering::Relaxed)));
+        Arc::new(FileWal::open_with_limits(path, limits).unwrap())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn group_commit_wal_suite() {
+    suite(&|limits| {
+        Arc::new(GroupCommitWal::spawn(Arc::new(MemoryWal::with_limits(
+            limits,
+        ))))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn group_commit_over_file_wal_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicUsize::new(0);
+    suite(&|limits| {
+        let path = dir
+            .path()
+            .join(format!("wal-{}.redb", n.fetch_add(1, Ordering::Relaxed)));
+        Arc::new(GroupCommitWal::spawn(Arc::new(
+            FileWal::open_with_limits(path, limits).unwrap(),
+        )))
+    })
+    .await;
+}
+
+/// A WAL that holds every append until the test releases it, and records batch sizes.
+#[derive(Debug)]
+struct GatedWal {
+    inner: MemoryWal,
+    gate: Semaphore,
+    batches: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Wal for GatedWal {
+    fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>> {
+        Box::pin(async move {
+            self.gate.acquire().await.unwrap().forget();
+            self.batches.lock().unwrap().push(batch.len());
+            self.inner.append(batch).await
+        })
+    }
+    fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
+        self.inner.complete(ids)
+    }
+    fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
+        self.inner.replay()
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn bytes(&self) -> u64 {
+        self.inner.bytes()
+    }
+}
+
+#[tokio::test]
+async fn group_commit_coalesces_waiting_appenders() {
+    let gated = Arc::new(GatedWal {
+        inner: MemoryWal::new(),
+        gate: Semaphore::new(0),
+        batches: std::sync::Mutex::new(Vec::new()),
+    });
+    let wal = GroupCommitWal::spawn(gated.clone());
+    // The first append is taken by the writer and held at the gate...
+    let first = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.append(vec![record(0, "first")]).await }
+    });
+    while wal.commits() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // ...while 49 more callers queue up behind it.
+    let waiting: Vec<_> = (1..50u128)
+        .map(|id| {
+            let wal = wal.clone();
+            tokio::spawn(async move { wal.append(vec![record(id, "x")]).await })
+        })
+        .collect();
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    gated.gate.add_permits(100);
+    first.await.unwrap().unwrap();
+    for task in waiting {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        *gated.batches.lock().unwrap(),
+        vec![1, 49],
+        "one commit for all waiting callers"
+    );
+    assert_eq!(wal.commits(), 2);
+    assert_eq!(
+        ids(&wal.replay().await.unwrap()),
+        (0..50).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn group_commit_answers_each_caller_on_its_own_when_a_batch_does_not_fit() {
+    let gated = Arc::new(GatedWal {
+        inner: MemoryWal::with_limits(small_limits()),
+        gate: Semaphore::new(0),
+        batches: std::sync::Mutex::new(Vec::new()),
+    });
+    let wal = GroupCommitWal::spawn(gated.clone());
+    let first = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.append(vec![record(0, "a")]).await }
+    });
+    while wal.commits() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let big = "x".repeat(41);
+    let batches = [
+        vec![record(1, "b")],
+        vec![record(2, &big)],
+        vec![record(3, "c")],
+    ];
+    let waiting: Vec<_> = batches
+        .into_iter()
+        .map(|batch| {
+            let wal = wal.clone();
+            tokio::spawn(async move { wal.append(batch).await })
+        })
+        .collect();
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    gated.gate.add_permits(100);
+    first.await.unwrap().unwrap();
+    let mut answers = Vec::new();
+    for task in waiting {
+        answers.push(task.await.unwrap());
+    }
+    assert_eq!(answers[0], Ok(()));
+    assert!(matches!(
+        answers[1],
+        Err(WalError::RecordTooLarge { id: 2, .. })
+    ));
+    assert_eq!(answers[2], Ok(()));
+    assert_eq!(ids(&wal.replay().await.unwrap()), vec![0, 1, 3]);
+}
+
+#[tokio::test]
+async fn group_commit_queue_full_is_overload() {
+    let gated = Arc::new(GatedWal {
+        inner: MemoryWal::new(),
+        gate: Semaphore::new(0),
+        batches: std::sync::Mutex::new(Vec::new()),
+    });
+    let wal = GroupCommitWal::spawn_with(
+        gated.clone(),
+        GroupCommitConfig {
+            queue_max: 2,
+            group_records_max: 8,
+        },
+    );
+    let mut tasks = Vec::new();
+    for id in 0..3u128 {
+        let handle = wal.clone();
+        tasks.push(tokio::spawn(async move {
+            handle.append(vec![record(id, "a")]).await
+        }));
+        // Let the writer take the first request before queueing the others.
+        while wal.commits() == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(wal.append(vec![record(9, "z")]).await, Err(WalError::Full));
+    gated.gate.add_permits(10);
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_wal_group_commit_shares_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileWal::open(dir.path().join("wal.redb")).unwrap();
+    let wal = GroupCommitWal::spawn(Arc::new(file.clone()));
+    let callers = 64u128;
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|id| {
+            let wal = wal.clone();
+            tokio::spawn(async move { wal.append(vec![record(id, "push")]).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let grouped = started.elapsed();
+    assert_eq!(file.len(), callers as usize);
+    assert!(
+        file.commits() < callers as u64,
+        "{} commits for {callers} callers",
+        file.commits()
+    );
+
+    // For comparison: one commit per append.
+    let started = std::time::Instant::now();
+    for id in 1000..1000 + callers {
+        file.append(vec![record(id, "push")]).await.unwrap();
+    }
+    let single = started.elapsed();
+    eprintln!(
+        "{callers} appends: grouped {grouped:?} in {} commits; one by one {single:?} ({:?}/commit)",
+        wal.commits(),
+        single / callers as u32
+    );
+}
+
+#[tokio::test]
+async fn file_wal_reopens_with_pending_records_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    {
+        let wal = FileWal::open(&path).unwrap();
+        wal.append(vec![record(5, "e"), record(1, "a")])
+            .await
+            .unwrap();
+        wal.append(vec![record(9, "i")]).await.unwrap();
+        wal.complete(vec![5]).await.unwrap();
+        // A second handle to an open file is refused, not a panic.
+        assert_eq!(FileWal::open(&path).unwrap_err(), WalError::Locked);
+    }
+    let wal = FileWal::open(&path).unwrap();
+    assert_eq!(wal.len(), 2);
+    assert_eq!(wal.bytes(), 2);
+    assert_eq!(
+        wal.replay().await.unwrap(),
+        vec![record(1, "a"), record(9, "i")]
+    );
+    // New appends follow the replayed ones, and ids stay idempotent across the restart.
+    wal.append(vec![record(1, "dup"), record(2, "b")])
+        .await
+        .unwrap();
+    assert_eq!(ids(&wal.replay().await.unwrap()), vec![1, 9, 2]);
+    // Emptied, reopened, numbering restarts but order holds.
+    wal.complete(vec![1, 9, 2]).await.unwrap();
+    drop(wal);
+    let wal = FileWal::open(&path).unwrap();
+    assert!(wal.is_empty());
+    wal.append(vec![record(7, "g")]).await.unwrap();
+    wal.append(vec![record(3, "c")]).await.unwrap();
+    assert_eq!(ids(&wal.replay().await.unwrap()), vec![7, 3]);
+}
+
+#[test]
+fn file_wal_rejects_a_file_that_is_not_a_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.redb");
+    std::fs::write(&garbage, vec![0xA5; 64 * 1024]).unwrap();
+    let err = FileWal::open(&garbage).unwrap_err();
+    assert!(
+        matches!(err, WalError::Corrupt(_) | WalError::Io(_)),
+        "{err:?}"
+    );
+
+    let short = dir.path().join("short.redb");
+    std::fs::write(&short, b"not a database").unwrap();
+    let err = FileWal::open(&short).unwrap_err();
+    assert!(
+        matches!(err, WalError::Corrupt(_) | WalError::Io(_)),
+        "{err:?}"
+    );
+
+    let missing_dir = dir.path().join("no/such/dir/wal.redb");
+    assert!(matches!(FileWal::open(&missing_dir), Err(WalError::Io(_))));
+}
+
+#[test]
+fn file_wal_rejects_an_unknown_format_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(file_tests::META).unwrap();
+            meta.insert("format", 99u64).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = FileWal::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt(m) if m.contains("99")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn file_wal_rejects_a_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    drop(FileWal::open(&path).unwrap());
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut records = txn.open_table(file_tests::RECORDS).unwrap();
+            records.insert(0u64, &b"short"[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert!(matches!(FileWal::open(&path), Err(WalError::Corrupt(_))));
+}
+
+mod file_tests {
+    use redb::TableDefinition;
+    // The layout is part of the format: tests write to it directly.
+    pub(super) const RECORDS: TableDefinition<'static, u64, &[u8]> =
+        TableDefinition::new("herald_wal_records");
+    pub(super) const META: TableDefinition<'static, &str, u64> =
+        TableDefinition::new("herald_wal_meta");
+}
