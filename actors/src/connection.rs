@@ -46,6 +46,8 @@ pub(crate) struct Job {
     pub(crate) reply_to: ActorRef<ShardMsg>,
     /// The breaker's half-open probe.
     pub(crate) probe: bool,
+    /// Set once the shard has been told what became of the job.
+    pub(crate) answered: bool,
 }
 
 /// What became of a [`Job`].
@@ -57,16 +59,34 @@ pub(crate) enum JobResult {
     Answered(Delivery),
     /// Sending failed; [`SendError::was_sent`] says whether APNs may have processed it.
     Failed(SendError),
+    /// The job was dropped unanswered (an actor holding it died): it may have been sent.
+    Lost,
 }
 
 impl Job {
     /// Report `result` to the shard that asked.
-    pub(crate) fn reply(self, result: JobResult) {
+    pub(crate) fn reply(mut self, result: JobResult) {
+        self.answered = true;
         let _ = self.reply_to.send_message(ShardMsg::Answer {
             push_id: self.push_id,
             dispatch: self.dispatch,
             result,
         });
+    }
+}
+
+/// A job dropped unanswered (in the mailbox of an actor that died, or in a task that was
+/// cancelled) tells its shard, so the push is resent now rather than after the shard's
+/// answer deadline.
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !self.answered {
+            let _ = self.reply_to.send_message(ShardMsg::Answer {
+                push_id: self.push_id,
+                dispatch: self.dispatch,
+                result: JobResult::Lost,
+            });
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! `send` validates the tenant, gives the push an id (its `apns-id`: the one the caller set,
 //! else a UUID from the engine's [`DetRng`]), picks the shard (`FNV-1a(token) % shards`),
 //! reserves room at the tenant and the shard (full → [`PushError::Overloaded`]; mailboxes
-//! are unbounded, so work is bounded here, at admission), and asks the shard to journal and
-//! queue it. It returns once the push is journaled.
+//! are unbounded, so work is bounded here, at admission), and asks the shard to append it to the WAL and
+//! queue it. It returns once the push is appended to the write-ahead log.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,14 +17,14 @@ use tokio::sync::broadcast;
 
 use crate::apns::{ApnsTlsConfig, DeviceToken, Notification};
 use crate::backoff::Backoff;
-use crate::journal::{MemoryJournal, SharedJournal};
 use crate::limits;
 use crate::outcome::{Invalidation, Outcome, OutcomeRecord, OutcomeStore, PushId};
 use crate::seams::{DetRng, SharedClock, SharedConnector, SystemClock, TcpConnector};
 use crate::shard::{Enqueued, Push, ShardMsg, shard_of};
 use crate::supervisor::{EngineSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::tenant::{TenantConfig, TenantMsg, TenantStatus};
-use crate::token_validity::{MemoryTokenValidity, SharedTokenValidity};
+use crate::token_state::{MemoryTokenState, SharedTokenState};
+use crate::wal::{MemoryWal, SharedWal};
 
 /// Where APNs is: host, port and TLS (`None` for plaintext HTTP/2, the emulator's h2c mode).
 #[derive(Debug, Clone)]
@@ -151,9 +151,9 @@ pub enum PushError {
     /// The engine stopped (its supervisor gave up); the reason is given.
     #[error("engine stopped: {0}")]
     Stopped(String),
-    /// The push could not be journaled; it was not accepted.
-    #[error("journal failed: {0}")]
-    Journal(String),
+    /// The push could not be appended to the write-ahead log; it was not accepted.
+    #[error("write-ahead log failed: {0}")]
+    Wal(String),
     /// The shard did not answer in time; the push may or may not have been accepted.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
@@ -203,7 +203,7 @@ pub enum BuildError {
 pub struct ShutdownReport {
     /// Every accepted push got its outcome before the deadline.
     pub drained: bool,
-    /// Pushes still pending (they stay in the journal for the next start).
+    /// Pushes still pending (they stay in the write-ahead log for the next start).
     pub remaining: usize,
 }
 
@@ -216,8 +216,8 @@ pub struct HeraldBuilder {
     clock: Option<SharedClock>,
     seed: Option<u64>,
     connector: Option<SharedConnector>,
-    journal: Option<SharedJournal>,
-    tokens: Option<SharedTokenValidity>,
+    wal: Option<SharedWal>,
+    tokens: Option<SharedTokenState>,
     endpoint: Endpoint,
 }
 
@@ -258,15 +258,17 @@ impl HeraldBuilder {
         self
     }
 
-    /// Where accepted pushes are journaled. Default: a [`MemoryJournal`] of
-    /// `shards × shard_queue_max` records.
-    pub fn journal(&mut self, journal: SharedJournal) -> &mut Self {
-        self.journal = Some(journal);
+    /// The write-ahead log accepted pushes are appended to before `send` returns, shared by
+    /// every shard (records carry their shard). Default: a [`MemoryWal`] (survives shard
+    /// restarts, not process exits); use a [`FileWal`](crate::wal::FileWal) for durability.
+    pub fn wal(&mut self, wal: SharedWal) -> &mut Self {
+        self.wal = Some(wal);
         self
     }
 
-    /// The device-token state. Default: a [`MemoryTokenValidity`].
-    pub fn token_validity(&mut self, tokens: SharedTokenValidity) -> &mut Self {
+    /// The device-token state consulted before every send and told about every 410.
+    /// Default: a [`MemoryTokenState`].
+    pub fn token_state(&mut self, tokens: SharedTokenState) -> &mut Self {
         self.tokens = Some(tokens);
         self
     }
@@ -300,11 +302,10 @@ impl HeraldBuilder {
             Some(seed) => DetRng::from_seed(seed),
             None => DetRng::from_os(),
         };
-        let journal = self.journal.clone().unwrap_or_else(|| {
-            Arc::new(MemoryJournal::new(
-                tuning.shard_queue_max.saturating_mul(self.shards as usize),
-            ))
-        });
+        let wal = self
+            .wal
+            .clone()
+            .unwrap_or_else(|| Arc::new(MemoryWal::new()));
         let (outcome_tx, _) = broadcast::channel(limits::OUTCOME_STREAM_CAPACITY);
         let (invalidation_tx, _) = broadcast::channel(limits::INVALIDATION_STREAM_CAPACITY);
         let engine = Arc::new(EngineShared {
@@ -314,11 +315,11 @@ impl HeraldBuilder {
                 .clone()
                 .unwrap_or_else(|| Arc::new(TcpConnector)),
             endpoint: self.endpoint.clone(),
-            journal,
+            wal,
             tokens: self
                 .tokens
                 .clone()
-                .unwrap_or_else(|| Arc::new(MemoryTokenValidity::default())),
+                .unwrap_or_else(|| Arc::new(MemoryTokenState::new())),
             outcomes: OutcomeStore::new(limits::OUTCOMES_KEPT_MAX),
             outcome_tx,
             invalidation_tx,
@@ -378,13 +379,13 @@ impl Herald {
             clock: None,
             seed: None,
             connector: None,
-            journal: None,
+            wal: None,
             tokens: None,
             endpoint: Endpoint::production(),
         }
     }
 
-    /// Accept one push for `tenant`: returns its id once it is journaled.
+    /// Accept one push for `tenant`: returns its id once it is appended to the write-ahead log.
     pub async fn send(
         &self,
         tenant: &str,
@@ -501,7 +502,7 @@ impl Herald {
                         match other {
                             Enqueued::Duplicate => Ok(()),
                             Enqueued::Full => Err(overloaded()),
-                            Enqueued::JournalFailed(e) => Err(PushError::Journal(e)),
+                            Enqueued::WalFailed(e) => Err(PushError::Wal(e)),
                             Enqueued::Accepted => Ok(()),
                         }
                     }
@@ -584,7 +585,7 @@ impl Herald {
 
     /// Stop taking pushes, wait up to `deadline` for every accepted push to get its outcome,
     /// then stop the actor tree (shards first, then tenants and their connections). Pushes
-    /// still pending stay in the journal.
+    /// still pending stay in the write-ahead log.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         self.inner.accepting.store(false, Ordering::Release);
         let until = tokio::time::Instant::now() + deadline;
@@ -609,7 +610,7 @@ impl Herald {
         ractor::call_t!(actor, TenantMsg::CrashConnection, self.call_timeout_ms()).unwrap_or(false)
     }
 
-    /// Fault injection for tests: crash shard `shard` (it restarts and replays its journal).
+    /// Fault injection for tests: crash shard `shard` (it restarts and replays its WAL).
     #[doc(hidden)]
     pub async fn crash_shard(&self, shard: u32) -> bool {
         let timeout = self.call_timeout_ms();
@@ -654,8 +655,8 @@ pub(crate) struct EngineShared {
     pub(crate) connector: SharedConnector,
     pub(crate) endpoint: Endpoint,
     pub(crate) tuning: Tuning,
-    pub(crate) journal: SharedJournal,
-    pub(crate) tokens: SharedTokenValidity,
+    pub(crate) wal: SharedWal,
+    pub(crate) tokens: SharedTokenState,
     pub(crate) outcomes: OutcomeStore,
     pub(crate) outcome_tx: broadcast::Sender<OutcomeRecord>,
     pub(crate) invalidation_tx: broadcast::Sender<Invalidation>,

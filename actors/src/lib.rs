@@ -19,7 +19,6 @@ pub mod backoff;
 pub mod breaker;
 mod connection;
 mod engine;
-pub mod journal;
 pub mod limits;
 pub mod outcome;
 pub mod rate_limit;
@@ -28,7 +27,6 @@ mod shard;
 mod supervisor;
 mod tenant;
 pub mod token_state;
-pub mod token_validity;
 pub mod wal;
 
 pub use engine::{

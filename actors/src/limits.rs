@@ -192,3 +192,5 @@ const _: () =
     assert!(WAL_GROUP_COMMIT_RECORDS_MAX >= 1 && WAL_GROUP_COMMIT_RECORDS_MAX <= WAL_RECORDS_MAX);
 const _: () = assert!(WAL_GROUP_COMMIT_QUEUE_MAX >= 1);
 const _: () = assert!(TOKEN_STATE_ENTRIES_MAX >= 1 && TOKEN_INVALIDATIONS_CHANNEL_CAPACITY >= 1);
+// The default engine's shards fit in the default WAL.
+const _: () = assert!(SHARD_QUEUE_MAX * (SHARDS_DEFAULT as usize) <= WAL_RECORDS_MAX);

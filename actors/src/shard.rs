@@ -1,7 +1,7 @@
 //! The device shard actor: the WAL-backed queue of the pushes whose token hashes to it.
 //!
-//! - **Durability**: a batch is appended to the journal before `send` is acknowledged;
-//!   a push is completed in the journal when it gets its final outcome; on (re)start the
+//! - **Durability**: a batch is appended to the write-ahead log before `send` is acknowledged;
+//!   a push is completed in the write-ahead log when it gets its final outcome; on (re)start the
 //!   shard replays its pending records into the queue.
 //! - **Priority lanes**: ready pushes go out 10 before 5 before 1, first come first served
 //!   within a lane.
@@ -18,7 +18,7 @@
 //!   Credential errors do not use attempts: the push waits for the tenant's breaker.
 //!
 //! Every push ends with exactly one outcome. Restart policy: the engine supervisor restarts
-//! a failed shard (one-for-one, restart-intensity limited); the new shard replays the journal.
+//! a failed shard (one-for-one, restart-intensity limited); the new shard replays the write-ahead log.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -34,13 +34,14 @@ use crate::apns::{CollapseId, Delivery, DeviceToken, Disposition, Notification, 
 use crate::backoff::{RetryDecision, retry_decision};
 use crate::connection::{Job, JobResult};
 use crate::engine::EngineShared;
-use crate::journal::{JournalError, JournalRecord};
 use crate::limits;
 use crate::outcome::{Failure, Invalidation, Outcome, OutcomeRecord, PushId};
 use crate::seams::DetRng;
 use crate::tenant::TenantMsg;
+use crate::token_state::{TokenKey, TokenValidity};
+use crate::wal::{WalError, WalRecord};
 
-/// A push as the shard stores it (and journals it).
+/// A push as the shard stores it (and appends to the WAL).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Push {
     pub(crate) push_id: u128,
@@ -52,14 +53,14 @@ pub(crate) struct Push {
 /// What became of one push handed to [`ShardMsg::Enqueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Enqueued {
-    /// Queued (and journaled).
+    /// Queued (and in the WAL).
     Accepted,
     /// Already queued or recently finished: not queued again.
     Duplicate,
-    /// The journal is full.
+    /// The WAL is full.
     Full,
-    /// The journal failed.
-    JournalFailed(String),
+    /// The WAL failed.
+    WalFailed(String),
 }
 
 /// The shard actor (see the [module docs](self)).
@@ -78,7 +79,7 @@ pub(crate) struct ShardArgs {
 /// The shard actor's messages.
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
-    /// Journal and queue these pushes.
+    /// Append to the WAL and queue these pushes.
     Enqueue(Vec<Push>, RpcReplyPort<Vec<Enqueued>>),
     /// A tenant or connection answers for a dispatched push.
     Answer {
@@ -204,14 +205,14 @@ impl Actor for ShardActor {
 }
 
 impl ShardState {
-    /// Replay this shard's pending journal records into the queue.
+    /// Replay this shard's pending WAL records into the queue.
     async fn recover(&mut self) -> Result<(), ActorProcessingErr> {
         let records = self
             .engine
-            .journal
+            .wal
             .replay()
             .await
-            .map_err(|e| format!("shard {}: journal replay failed: {e}", self.shard))?;
+            .map_err(|e| format!("shard {}: WAL replay failed: {e}", self.shard))?;
         let mut unreadable = Vec::new();
         let shard = self.shard;
         for record in records.into_iter().filter(|r| r.shard == shard) {
@@ -226,8 +227,8 @@ impl ShardState {
             }
         }
         for (id, error) in unreadable {
-            tracing::error!(shard = self.shard, %error, "unreadable journal record");
-            let _ = self.engine.journal.complete(vec![id]).await;
+            tracing::error!(shard = self.shard, %error, "unreadable WAL record");
+            let _ = self.engine.wal.complete(vec![id]).await;
             let outcome = Outcome::Failed {
                 reason: Failure::Unreadable(error),
             };
@@ -238,7 +239,7 @@ impl ShardState {
             tracing::info!(
                 shard = self.shard,
                 pushes = self.entries.len(),
-                "recovered from journal"
+                "recovered from the WAL"
             );
         }
         self.publish_gauges();
@@ -261,22 +262,22 @@ impl ShardState {
             }
             match serde_json::to_vec(&push) {
                 Ok(data) => {
-                    records.push(JournalRecord::new(push.push_id, self.shard, data));
+                    records.push(WalRecord::new(push.push_id, self.shard, data));
                     fresh.push(push);
                     answers.push(None);
                 }
-                Err(e) => answers.push(Some(Enqueued::JournalFailed(e.to_string()))),
+                Err(e) => answers.push(Some(Enqueued::WalFailed(e.to_string()))),
             }
         }
         let appended = if records.is_empty() {
             Ok(())
         } else {
-            self.engine.journal.append(records).await
+            self.engine.wal.append(records).await
         };
         let verdict = match appended {
             Ok(()) => Enqueued::Accepted,
-            Err(JournalError::Full) => Enqueued::Full,
-            Err(e) => Enqueued::JournalFailed(e.to_string()),
+            Err(WalError::Full) => Enqueued::Full,
+            Err(e) => Enqueued::WalFailed(e.to_string()),
         };
         if verdict == Enqueued::Accepted {
             for push in fresh {
@@ -341,11 +342,12 @@ impl ShardState {
             };
             let notification = &entry.push.notification;
             let expired = notification.expiration().is_some_and(|e| e.is_expired(now));
-            let invalidated = self
-                .engine
-                .tokens
-                .invalidated_at(notification.device_token());
             let tenant_id = entry.push.tenant.clone();
+            let key = TokenKey::new(tenant_id.clone(), notification.device_token().as_str());
+            let invalidated = match self.engine.tokens.check(&key) {
+                TokenValidity::Invalidated { at } => Some(at),
+                _ => None,
+            };
             let request = entry.request.clone();
             if expired {
                 self.finish(id, Outcome::Expired).await;
@@ -380,6 +382,7 @@ impl ShardState {
                 request,
                 reply_to: myself.clone(),
                 probe: false,
+                answered: false,
             };
             if tenant.send_message(TenantMsg::Dispatch(job)).is_err() {
                 let delay = self.engine.tuning.retry_backoff.ceiling(1);
@@ -425,7 +428,10 @@ impl ShardState {
                             .unwrap_or_else(|| self.engine.clock.now());
                         let token = entry.push.notification.device_token().clone();
                         let tenant = entry.push.tenant.clone();
-                        self.engine.tokens.record_invalidation(&token, at);
+                        let key = TokenKey::new(tenant.clone(), token.as_str());
+                        if let Err(error) = self.engine.tokens.invalidate(key, at).await {
+                            tracing::warn!(%error, "could not record a token invalidation");
+                        }
                         let _ = self.engine.invalidation_tx.send(Invalidation {
                             tenant,
                             device_token: token,
@@ -462,6 +468,11 @@ impl ShardState {
                 }
             }
             JobResult::Failed(error) => self.send_failed(id, &error).await,
+            JobResult::Lost => {
+                entry.attempts += 1;
+                let backoff = tuning.retry_backoff;
+                self.retry(id, &backoff, "lost").await;
+            }
         }
     }
 
@@ -567,25 +578,25 @@ impl ShardState {
         myself.send_after(delay, || ShardMsg::Wake);
     }
 
-    /// End push `id` with `outcome`: complete it in the journal, record and stream it.
+    /// End push `id` with `outcome`: complete it in the write-ahead log, record and stream it.
     async fn finish(&mut self, id: PushId, outcome: Outcome) {
         if self.finish_sync(id, outcome)
-            && let Err(error) = self.engine.journal.complete(vec![id.as_u128()]).await
+            && let Err(error) = self.engine.wal.complete(vec![id.as_u128()]).await
         {
             // The push will be replayed after a restart (at-least-once).
-            tracing::warn!(shard = self.shard, %error, "journal completion failed");
+            tracing::warn!(shard = self.shard, %error, "WAL completion failed");
         }
     }
 
-    /// Complete `id` in the journal without waiting (used inside synchronous steps).
+    /// Complete `id` in the write-ahead log without waiting (used inside synchronous steps).
     fn complete_later(&self, id: PushId) {
-        let journal = self.engine.journal.clone();
+        let wal = self.engine.wal.clone();
         tokio::spawn(async move {
-            let _ = journal.complete(vec![id.as_u128()]).await;
+            let _ = wal.complete(vec![id.as_u128()]).await;
         });
     }
 
-    /// Everything of `finish` but the journal. Returns false if `id` was not queued.
+    /// Everything of `finish` but the write-ahead log. Returns false if `id` was not queued.
     fn finish_sync(&mut self, id: PushId, outcome: Outcome) -> bool {
         let Some(entry) = self.entries.remove(&id) else {
             return false;

@@ -7,7 +7,7 @@
 //!     └── Connection 1..C     (by connection number; supervised by the tenant)
 //! ```
 //! - One-for-one: a failed child is restarted alone, with its latest configuration; a
-//!   restarted shard replays its journal, a restarted tenant reopens its pool.
+//!   restarted shard replays its WAL, a restarted tenant reopens its pool.
 //! - Restart intensity: at most [`RESTART_INTENSITY_MAX`](crate::limits::RESTART_INTENSITY_MAX)
 //!   restarts of one child within [`RESTART_WINDOW`](crate::limits::RESTART_WINDOW); past that
 //!   the supervisor escalates: it stops every child in order and stops itself, and the handle
