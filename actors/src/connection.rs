@@ -266,6 +266,15 @@ impl ConnectionState {
     }
 
     fn start_connect(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        // A connection that stopped taking streams (GOAWAY, closing) finishes its in-flight
+        // requests on its own; new requests get a new connection now, not when it closes.
+        if self
+            .connection
+            .as_ref()
+            .is_some_and(|c| !c.state().accepts_new_streams())
+        {
+            self.retire_current();
+        }
         if self.draining || self.connecting || self.connection.is_some() {
             return;
         }
@@ -367,11 +376,13 @@ impl ConnectionState {
                     Disposition::RetryLater => Signal::ServerError,
                     Disposition::RefreshToken => {
                         self.args.credentials.refresh_token();
-                        self.close_current();
+                        self.retire_current();
+                        self.start_connect(myself);
                         Signal::Success
                     }
                     Disposition::Reconnect => {
-                        self.close_current();
+                        self.retire_current();
+                        self.start_connect(myself);
                         Signal::Success
                     }
                     _ => Signal::Success,
@@ -389,9 +400,12 @@ impl ConnectionState {
         }
     }
 
-    fn close_current(&mut self) {
-        if let Some(c) = &self.connection {
+    /// Close the current connection gracefully and forget it: its in-flight requests finish
+    /// (their tasks hold it), the next request opens a new one.
+    fn retire_current(&mut self) {
+        if let Some(c) = self.connection.take() {
             c.close();
+            metrics::gauge!("herald_connections").decrement(1.0);
         }
     }
 

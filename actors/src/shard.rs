@@ -666,3 +666,23 @@ pub(crate) fn shard_of(token: &DeviceToken, shards: u32) -> u32 {
     }
     (hash % u64::from(shards.max(1))) as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_of_is_stable_and_spread() {
+        let token = DeviceToken::from_bytes(&[0xAB; 32]).unwrap();
+        // FNV-1a is fixed: the same token maps to the same shard in every process.
+        assert_eq!(shard_of(&token, 1024), shard_of(&token, 1024));
+        assert_eq!(shard_of(&token, 1), 0);
+        let mut counts = [0u32; 8];
+        for n in 0u32..8000 {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&n.to_be_bytes());
+            counts[shard_of(&DeviceToken::from_bytes(&bytes).unwrap(), 8) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+}

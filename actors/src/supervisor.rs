@@ -351,3 +351,22 @@ impl SupervisorState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_intensity_is_per_window() {
+        let tuning = Tuning::default();
+        let mut log = RestartLog::default();
+        let t0 = Instant::now();
+        for _ in 0..tuning.restart_intensity_max {
+            assert!(log.allow(t0, &tuning));
+        }
+        assert!(!log.allow(t0, &tuning));
+        // Once the window has passed, restarts are allowed again.
+        let later = t0 + tuning.restart_window + Duration::from_millis(1);
+        assert!(log.allow(later, &tuning));
+    }
+}

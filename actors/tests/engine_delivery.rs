@@ -70,3 +70,15 @@ async fn expired_pushes_are_not_sent() {
     assert!(delivered(&got[&b]));
     assert_eq!(env.emulator.accepted_count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_gives_the_same_push_ids() {
+    let a = start(|_| {}, |_| {}).await;
+    let b = start(|_| {}, |_| {}).await;
+    for n in 0..5 {
+        let x = a.herald.send(TENANT, alert(n)).await.unwrap();
+        let y = b.herald.send(TENANT, alert(n)).await.unwrap();
+        assert_eq!(x, y);
+        assert_eq!(a.herald.shard_of(&token(n)), b.herald.shard_of(&token(n)));
+    }
+}

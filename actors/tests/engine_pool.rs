@@ -12,7 +12,7 @@ use herald_actors::breaker::BreakerState;
 use herald_actors::rate_limit::RateLimit;
 use herald_actors::seams::{ManualClock, Timestamp};
 use herald_actors::{Endpoint, Failure, Herald, Outcome, TenantConfig};
-use herald_sim::emulator::{Emulator, EmulatorConfig, Latency, TeamConfig};
+use herald_sim::emulator::{Burst, Emulator, EmulatorConfig, Latency, TeamConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_over_tls() {
@@ -168,4 +168,28 @@ async fn removing_a_tenant_fails_its_queued_pushes() {
     }
     assert!(env.herald.tenant_status("doomed").await.is_err());
     assert_eq!(env.emulator.accepted_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_shutdown_answers_reconnect_and_retry() {
+    let env = start(
+        |c| {
+            c.faults.bursts = vec![Burst {
+                reason: herald_actors::apns::Reason::Shutdown,
+                requests: Some(3),
+                duration_ms: None,
+            }]
+        },
+        |_| {},
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(env.herald.send(TENANT, alert(n)).await.unwrap());
+    }
+    let got = outcomes(&env.herald, &ids).await;
+    assert!(got.values().all(delivered), "{got:?}");
+    assert_eq!(env.emulator.answers_by_reason().get("Shutdown"), Some(&3));
+    assert!(env.emulator.stats().connections_total >= 2, "no reconnect");
+    assert_eq!(env.emulator.accepted_count(), 10);
 }
