@@ -193,3 +193,29 @@ async fn apns_shutdown_answers_reconnect_and_retry() {
     assert!(env.emulator.stats().connections_total >= 2, "no reconnect");
     assert_eq!(env.emulator.accepted_count(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_tokens_rotate_as_time_passes() {
+    let env = start(|_| {}, |_| {}).await;
+    let mut ids = Vec::new();
+    for round in 0..4u64 {
+        for n in 0..5 {
+            ids.push(
+                env.herald
+                    .send(TENANT, alert(round * 10 + n))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let got = outcomes(&env.herald, &ids).await;
+        assert!(got.values().all(delivered), "round {round}: {got:?}");
+        // 35 minutes later the minter has a new token and connections switch to it (they
+        // used the old one for more than 20 minutes, and it is not yet an hour old).
+        env.clock.advance(Duration::from_secs(35 * 60));
+    }
+    let reasons = env.emulator.answers_by_reason();
+    assert!(
+        reasons.is_empty(),
+        "APNs refused something while tokens rotated: {reasons:?}"
+    );
+}
