@@ -219,3 +219,60 @@ async fn provider_tokens_rotate_as_time_passes() {
         "APNs refused something while tokens rotated: {reasons:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_tenants_deliver_over_mutual_tls() {
+    // A push CA, and a client certificate from it for TEAM / BUNDLE (Apple's subject layout).
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test Push CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("Apple Push Services: {BUNDLE}"),
+    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, TEAM);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = params.signed_by(&client_key, &issuer).unwrap();
+    let identity = herald_actors::apns::ClientIdentity::from_pem(
+        client_cert.pem().as_bytes(),
+        client_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+
+    let mut config = EmulatorConfig {
+        admin_bind: None,
+        ..EmulatorConfig::default()
+    };
+    config.tls.client_ca_pem = Some(ca_cert.pem());
+    config.tls.require_client_cert = true;
+    let emulator = Emulator::start(config).await.unwrap();
+    let mut tls = ApnsTlsConfig::new();
+    tls.webpki_roots(false)
+        .add_root_certificates_pem(emulator.ca_pem().unwrap().as_bytes());
+    let herald = Herald::builder()
+        .endpoint(Endpoint::tls("127.0.0.1", emulator.addr().port(), tls))
+        .tuning(fast_tuning())
+        .tenant(TenantConfig::new(
+            TENANT,
+            herald_actors::Credentials::Certificate(identity),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(herald.send(TENANT, alert(n)).await.unwrap());
+    }
+    let got = outcomes(&herald, &ids).await;
+    assert!(got.values().all(delivered), "{got:?}");
+    assert_eq!(emulator.accepted_count(), 10);
+}
