@@ -169,3 +169,66 @@ async fn a_shard_crashing_too_often_stops_the_engine() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_pushes_survive_an_engine_restart_on_a_file_wal() {
+    use std::sync::Arc;
+
+    use herald_actors::wal::FileWal;
+
+    let dir = std::env::temp_dir().join(format!(
+        "herald-engine-wal-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wal.redb");
+    let (_, unknown) = TeamConfig::generate(TEAM, "BADKEY0001", &[BUNDLE]).unwrap();
+
+    // First life: unknown credentials, so the pushes are accepted (in the WAL) but not sent.
+    let wal = Arc::new(FileWal::open(&path).unwrap());
+    let env = start(
+        |_| {},
+        |b| {
+            b.wal(wal.clone());
+        },
+    )
+    .await;
+    drop(wal);
+    env.herald
+        .update_tenant(TenantConfig::new(TENANT, credentials(&unknown, &env.clock)))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(env.herald.send(TENANT, alert(n)).await.unwrap());
+    }
+    let report = env.herald.shutdown(Duration::from_millis(200)).await;
+    assert!(!report.drained);
+    assert_eq!(report.remaining, 10);
+    let addr = env.emulator.addr();
+    let (key, clock) = (env.key.clone(), env.clock.clone());
+    drop(env.herald);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Second life: a new engine on the same file, with good credentials, sends them all.
+    let wal = Arc::new(FileWal::open(&path).unwrap());
+    assert_eq!(herald_actors::wal::Wal::len(&*wal), 10);
+    let herald = herald_actors::Herald::builder()
+        .endpoint(herald_actors::Endpoint::plaintext("127.0.0.1", addr.port()))
+        .clock(Arc::new(clock.clone()))
+        .tuning(fast_tuning())
+        .wal(wal)
+        .tenant(TenantConfig::new(TENANT, credentials(&key, &clock)))
+        .build()
+        .await
+        .unwrap();
+    let got = outcomes(&herald, &ids).await;
+    assert!(got.values().all(delivered), "{got:?}");
+    assert_eq!(env.emulator.accepted_count(), 10);
+    assert!(herald.shutdown(PATIENCE).await.drained);
+    let _ = std::fs::remove_dir_all(&dir);
+}
