@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use tracing::Instrument as _;
 
 use crate::apns::http2::{
     ApnsConnection, CloseReason, ConnectError, ConnectionConfig, ConnectionDriver, SendError,
@@ -145,6 +146,7 @@ pub(crate) struct ConnectionState {
     pending: VecDeque<Job>,
     in_flight: usize,
     draining: bool,
+    span: tracing::Span,
 }
 
 impl Actor for ConnectionActor {
@@ -158,7 +160,9 @@ impl Actor for ConnectionActor {
         args: ConnectionArgs,
     ) -> Result<ConnectionState, ActorProcessingErr> {
         myself.send_message(ConnectionMsg::Connect)?;
+        let span = tracing::debug_span!("connection_actor", host = %args.config.host, number = args.config.number);
         Ok(ConnectionState {
+            span,
             args,
             connection: None,
             generation: 0,
@@ -177,53 +181,8 @@ impl Actor for ConnectionActor {
         msg: ConnectionMsg,
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ConnectionMsg::Submit(job) => state.submit(&myself, job),
-            ConnectionMsg::Connect => {
-                state.reconnect_scheduled = false;
-                state.start_connect(&myself);
-            }
-            ConnectionMsg::Connected(Ok((connection, driver))) => {
-                state.connected(&myself, connection, driver);
-            }
-            ConnectionMsg::Connected(Err(error)) => {
-                state.connecting = false;
-                state.failures += 1;
-                tracing::debug!(%error, failures = state.failures, "connect failed");
-                let delay = state.reconnect_delay();
-                while let Some(job) = state.pending.pop_front() {
-                    state.give_back(job, delay);
-                }
-                state.schedule_reconnect(&myself, delay);
-            }
-            ConnectionMsg::Done { job, result } => state.done(&myself, job, result),
-            ConnectionMsg::Closed { generation, reason } => {
-                if generation == state.generation && state.connection.is_some() {
-                    tracing::debug!(%reason, "connection closed");
-                    state.connection = None;
-                    metrics::gauge!("herald_connections").decrement(1.0);
-                    if state.draining {
-                        state.stop_if_idle(&myself);
-                    } else {
-                        state.failures += 1;
-                        let delay = state.reconnect_delay();
-                        state.schedule_reconnect(&myself, delay);
-                    }
-                }
-            }
-            ConnectionMsg::Drain => {
-                state.draining = true;
-                while let Some(job) = state.pending.pop_front() {
-                    state.give_back(job, Duration::ZERO);
-                }
-                if let Some(c) = &state.connection {
-                    c.close();
-                }
-                state.stop_if_idle(&myself);
-            }
-            ConnectionMsg::Crash => return Err("connection actor crash requested".into()),
-        }
-        Ok(())
+        let span = state.span.clone();
+        on_message(myself, msg, state).instrument(span).await
     }
 }
 
@@ -240,6 +199,61 @@ impl Drop for ConnectionState {
             metrics::gauge!("herald_connections").decrement(1.0);
         }
     }
+}
+
+/// The body of `ConnectionActor::handle`, run inside the actor's span.
+async fn on_message(
+    myself: ActorRef<ConnectionMsg>,
+    msg: ConnectionMsg,
+    state: &mut ConnectionState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        ConnectionMsg::Submit(job) => state.submit(&myself, job),
+        ConnectionMsg::Connect => {
+            state.reconnect_scheduled = false;
+            state.start_connect(&myself);
+        }
+        ConnectionMsg::Connected(Ok((connection, driver))) => {
+            state.connected(&myself, connection, driver);
+        }
+        ConnectionMsg::Connected(Err(error)) => {
+            state.connecting = false;
+            state.failures += 1;
+            tracing::debug!(%error, failures = state.failures, "connect failed");
+            let delay = state.reconnect_delay();
+            while let Some(job) = state.pending.pop_front() {
+                state.give_back(job, delay);
+            }
+            state.schedule_reconnect(&myself, delay);
+        }
+        ConnectionMsg::Done { job, result } => state.done(&myself, job, result),
+        ConnectionMsg::Closed { generation, reason } => {
+            if generation == state.generation && state.connection.is_some() {
+                tracing::debug!(%reason, "connection closed");
+                state.connection = None;
+                metrics::gauge!("herald_connections").decrement(1.0);
+                if state.draining {
+                    state.stop_if_idle(&myself);
+                } else {
+                    state.failures += 1;
+                    let delay = state.reconnect_delay();
+                    state.schedule_reconnect(&myself, delay);
+                }
+            }
+        }
+        ConnectionMsg::Drain => {
+            state.draining = true;
+            while let Some(job) = state.pending.pop_front() {
+                state.give_back(job, Duration::ZERO);
+            }
+            if let Some(c) = &state.connection {
+                c.close();
+            }
+            state.stop_if_idle(&myself);
+        }
+        ConnectionMsg::Crash => return Err("connection actor crash requested".into()),
+    }
+    Ok(())
 }
 
 impl ConnectionState {
@@ -301,12 +315,15 @@ impl ConnectionState {
         let connector = self.args.connector.clone();
         let clock = self.args.clock.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
-            let result = connect(config, &*connector, auth, clock)
-                .await
-                .map(|(connection, driver)| (connection, Box::new(driver)));
-            let _ = me.send_message(ConnectionMsg::Connected(result));
-        });
+        tokio::spawn(
+            async move {
+                let result = connect(config, &*connector, auth, clock)
+                    .await
+                    .map(|(connection, driver)| (connection, Box::new(driver)));
+                let _ = me.send_message(ConnectionMsg::Connected(result));
+            }
+            .instrument(self.span.clone()),
+        );
     }
 
     fn connected(

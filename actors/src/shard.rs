@@ -28,6 +28,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::apns::http2::SendError;
 use crate::apns::{CollapseId, Delivery, DeviceToken, Disposition, Notification, PreparedRequest};
@@ -143,6 +144,7 @@ pub(crate) struct ShardState {
     next_dispatch: u64,
     wake_at: Option<Instant>,
     shard_label: String,
+    span: tracing::Span,
 }
 
 impl Actor for ShardActor {
@@ -171,9 +173,16 @@ impl Actor for ShardActor {
             next_dispatch: 0,
             wake_at: None,
             shard_label: args.shard.to_string(),
+            span: tracing::debug_span!("shard", shard = args.shard),
         };
-        state.recover().await?;
-        state.pump(&myself).await;
+        let span = state.span.clone();
+        async {
+            state.recover().await?;
+            state.pump(&myself).await;
+            Ok::<(), ActorProcessingErr>(())
+        }
+        .instrument(span)
+        .await?;
         Ok(state)
     }
 
@@ -183,25 +192,35 @@ impl Actor for ShardActor {
         msg: ShardMsg,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ShardMsg::Enqueue(pushes, reply) => {
-                let answers = state.enqueue(pushes).await;
-                let _ = reply.send(answers);
-            }
-            ShardMsg::Answer {
-                push_id,
-                dispatch,
-                result,
-            } => state.answer(push_id, dispatch, result).await,
-            ShardMsg::Wake => {
-                state.wake_at = None;
-                state.wake().await;
-            }
-            ShardMsg::Crash => return Err("shard crash requested".into()),
-        }
-        state.pump(&myself).await;
-        Ok(())
+        let span = state.span.clone();
+        on_message(myself, msg, state).instrument(span).await
     }
+}
+
+/// The body of `ShardActor::handle`, run inside the actor's span.
+async fn on_message(
+    myself: ActorRef<ShardMsg>,
+    msg: ShardMsg,
+    state: &mut ShardState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        ShardMsg::Enqueue(pushes, reply) => {
+            let answers = state.enqueue(pushes).await;
+            let _ = reply.send(answers);
+        }
+        ShardMsg::Answer {
+            push_id,
+            dispatch,
+            result,
+        } => state.answer(push_id, dispatch, result).await,
+        ShardMsg::Wake => {
+            state.wake_at = None;
+            state.wake().await;
+        }
+        ShardMsg::Crash => return Err("shard crash requested".into()),
+    }
+    state.pump(&myself).await;
+    Ok(())
 }
 
 impl ShardState {

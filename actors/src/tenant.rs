@@ -22,6 +22,7 @@ use rustls::pki_types::ServerName;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tracing::Instrument as _;
 
 use crate::apns::http2::{ConnectionConfig, TlsSettings};
 use crate::apns::{AuthError, ClientIdentity, ConnectionAuth, TokenConnectionAuth, TokenMinter};
@@ -216,6 +217,7 @@ pub(crate) struct TenantState {
     idle_ticks: u32,
     restarts: RestartLog,
     minted_seen: u64,
+    span: tracing::Span,
 }
 
 impl Actor for TenantActor {
@@ -242,6 +244,7 @@ impl Actor for TenantActor {
                 tuning.breaker_probe_timeout,
             ),
             minted_seen: args.config.credentials.minted(),
+            span: tracing::debug_span!("tenant", tenant = %args.config.id),
             config: args.config,
             engine: args.engine,
             tls,
@@ -263,39 +266,8 @@ impl Actor for TenantActor {
         msg: TenantMsg,
         state: &mut TenantState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            TenantMsg::Dispatch(job) => state.dispatch(&myself, job).await?,
-            TenantMsg::Observed { probe, signal } => {
-                let now = tokio::time::Instant::now();
-                match signal {
-                    Signal::Success => state.breaker.on_success(),
-                    Signal::ServerError => state.breaker.on_server_error(now),
-                    Signal::Credentials => state.breaker.on_credentials_error(now),
-                    Signal::Unsent if probe => state.breaker.on_probe_unanswered(),
-                    Signal::Unsent => {}
-                }
-                state.publish_breaker();
-            }
-            TenantMsg::Tick => state.tick(&myself).await?,
-            TenantMsg::Update(config, reply) => {
-                let result = state.update(&myself, *config).await;
-                let _ = reply.send(result);
-            }
-            TenantMsg::Status(reply) => {
-                let _ = reply.send(TenantStatus {
-                    breaker: state.breaker.state(),
-                    connections: state.pool.len(),
-                });
-            }
-            TenantMsg::CrashConnection(reply) => {
-                let victim = state.pool.values().find(|e| !e.draining);
-                let crashed = victim
-                    .map(|e| e.actor.send_message(ConnectionMsg::Crash).is_ok())
-                    .unwrap_or(false);
-                let _ = reply.send(crashed);
-            }
-        }
-        Ok(())
+        let span = state.span.clone();
+        on_message(myself, msg, state).instrument(span).await
     }
 
     async fn handle_supervisor_evt(
@@ -348,6 +320,47 @@ impl Actor for TenantActor {
         }
         Ok(())
     }
+}
+
+/// The body of `TenantActor::handle`, run inside the actor's span.
+async fn on_message(
+    myself: ActorRef<TenantMsg>,
+    msg: TenantMsg,
+    state: &mut TenantState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        TenantMsg::Dispatch(job) => state.dispatch(&myself, job).await?,
+        TenantMsg::Observed { probe, signal } => {
+            let now = tokio::time::Instant::now();
+            match signal {
+                Signal::Success => state.breaker.on_success(),
+                Signal::ServerError => state.breaker.on_server_error(now),
+                Signal::Credentials => state.breaker.on_credentials_error(now),
+                Signal::Unsent if probe => state.breaker.on_probe_unanswered(),
+                Signal::Unsent => {}
+            }
+            state.publish_breaker();
+        }
+        TenantMsg::Tick => state.tick(&myself).await?,
+        TenantMsg::Update(config, reply) => {
+            let result = state.update(&myself, *config).await;
+            let _ = reply.send(result);
+        }
+        TenantMsg::Status(reply) => {
+            let _ = reply.send(TenantStatus {
+                breaker: state.breaker.state(),
+                connections: state.pool.len(),
+            });
+        }
+        TenantMsg::CrashConnection(reply) => {
+            let victim = state.pool.values().find(|e| !e.draining);
+            let crashed = victim
+                .map(|e| e.actor.send_message(ConnectionMsg::Crash).is_ok())
+                .unwrap_or(false);
+            let _ = reply.send(crashed);
+        }
+    }
+    Ok(())
 }
 
 impl TenantState {
