@@ -540,9 +540,12 @@ impl Shared {
             .map_err(|e| self.unsent_error(&e))?;
         drop(sender);
         let stream_id = response.stream_id().as_u32();
-        if !end_of_stream {
-            body.send_data(request.body.clone(), true)
-                .map_err(|e| self.stream_error(stream_id, &e))?;
+        if !end_of_stream && let Err(e) = body.send_data(request.body.clone(), true) {
+            // The stream closed before the body could be queued: the server may have
+            // answered from the headers alone and reset the stream or closed the connection
+            // (RFC 9113 §8.1 allows an early answer; a client must not discard it). Read
+            // the answer; if there is none, its error says why (e.g. REFUSED_STREAM).
+            tracing::debug!(stream_id, error = %e, "request body not sent; reading the answer");
         }
         let timeout = self.config.request_timeout;
         let answer = match tokio::time::timeout(timeout, read_answer(response)).await {
