@@ -98,6 +98,9 @@ pub const POOL_CONNECTIONS_MAX_DEFAULT: usize = 4;
 pub const POOL_CONNECTIONS_MAX: usize = 64;
 /// A connection is "loaded" (the pool grows) at this many requests in flight.
 pub const POOL_GROW_AT_INFLIGHT: usize = 100;
+/// A rate-limited tenant holds at most this much sending time of jobs waiting for tokens
+/// (`per_second ×` this); more go back to their shards.
+pub const TENANT_RATE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Pool housekeeping (shrink, gauges) runs this often.
 pub const POOL_TICK: Duration = Duration::from_secs(1);
 /// An idle pool shrinks by one connection after this many idle ticks.
@@ -163,6 +166,11 @@ const _: () = assert!(
         < DISPATCH_ANSWER_MAX.as_millis()
 );
 const _: () = assert!(BREAKER_SERVER_ERRORS_MAX >= 1);
+// A job waiting for a rate-limit token is sent (or answered) before the shard presumes it lost.
+const _: () = assert!(
+    TENANT_RATE_WAIT_MAX.as_millis() + REQUEST_TIMEOUT.as_millis() + STREAM_WAIT_MAX.as_millis()
+        < DISPATCH_ANSWER_MAX.as_millis()
+);
 const _: () = assert!(RESTART_INTENSITY_MAX >= 1);
 const _: () = assert!(SHARD_DEDUPE_KEPT_MAX >= 1 && OUTCOMES_KEPT_MAX >= SHARD_DEDUPE_KEPT_MAX);
 /// The `Retry-After` an `Overloaded` answer suggests.

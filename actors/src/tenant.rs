@@ -19,9 +19,10 @@
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rustls::pki_types::ServerName;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tracing::Instrument as _;
 
 use crate::apns::http2::{ConnectionConfig, TlsSettings};
@@ -189,6 +190,8 @@ pub(crate) enum TenantMsg {
     Observed { probe: bool, signal: Signal },
     /// Housekeeping: shrink the pool, publish gauges.
     Tick,
+    /// A rate-limit token is due for the first waiting job.
+    RateWake,
     /// Install new credentials and limits.
     Update(Box<TenantConfig>, RpcReplyPort<Result<(), String>>),
     /// Report health.
@@ -217,6 +220,9 @@ pub(crate) struct TenantState {
     idle_ticks: u32,
     restarts: RestartLog,
     minted_seen: u64,
+    /// Jobs waiting for a rate-limit token, oldest first.
+    waiting: VecDeque<Job>,
+    rate_wake_scheduled: bool,
     span: tracing::Span,
 }
 
@@ -244,6 +250,8 @@ impl Actor for TenantActor {
                 tuning.breaker_probe_timeout,
             ),
             minted_seen: args.config.credentials.minted(),
+            waiting: VecDeque::new(),
+            rate_wake_scheduled: false,
             span: tracing::debug_span!("tenant", tenant = %args.config.id),
             config: args.config,
             engine: args.engine,
@@ -314,6 +322,7 @@ impl Actor for TenantActor {
         _myself: ActorRef<TenantMsg>,
         state: &mut TenantState,
     ) -> Result<(), ActorProcessingErr> {
+        state.give_back_waiting(Duration::ZERO);
         // Stop connections in a fixed order (by number), not ractor's.
         for entry in state.pool.values() {
             entry.actor.stop(None);
@@ -342,6 +351,15 @@ async fn on_message(
             state.publish_breaker();
         }
         TenantMsg::Tick => state.tick(&myself).await?,
+        TenantMsg::RateWake => {
+            state.rate_wake_scheduled = false;
+            if state.breaker.state() == BreakerState::Open {
+                let retry_in = state.engine.tuning.breaker_open_for;
+                state.give_back_waiting(retry_in);
+            } else {
+                state.release_waiting(&myself).await?;
+            }
+        }
         TenantMsg::Update(config, reply) => {
             let result = state.update(&myself, *config).await;
             let _ = reply.send(result);
@@ -372,10 +390,8 @@ impl TenantState {
         let now = tokio::time::Instant::now();
         match self.breaker.admit(now) {
             Admission::Denied { retry_in } => {
-                return {
-                    job.reply(JobResult::Deferred { retry_in });
-                    Ok(())
-                };
+                job.reply(JobResult::Deferred { retry_in });
+                return Ok(());
             }
             Admission::Probe => {
                 job.probe = true;
@@ -383,15 +399,71 @@ impl TenantState {
             }
             Admission::Allowed => {}
         }
-        if let Some(bucket) = &mut self.bucket
-            && let Err(retry_in) = bucket.try_take(now)
-        {
+        if let Some(limit) = self.config.rate_limit {
+            // Rate-limited: jobs wait here, in order, for their token. At most
+            // `per_second × TENANT_RATE_WAIT_MAX` wait (so none waits past the shard's answer
+            // deadline); past that the job goes back to its shard.
+            let waiting_max =
+                ((limit.per_second * limits::TENANT_RATE_WAIT_MAX.as_secs_f64()) as usize).max(1);
+            if self.waiting.len() >= waiting_max {
+                if job.probe {
+                    self.breaker.on_probe_unanswered();
+                }
+                job.reply(JobResult::Deferred {
+                    retry_in: limits::TENANT_RATE_WAIT_MAX,
+                });
+                return Ok(());
+            }
+            self.waiting.push_back(job);
+            return self.release_waiting(myself).await;
+        }
+        self.send_to_connection(myself, job).await
+    }
+
+    /// Send the waiting jobs whose rate-limit tokens are due; wake up when the next one is.
+    async fn release_waiting(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = tokio::time::Instant::now();
+        while !self.waiting.is_empty() {
+            let taken = match self.bucket.as_mut() {
+                Some(bucket) => bucket.try_take(now),
+                None => Ok(()),
+            };
+            match taken {
+                Ok(()) => {
+                    if let Some(job) = self.waiting.pop_front() {
+                        self.send_to_connection(myself, job).await?;
+                    }
+                }
+                Err(wait) => {
+                    if !self.rate_wake_scheduled {
+                        self.rate_wake_scheduled = true;
+                        myself.send_after(wait, || TenantMsg::RateWake);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Give every waiting job back to its shard (the breaker opened, or the actor stops).
+    fn give_back_waiting(&mut self, retry_in: Duration) {
+        while let Some(job) = self.waiting.pop_front() {
             if job.probe {
                 self.breaker.on_probe_unanswered();
             }
             job.reply(JobResult::Deferred { retry_in });
-            return Ok(());
         }
+    }
+
+    async fn send_to_connection(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        job: Job,
+    ) -> Result<(), ActorProcessingErr> {
         let mut chosen = self.least_loaded();
         let grow = match chosen {
             None => true,
@@ -535,6 +607,9 @@ impl TenantState {
         }
         self.breaker.reset();
         self.publish_breaker();
+        self.release_waiting(myself)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 

@@ -89,3 +89,44 @@ async fn flaky_apns_on_virtual_time_delivers_everything() {
     // The same seed gives the same push ids and the same outcomes.
     assert_eq!(run(11).await, first);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_backlog_drains_at_the_configured_rate() {
+    let (team, key) = TeamConfig::generate(TEAM, KEY_ID, &[BUNDLE]).unwrap();
+    let mut config = EmulatorConfig::plaintext();
+    config.teams = vec![team];
+    let clock = ManualClock::new(Timestamp::from_secs(START_SECS));
+    let core = EmulatorCore::new(&config, Arc::new(clock.clone())).unwrap();
+    let mut tenant = TenantConfig::new(TENANT, credentials(&key, &clock));
+    tenant.rate_limit(herald_actors::rate_limit::RateLimit {
+        per_second: 50.0,
+        burst: 10,
+    });
+    let herald = Herald::builder()
+        .endpoint(Endpoint::plaintext("apns.invalid", 443))
+        .connector(Arc::new(InMemory(core.clone())))
+        .clock(Arc::new(clock.clone()))
+        .rng_seed(5)
+        .tuning(fast_tuning())
+        .tenant(tenant)
+        .build()
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let batch: Vec<_> = (0..500).map(alert).collect();
+    let ids: Vec<_> = herald
+        .send_batch(TENANT, batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    while ids.iter().any(|id| herald.outcome(*id).is_none()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    // 500 pushes at 50/s after a burst of 10: 9.8 s, and not much more.
+    assert!(took >= Duration::from_millis(9_800), "{took:?}");
+    assert!(took <= Duration::from_secs(12), "{took:?}");
+    assert_eq!(core.accepted_count(), 500);
+}
