@@ -224,7 +224,11 @@ async fn on_message(
             while let Some(job) = state.pending.pop_front() {
                 state.give_back(job, delay);
             }
-            state.schedule_reconnect(&myself, delay);
+            if state.draining {
+                state.stop_if_idle(&myself);
+            } else {
+                state.schedule_reconnect(&myself, delay);
+            }
         }
         ConnectionMsg::Done { job, result } => state.done(&myself, job, result),
         ConnectionMsg::Closed { generation, reason } => {
