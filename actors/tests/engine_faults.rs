@@ -59,7 +59,7 @@ async fn service_unavailable_storm_opens_the_breaker_until_a_probe_succeeds() {
         },
         |b| {
             let mut t = fast_tuning();
-            t.breaker_open_for = Duration::from_secs(2);
+            t.breaker_open_for = Duration::from_secs(3);
             t.attempts_max = 100;
             b.tuning(t);
         },
@@ -77,7 +77,7 @@ async fn service_unavailable_storm_opens_the_breaker_until_a_probe_succeeds() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // While it is open nothing new is sent (requests already in flight finish first).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = answers(&env);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -109,7 +109,11 @@ async fn too_many_requests_is_retried_after_a_delay() {
                 window_ms: 50,
             })
         },
-        |_| {},
+        |b| {
+            let mut t = fast_tuning();
+            t.attempts_max = 50;
+            b.tuning(t);
+        },
     )
     .await;
     // Three pushes to one device (different collapse ids, so none replaces another).
