@@ -82,6 +82,9 @@ pub const SHARDS_MAX: u32 = 1024;
 pub const SHARDS_DEFAULT: u32 = 4;
 /// Pushes one shard holds (queued, delayed or in flight) before `send` answers `Overloaded`.
 pub const SHARD_QUEUE_MAX: usize = 10_000;
+/// Priority 5 and 1 pushes may fill at most this share of a shard (percent), so priority 10
+/// pushes always find room.
+pub const SHARD_LOW_LANES_PERCENT: usize = 80;
 /// Pushes one shard has handed to tenants and not yet heard back about.
 pub const SHARD_INFLIGHT_MAX: usize = 512;
 /// Pushes one tenant has accepted and not yet finished (all shards) before `Overloaded`.
@@ -149,6 +152,7 @@ pub const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 const _: () = assert!(SHARDS_DEFAULT >= 1 && SHARDS_DEFAULT <= SHARDS_MAX);
 const _: () = assert!(SHARD_INFLIGHT_MAX <= SHARD_QUEUE_MAX);
+const _: () = assert!(SHARD_LOW_LANES_PERCENT > 0 && SHARD_LOW_LANES_PERCENT < 100);
 const _: () = assert!(SHARD_QUEUE_MAX <= TENANT_QUEUE_MAX);
 const _: () = assert!(SEND_BATCH_MAX <= SHARD_QUEUE_MAX);
 const _: () = assert!(

@@ -4,7 +4,9 @@
 //!   a push is completed in the write-ahead log when it gets its final outcome; on (re)start the
 //!   shard replays its pending records into the queue.
 //! - **Priority lanes**: ready pushes go out 10 before 5 before 1, first come first served
-//!   within a lane.
+//!   within a lane. The lanes are bounded: priority 5 and 1 pushes together may fill at most
+//!   [`SHARD_LOW_LANES_PERCENT`](limits::SHARD_LOW_LANES_PERCENT) of the shard, so urgent pushes
+//!   always find room (past it they are refused `Overloaded`).
 //! - **Expiry**: a push past its `apns-expiration` ends `Expired` instead of being sent, and a
 //!   retry is never scheduled past it.
 //! - **Coalescing**: a new push with the same collapse id to the same token (and tenant)
@@ -143,6 +145,8 @@ pub(crate) struct ShardState {
     next_seq: u64,
     next_dispatch: u64,
     wake_at: Option<Instant>,
+    /// Pushes held in lanes 5 and 1.
+    low_lanes: usize,
     shard_label: String,
     span: tracing::Span,
 }
@@ -172,6 +176,7 @@ impl Actor for ShardActor {
             next_seq: 0,
             next_dispatch: 0,
             wake_at: None,
+            low_lanes: 0,
             shard_label: args.shard.to_string(),
             span: tracing::debug_span!("shard", shard = args.shard),
         };
@@ -270,6 +275,9 @@ impl ShardState {
         let mut fresh = Vec::new();
         let mut records = Vec::new();
         let mut batch_ids = BTreeSet::new();
+        let low_max =
+            (self.engine.tuning.shard_queue_max * limits::SHARD_LOW_LANES_PERCENT / 100).max(1);
+        let mut low = self.low_lanes;
         for push in pushes {
             let id = PushId::from_u128(push.push_id);
             if self.entries.contains_key(&id)
@@ -278,6 +286,13 @@ impl ShardState {
             {
                 answers.push(Some(Enqueued::Duplicate));
                 continue;
+            }
+            if lane_of(&push.notification) > 0 {
+                if low >= low_max {
+                    answers.push(Some(Enqueued::Full));
+                    continue;
+                }
+                low += 1;
             }
             match serde_json::to_vec(&push) {
                 Ok(data) => {
@@ -314,11 +329,7 @@ impl ShardState {
     fn insert(&mut self, push: Push) {
         let id = PushId::from_u128(push.push_id);
         let request = Arc::new(push.notification.prepare());
-        let lane = match push.notification.effective_priority().as_u8() {
-            10 => 0,
-            5 => 1,
-            _ => 2,
-        };
+        let lane = lane_of(&push.notification);
         let seq = self.next_seq;
         self.next_seq += 1;
         let entry = Entry {
@@ -342,6 +353,9 @@ impl ShardState {
                 self.finish_sync(older, Outcome::Coalesced { by: id });
                 self.complete_later(older);
             }
+        }
+        if lane > 0 {
+            self.low_lanes += 1;
         }
         self.ready.insert((lane, seq, id));
         self.entries.insert(id, entry);
@@ -621,6 +635,9 @@ impl ShardState {
             return false;
         };
         self.ready.remove(&(entry.lane, entry.seq, id));
+        if entry.lane > 0 {
+            self.low_lanes = self.low_lanes.saturating_sub(1);
+        }
         match entry.status {
             Status::Delayed(due) => {
                 self.delayed.remove(&(due, entry.seq, id));
@@ -667,6 +684,15 @@ impl ShardState {
             .set(self.entries.len() as f64);
         metrics::gauge!("herald_inflight", "shard" => self.shard_label.clone())
             .set(self.in_flight.len() as f64);
+    }
+}
+
+/// The lane of a push: 0 for priority 10, 1 for 5, 2 for 1.
+fn lane_of(notification: &Notification) -> u8 {
+    match notification.effective_priority().as_u8() {
+        10 => 0,
+        5 => 1,
+        _ => 2,
     }
 }
 

@@ -232,3 +232,43 @@ async fn pending_pushes_survive_an_engine_restart_on_a_file_wal() {
     assert!(herald.shutdown(PATIENCE).await.drained);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_priority_pushes_leave_room_for_urgent_ones() {
+    let env = start(
+        |_| {},
+        |b| {
+            let mut t = fast_tuning();
+            t.shard_queue_max = 10;
+            b.shards(1).tuning(t);
+        },
+    )
+    .await;
+    // Keep everything queued: unknown credentials.
+    let (_, unknown) = TeamConfig::generate(TEAM, "BADKEY0001", &[BUNDLE]).unwrap();
+    env.herald
+        .update_tenant(TenantConfig::new(TENANT, credentials(&unknown, &env.clock)))
+        .await
+        .unwrap();
+    let normal = |n| {
+        alert_with(n, |b| {
+            b.priority(Priority::Normal);
+        })
+    };
+    for n in 0..8 {
+        env.herald.send(TENANT, normal(n)).await.unwrap();
+    }
+    // Priority 5 and 1 may fill 80 % of the shard...
+    assert!(matches!(
+        env.herald.send(TENANT, normal(8)).await,
+        Err(PushError::Overloaded { .. })
+    ));
+    // ...the rest is for priority 10, up to the shard's bound.
+    env.herald.send(TENANT, alert(9)).await.unwrap();
+    env.herald.send(TENANT, alert(10)).await.unwrap();
+    assert!(matches!(
+        env.herald.send(TENANT, alert(11)).await,
+        Err(PushError::Overloaded { .. })
+    ));
+    assert_eq!(env.herald.pending(), 10);
+}
