@@ -386,6 +386,11 @@ impl Herald {
     }
 
     /// Accept one push for `tenant`: returns its id once it is appended to the write-ahead log.
+    ///
+    /// The id is the notification's `apns-id` when it has one, which makes it an idempotency
+    /// key: sending a push again under an `apns-id` that its shard holds or finished recently
+    /// ([`SHARD_DEDUPE_KEPT_MAX`](limits::SHARD_DEDUPE_KEPT_MAX)) returns the same id and queues
+    /// nothing. Without one, the engine draws a fresh UUID.
     pub async fn send(
         &self,
         tenant: &str,
