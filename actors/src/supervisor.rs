@@ -209,7 +209,11 @@ impl Actor for EngineSupervisor {
             }
             let load = child.load.clone();
             tracing::info!(shard, "restarting shard");
-            state.spawn_shard(&myself, shard, load).await?;
+            if let Err(e) = state.spawn_shard(&myself, shard, load).await {
+                return state
+                    .escalate(&myself, format!("shard {shard} did not restart: {e}"))
+                    .await;
+            }
         } else if let Some(id) = state.tenant_of(&cell) {
             let Some(child) = state.tenants.get_mut(&id) else {
                 return Ok(());
@@ -224,7 +228,11 @@ impl Actor for EngineSupervisor {
             }
             let config = child.config.clone();
             tracing::info!(tenant = %id, "restarting tenant");
-            state.spawn_tenant(&myself, config).await?;
+            if let Err(e) = state.spawn_tenant(&myself, config).await {
+                return state
+                    .escalate(&myself, format!("tenant {id} did not restart: {e}"))
+                    .await;
+            }
         }
         Ok(())
     }
