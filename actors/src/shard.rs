@@ -147,6 +147,8 @@ pub(crate) struct ShardState {
     wake_at: Option<Instant>,
     /// Pushes held in lanes 5 and 1.
     low_lanes: usize,
+    /// Push ids finished while handling the current message, to complete in the WAL.
+    completed: Vec<u128>,
     shard_label: String,
     span: tracing::Span,
 }
@@ -177,6 +179,7 @@ impl Actor for ShardActor {
             next_dispatch: 0,
             wake_at: None,
             low_lanes: 0,
+            completed: Vec::new(),
             shard_label: args.shard.to_string(),
             span: tracing::debug_span!("shard", shard = args.shard),
         };
@@ -184,6 +187,7 @@ impl Actor for ShardActor {
         async {
             state.recover().await?;
             state.pump(&myself).await;
+            state.flush_completions().await;
             Ok::<(), ActorProcessingErr>(())
         }
         .instrument(span)
@@ -225,6 +229,7 @@ async fn on_message(
         ShardMsg::Crash => return Err("shard crash requested".into()),
     }
     state.pump(&myself).await;
+    state.flush_completions().await;
     Ok(())
 }
 
@@ -613,20 +618,27 @@ impl ShardState {
 
     /// End push `id` with `outcome`: complete it in the write-ahead log, record and stream it.
     async fn finish(&mut self, id: PushId, outcome: Outcome) {
-        if self.finish_sync(id, outcome)
-            && let Err(error) = self.engine.wal.complete(vec![id.as_u128()]).await
-        {
-            // The push will be replayed after a restart (at-least-once).
-            tracing::warn!(shard = self.shard, %error, "WAL completion failed");
+        if self.finish_sync(id, outcome) {
+            self.complete_later(id);
         }
     }
 
-    /// Complete `id` in the write-ahead log without waiting (used inside synchronous steps).
-    fn complete_later(&self, id: PushId) {
-        let wal = self.engine.wal.clone();
-        tokio::spawn(async move {
-            let _ = wal.complete(vec![id.as_u128()]).await;
-        });
+    /// Complete `id` in the write-ahead log with the next batch (see [`Self::flush_completions`]).
+    fn complete_later(&mut self, id: PushId) {
+        self.completed.push(id.as_u128());
+    }
+
+    /// Complete every push finished while handling this message, in one WAL operation (one
+    /// fsync for a file WAL, however many pushes finished).
+    async fn flush_completions(&mut self) {
+        if self.completed.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.completed);
+        if let Err(error) = self.engine.wal.complete(ids).await {
+            // The pushes will be replayed after a restart (at-least-once).
+            tracing::warn!(shard = self.shard, %error, "WAL completion failed");
+        }
     }
 
     /// Everything of `finish` but the write-ahead log. Returns false if `id` was not queued.
