@@ -2,8 +2,9 @@
 //!
 //! Shards hand it pushes ([`TenantMsg::Dispatch`]). It asks the [`Breaker`] (open: the push
 //! goes back to its shard `Deferred` until the cool-down ends: queued, neither sent nor
-//! failed), then the [`TokenBucket`] (empty: `Deferred` until a token is due), then gives
-//! the push to the least-loaded connection, opening another one (up to the pool's maximum)
+//! failed), then the [`TokenBucket`] (empty: the push waits here, in order, for its token;
+//! at most `per_second ×` [`TENANT_RATE_WAIT_MAX`](limits::TENANT_RATE_WAIT_MAX) of pushes wait,
+//! more go back `Deferred`), then gives the push to the least-loaded connection, opening another one (up to the pool's maximum)
 //! when every connection carries [`POOL_GROW_AT_INFLIGHT`](limits::POOL_GROW_AT_INFLIGHT)
 //! requests. An idle pool shrinks back to its minimum, one connection per
 //! [`POOL_IDLE_TICKS_BEFORE_SHRINK`](limits::POOL_IDLE_TICKS_BEFORE_SHRINK) ticks.
@@ -17,12 +18,13 @@
 //! [`RESTART_WINDOW`](limits::RESTART_WINDOW); past that it fails itself, escalating to the
 //! engine supervisor, which restarts the tenant with its latest configuration.
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use rustls::pki_types::ServerName;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rustls::pki_types::ServerName;
 use tracing::Instrument as _;
 
 use crate::apns::http2::{ConnectionConfig, TlsSettings};
