@@ -225,3 +225,41 @@ async fn full_tenant_answers_overloaded() {
     outcomes(&env.herald, &ids).await;
     env.herald.send("small", alert(5)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_after_the_invalidation_revives_the_token() {
+    use herald_actors::token_state::{MemoryTokenState, TokenKey, TokenState, TokenValidity};
+
+    let tokens = std::sync::Arc::new(MemoryTokenState::new());
+    let shared = tokens.clone();
+    let env = start(
+        |_| {},
+        move |b| {
+            b.token_state(shared);
+        },
+    )
+    .await;
+    let gone_at_ms = (START_SECS - 60) * 1000;
+    env.emulator.set_device(
+        token(5).as_str(),
+        DeviceState::Unregistered { at_ms: gone_at_ms },
+    );
+    let first = env.herald.send(TENANT, alert(5)).await.unwrap();
+    outcomes(&env.herald, &[first]).await;
+    let key = TokenKey::new(TENANT, token(5).as_str());
+    let at = herald_actors::seams::Timestamp::from_millis(gone_at_ms);
+    assert_eq!(tokens.check(&key), TokenValidity::Invalidated { at });
+
+    // The app registers the token again after Apple's timestamp (and APNs knows it again).
+    env.emulator
+        .set_device(token(5).as_str(), DeviceState::Valid { topic: None });
+    tokens
+        .register(
+            key,
+            herald_actors::seams::Timestamp::from_millis(gone_at_ms + 1),
+        )
+        .await
+        .unwrap();
+    let second = env.herald.send(TENANT, alert(5)).await.unwrap();
+    assert!(delivered(&outcomes(&env.herald, &[second]).await[&second]));
+}
