@@ -1,6 +1,7 @@
 //! The device shard actor: the WAL-backed queue of the pushes whose token hashes to it.
 //!
-//! - **Durability**: a batch is appended to the write-ahead log before `send` is acknowledged;
+//! - **Durability**: a batch is appended to the write-ahead log before `send` is acknowledged
+//!   (in a task, so the shard keeps working and concurrent appends can share a group commit);
 //!   a push is completed in the write-ahead log when it gets its final outcome; on (re)start the
 //!   shard replays its pending records into the queue.
 //! - **Priority lanes**: ready pushes go out 10 before 5 before 1, first come first served
@@ -53,6 +54,19 @@ pub(crate) struct Push {
     pub(crate) accepted_at_ms: u64,
 }
 
+/// An `Enqueue` whose WAL append is in progress.
+#[derive(Debug)]
+pub(crate) struct Appending {
+    /// The pushes being appended, in order.
+    fresh: Vec<Push>,
+    /// How many of them are in lanes 5 and 1.
+    fresh_low: usize,
+    /// One answer per push handed in: decided already (`Some`), or the append's verdict.
+    answers: Vec<Option<Enqueued>>,
+    result: Result<(), WalError>,
+    reply: RpcReplyPort<Vec<Enqueued>>,
+}
+
 /// What became of one push handed to [`ShardMsg::Enqueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Enqueued {
@@ -84,6 +98,8 @@ pub(crate) struct ShardArgs {
 pub(crate) enum ShardMsg {
     /// Append to the WAL and queue these pushes.
     Enqueue(Vec<Push>, RpcReplyPort<Vec<Enqueued>>),
+    /// A WAL append started by `Enqueue` finished.
+    Appended(Box<Appending>),
     /// A tenant or connection answers for a dispatched push.
     Answer {
         push_id: PushId,
@@ -147,6 +163,9 @@ pub(crate) struct ShardState {
     wake_at: Option<Instant>,
     /// Pushes held in lanes 5 and 1.
     low_lanes: usize,
+    /// Pushes whose WAL append is in progress, and how many of them are in lanes 5 and 1.
+    appending: BTreeSet<PushId>,
+    appending_low: usize,
     /// Push ids finished while handling the current message, to complete in the WAL.
     completed: Vec<u128>,
     shard_label: String,
@@ -179,6 +198,8 @@ impl Actor for ShardActor {
             next_dispatch: 0,
             wake_at: None,
             low_lanes: 0,
+            appending: BTreeSet::new(),
+            appending_low: 0,
             completed: Vec::new(),
             shard_label: args.shard.to_string(),
             span: tracing::debug_span!("shard", shard = args.shard),
@@ -213,10 +234,8 @@ async fn on_message(
     state: &mut ShardState,
 ) -> Result<(), ActorProcessingErr> {
     match msg {
-        ShardMsg::Enqueue(pushes, reply) => {
-            let answers = state.enqueue(pushes).await;
-            let _ = reply.send(answers);
-        }
+        ShardMsg::Enqueue(pushes, reply) => state.enqueue(&myself, pushes, reply),
+        ShardMsg::Appended(appending) => state.appended(*appending),
         ShardMsg::Answer {
             push_id,
             dispatch,
@@ -275,32 +294,44 @@ impl ShardState {
         Ok(())
     }
 
-    async fn enqueue(&mut self, pushes: Vec<Push>) -> Vec<Enqueued> {
+    /// Check `pushes` (duplicates, lane bounds) and append the new ones to the WAL in a task,
+    /// so the shard keeps working (and concurrent appends can share one commit, e.g. with a
+    /// group-commit WAL) while the write is in progress. [`ShardMsg::Appended`] finishes the job.
+    fn enqueue(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        pushes: Vec<Push>,
+        reply: RpcReplyPort<Vec<Enqueued>>,
+    ) {
         let mut answers = Vec::with_capacity(pushes.len());
         let mut fresh = Vec::new();
         let mut records = Vec::new();
         let mut batch_ids = BTreeSet::new();
         let low_max =
             (self.engine.tuning.shard_queue_max * limits::SHARD_LOW_LANES_PERCENT / 100).max(1);
-        let mut low = self.low_lanes;
+        let mut low = self.low_lanes + self.appending_low;
+        let mut fresh_low = 0;
         for push in pushes {
             let id = PushId::from_u128(push.push_id);
             if self.entries.contains_key(&id)
                 || self.recent_set.contains(&id)
+                || self.appending.contains(&id)
                 || !batch_ids.insert(id)
             {
                 answers.push(Some(Enqueued::Duplicate));
                 continue;
             }
-            if lane_of(&push.notification) > 0 {
-                if low >= low_max {
-                    answers.push(Some(Enqueued::Full));
-                    continue;
-                }
-                low += 1;
+            let is_low = lane_of(&push.notification) > 0;
+            if is_low && low >= low_max {
+                answers.push(Some(Enqueued::Full));
+                continue;
             }
             match serde_json::to_vec(&push) {
                 Ok(data) => {
+                    if is_low {
+                        low += 1;
+                        fresh_low += 1;
+                    }
                     records.push(WalRecord::new(push.push_id, self.shard, data));
                     fresh.push(push);
                     answers.push(None);
@@ -308,12 +339,52 @@ impl ShardState {
                 Err(e) => answers.push(Some(Enqueued::WalFailed(e.to_string()))),
             }
         }
-        let appended = if records.is_empty() {
-            Ok(())
-        } else {
-            self.engine.wal.append(records).await
-        };
-        let verdict = match appended {
+        if records.is_empty() {
+            // Without records every answer is decided already (`None` marks a record).
+            let answers = answers
+                .into_iter()
+                .map(|a| a.unwrap_or(Enqueued::Accepted))
+                .collect();
+            let _ = reply.send(answers);
+            return;
+        }
+        for push in &fresh {
+            self.appending.insert(PushId::from_u128(push.push_id));
+        }
+        self.appending_low += fresh_low;
+        let wal = self.engine.wal.clone();
+        let me = myself.clone();
+        tokio::spawn(
+            async move {
+                let result = wal.append(records).await;
+                // If the shard died meanwhile, the reply port is dropped with the message and
+                // the caller sees an error; the records, if appended, are replayed.
+                let _ = me.send_message(ShardMsg::Appended(Box::new(Appending {
+                    fresh,
+                    fresh_low,
+                    answers,
+                    result,
+                    reply,
+                })));
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
+    /// The WAL append of an [`Appending`] finished: queue its pushes (if it succeeded) and answer.
+    fn appended(&mut self, appending: Appending) {
+        let Appending {
+            fresh,
+            fresh_low,
+            answers,
+            result,
+            reply,
+        } = appending;
+        for push in &fresh {
+            self.appending.remove(&PushId::from_u128(push.push_id));
+        }
+        self.appending_low = self.appending_low.saturating_sub(fresh_low);
+        let verdict = match result {
             Ok(()) => Enqueued::Accepted,
             Err(WalError::Full) => Enqueued::Full,
             Err(e) => Enqueued::WalFailed(e.to_string()),
@@ -324,10 +395,11 @@ impl ShardState {
             }
         }
         self.publish_gauges();
-        answers
+        let answers = answers
             .into_iter()
             .map(|a| a.unwrap_or_else(|| verdict.clone()))
-            .collect()
+            .collect();
+        let _ = reply.send(answers);
     }
 
     /// Queue `push`, coalescing an older unsent push with the same collapse key.

@@ -272,3 +272,61 @@ async fn low_priority_pushes_leave_room_for_urgent_ones() {
     ));
     assert_eq!(env.herald.pending(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_share_wal_commits() {
+    use std::sync::Arc;
+
+    use herald_actors::wal::{FileWal, GroupCommitWal};
+
+    let dir = std::env::temp_dir().join(format!(
+        "herald-engine-group-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = Arc::new(FileWal::open(dir.join("wal.redb")).unwrap());
+    let group = Arc::new(GroupCommitWal::spawn(file.clone()));
+    let wal = group.clone();
+    let env = start(
+        |_| {},
+        move |b| {
+            b.shards(1).wal(wal);
+        },
+    )
+    .await;
+    // Nothing completes while the credentials are unknown: every commit is an append.
+    let (_, unknown) = TeamConfig::generate(TEAM, "BADKEY0001", &[BUNDLE]).unwrap();
+    env.herald
+        .update_tenant(TenantConfig::new(TENANT, credentials(&unknown, &env.clock)))
+        .await
+        .unwrap();
+    // 200 callers at once, on one shard: the shard does not wait for one append before
+    // starting the next, so the group-commit WAL folds them into far fewer fsync'd commits.
+    let before = group.commits();
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let herald = env.herald.clone();
+        tasks.push(tokio::spawn(
+            async move { herald.send(TENANT, alert(n)).await },
+        ));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap());
+    }
+    let commits = group.commits() - before;
+    assert!(commits < 100, "{commits} commits for 200 appends");
+    env.herald
+        .update_tenant(TenantConfig::new(TENANT, credentials(&env.key, &env.clock)))
+        .await
+        .unwrap();
+    let got = outcomes(&env.herald, &ids).await;
+    assert!(got.values().all(delivered));
+    assert!(env.herald.shutdown(PATIENCE).await.drained);
+    drop(env);
+    let _ = std::fs::remove_dir_all(&dir);
+}
