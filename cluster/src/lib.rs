@@ -9,3 +9,5 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub use herald_actors;
+
+pub mod transport;
