@@ -451,9 +451,12 @@ impl Herald {
             ));
         }
         let mut results: Vec<Result<PushId, PushError>> = ids.iter().map(|id| Ok(*id)).collect();
-        for (shard, group) in by_shard {
+        // Every shard appends its part at the same time (in shard order, for determinism).
+        let parts = by_shard.into_iter().map(|(shard, group)| async move {
             let (indexes, pushes): (Vec<usize>, Vec<Push>) = group.into_iter().unzip();
-            let answers = self.enqueue(shard, pushes).await;
+            (indexes, self.enqueue(shard, pushes).await)
+        });
+        for (indexes, answers) in futures_util::future::join_all(parts).await {
             for (index, answer) in indexes.into_iter().zip(answers) {
                 if let Err(e) = answer {
                     results[index] = Err(e);
