@@ -29,7 +29,7 @@ use crate::apns::http2::{
     ApnsConnection, CloseReason, ConnectError, ConnectionConfig, ConnectionDriver, SendError,
     connect,
 };
-use crate::apns::{Delivery, Disposition, PreparedRequest};
+use crate::apns::{AuthError, Delivery, Disposition, PreparedRequest};
 use crate::backoff::Backoff;
 use crate::limits;
 use crate::outcome::PushId;
@@ -409,6 +409,14 @@ impl ConnectionState {
                     _ => Signal::Success,
                 }
             }
+            // The connection's token may not be used any more: replace the connection.
+            Err(SendError::Auth(AuthError::TokenExhausted)) => {
+                self.retire_current();
+                self.start_connect(myself);
+                Signal::Unsent
+            }
+            // The credentials cannot sign: a credentials problem, like a 403.
+            Err(SendError::Auth(_)) => Signal::Credentials,
             Err(_) => Signal::Unsent,
         };
         let _ = self.args.tenant.send_message(TenantMsg::Observed {

@@ -34,7 +34,9 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::apns::http2::SendError;
-use crate::apns::{CollapseId, Delivery, DeviceToken, Disposition, Notification, PreparedRequest};
+use crate::apns::{
+    AuthError, CollapseId, Delivery, DeviceToken, Disposition, Notification, PreparedRequest,
+};
 use crate::backoff::{RetryDecision, retry_decision};
 use crate::connection::{Job, JobResult};
 use crate::engine::EngineShared;
@@ -591,7 +593,14 @@ impl ShardState {
             return;
         };
         let backoff = self.engine.tuning.retry_backoff;
-        if error.was_sent() {
+        if let SendError::Auth(auth) = error
+            && *auth != AuthError::TokenExhausted
+        {
+            // Unusable credentials: like a 403, the push waits for the tenant's breaker
+            // (and new credentials) without using attempts.
+            let delay = self.engine.tuning.breaker_open_for;
+            self.delay(id, delay);
+        } else if error.was_sent() {
             entry.attempts += 1;
             self.retry(id, &backoff, &error.to_string()).await;
         } else {
