@@ -74,6 +74,111 @@ const _: () = assert!(H2_INITIAL_STREAMS >= 1 && H2_INITIAL_STREAMS <= H2_STREAM
 const _: () = assert!(REFUSED_STREAM_ATTEMPTS_MAX >= 1);
 const _: () = assert!(PING_TIMEOUT.as_millis() < PING_INTERVAL.as_millis());
 
+// ---------------------------------------------------------------- actor engine
+
+/// Most virtual shards (DeviceShard actors) one engine runs.
+pub const SHARDS_MAX: u32 = 1024;
+/// Default number of shards of an embedded engine.
+pub const SHARDS_DEFAULT: u32 = 4;
+/// Pushes one shard holds (queued, delayed or in flight) before `send` answers `Overloaded`.
+pub const SHARD_QUEUE_MAX: usize = 10_000;
+/// Priority 5 and 1 pushes may fill at most this share of a shard (percent), so priority 10
+/// pushes always find room.
+pub const SHARD_LOW_LANES_PERCENT: usize = 80;
+/// Pushes one shard has handed to tenants and not yet heard back about.
+pub const SHARD_INFLIGHT_MAX: usize = 512;
+/// Pushes one tenant has accepted and not yet finished (all shards) before `Overloaded`.
+pub const TENANT_QUEUE_MAX: usize = 50_000;
+/// Pushes in one `send_batch` call.
+pub const SEND_BATCH_MAX: usize = 1000;
+/// Requests one connection actor holds while it is (re)connecting.
+pub const CONNECTION_PENDING_MAX: usize = 1000;
+/// Connections per tenant: the default lower bound of the pool.
+pub const POOL_CONNECTIONS_MIN_DEFAULT: usize = 1;
+/// Connections per tenant: the default upper bound of the pool.
+pub const POOL_CONNECTIONS_MAX_DEFAULT: usize = 4;
+/// Connections per tenant: the hard upper bound of any pool.
+pub const POOL_CONNECTIONS_MAX: usize = 64;
+/// A connection is "loaded" (the pool grows) at this many requests in flight.
+pub const POOL_GROW_AT_INFLIGHT: usize = 100;
+/// A rate-limited tenant holds at most this much sending time of jobs waiting for tokens
+/// (`per_second ×` this); more go back to their shards.
+pub const TENANT_RATE_WAIT_MAX: Duration = Duration::from_secs(10);
+/// Pool housekeeping (shrink, gauges) runs this often.
+pub const POOL_TICK: Duration = Duration::from_secs(1);
+/// An idle pool shrinks by one connection after this many idle ticks.
+pub const POOL_IDLE_TICKS_BEFORE_SHRINK: u32 = 30;
+
+/// Most sends of one push that reached APNs (the first included).
+pub const PUSH_ATTEMPTS_MAX: u32 = 8;
+/// Most resends of one push that never reached APNs (connection churn, refused streams).
+pub const PUSH_UNSENT_RESENDS_MAX: u32 = 64;
+/// Retry backoff: the first ceiling (full jitter below it), doubled per attempt.
+pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Retry backoff: the largest ceiling.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Retry backoff for `TooManyRequests` (a device pushed too often): the first ceiling.
+pub const DEVICE_THROTTLE_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Reconnect backoff: the first ceiling.
+pub const RECONNECT_BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// Reconnect backoff: the largest ceiling.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A push handed to a tenant whose answer has not come back after this is presumed lost
+/// (its connection actor died) and is resent.
+pub const DISPATCH_ANSWER_MAX: Duration = Duration::from_secs(60);
+
+/// Circuit breaker: server errors (5xx) in a row that open it.
+pub const BREAKER_SERVER_ERRORS_MAX: u32 = 10;
+/// Circuit breaker: how long it stays open before a half-open probe.
+pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+/// Circuit breaker: a half-open probe without an answer after this lets another one through.
+pub const BREAKER_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Outcomes kept for `Herald::outcome` (oldest forgotten first).
+pub const OUTCOMES_KEPT_MAX: usize = 100_000;
+/// Outcome broadcast stream capacity (slow subscribers see `Lagged`).
+pub const OUTCOME_STREAM_CAPACITY: usize = 4096;
+/// Invalidation broadcast stream capacity.
+pub const INVALIDATION_STREAM_CAPACITY: usize = 1024;
+/// Push ids a shard remembers after their outcome, to drop duplicate sends.
+pub const SHARD_DEDUPE_KEPT_MAX: usize = 10_000;
+
+/// Supervision: restarts of one child allowed within [`RESTART_WINDOW`] before escalating.
+pub const RESTART_INTENSITY_MAX: usize = 5;
+/// Supervision: the restart-intensity window.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(10);
+/// Bound on one call from the handle into an actor.
+pub const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+const _: () = assert!(SHARDS_DEFAULT >= 1 && SHARDS_DEFAULT <= SHARDS_MAX);
+const _: () = assert!(SHARD_INFLIGHT_MAX <= SHARD_QUEUE_MAX);
+const _: () = assert!(SHARD_LOW_LANES_PERCENT > 0 && SHARD_LOW_LANES_PERCENT < 100);
+const _: () = assert!(SHARD_QUEUE_MAX <= TENANT_QUEUE_MAX);
+const _: () = assert!(SEND_BATCH_MAX <= SHARD_QUEUE_MAX);
+const _: () = assert!(
+    POOL_CONNECTIONS_MIN_DEFAULT >= 1
+        && POOL_CONNECTIONS_MIN_DEFAULT <= POOL_CONNECTIONS_MAX_DEFAULT
+        && POOL_CONNECTIONS_MAX_DEFAULT <= POOL_CONNECTIONS_MAX
+);
+const _: () = assert!(POOL_GROW_AT_INFLIGHT <= H2_STREAMS_MAX);
+const _: () = assert!(PUSH_ATTEMPTS_MAX >= 1 && PUSH_UNSENT_RESENDS_MAX >= PUSH_ATTEMPTS_MAX);
+const _: () = assert!(RETRY_BACKOFF_BASE.as_millis() <= RETRY_BACKOFF_MAX.as_millis());
+const _: () = assert!(RECONNECT_BACKOFF_BASE.as_millis() <= RECONNECT_BACKOFF_MAX.as_millis());
+// A request is answered or timed out by the connection before the shard presumes it lost.
+const _: () = assert!(
+    CONNECT_TIMEOUT.as_millis() + STREAM_WAIT_MAX.as_millis() + REQUEST_TIMEOUT.as_millis()
+        < DISPATCH_ANSWER_MAX.as_millis()
+);
+const _: () = assert!(BREAKER_SERVER_ERRORS_MAX >= 1);
+// A job waiting for a rate-limit token is sent (or answered) before the shard presumes it lost.
+const _: () = assert!(
+    TENANT_RATE_WAIT_MAX.as_millis() + REQUEST_TIMEOUT.as_millis() + STREAM_WAIT_MAX.as_millis()
+        < DISPATCH_ANSWER_MAX.as_millis()
+);
+const _: () = assert!(RESTART_INTENSITY_MAX >= 1);
+const _: () = assert!(SHARD_DEDUPE_KEPT_MAX >= 1 && OUTCOMES_KEPT_MAX >= SHARD_DEDUPE_KEPT_MAX);
+/// The `Retry-After` an `Overloaded` answer suggests.
+pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Write-ahead log: most records pending (appended, not yet completed) in one WAL. An append
 /// past it fails with `WalError::Full` and the caller answers `Overloaded`.
 pub const WAL_RECORDS_MAX: usize = 100_000;
@@ -99,3 +204,5 @@ const _: () =
     assert!(WAL_GROUP_COMMIT_RECORDS_MAX >= 1 && WAL_GROUP_COMMIT_RECORDS_MAX <= WAL_RECORDS_MAX);
 const _: () = assert!(WAL_GROUP_COMMIT_QUEUE_MAX >= 1);
 const _: () = assert!(TOKEN_STATE_ENTRIES_MAX >= 1 && TOKEN_INVALIDATIONS_CHANNEL_CAPACITY >= 1);
+// The default engine's shards fit in the default WAL.
+const _: () = assert!(SHARD_QUEUE_MAX * (SHARDS_DEFAULT as usize) <= WAL_RECORDS_MAX);

@@ -289,6 +289,12 @@ impl Notification {
         self.apns_id
     }
 
+    /// This notification with its `apns-id` set to `id` (the engine uses it as the push id).
+    pub fn with_apns_id(mut self, id: ApnsId) -> Self {
+        self.apns_id = Some(id);
+        self
+    }
+
     /// The serialized JSON payload (the request body).
     pub fn payload(&self) -> &Bytes {
         &self.payload

@@ -1,0 +1,811 @@
+//! The public engine: [`Herald::builder`], the [`Herald`] handle, and what they share.
+//!
+//! `send` validates the tenant, gives the push an id (its `apns-id`: the one the caller set,
+//! else a UUID from the engine's [`DetRng`]), picks the shard (`FNV-1a(token) % shards`),
+//! reserves room at the tenant and the shard (full → [`PushError::Overloaded`]; mailboxes
+//! are unbounded, so work is bounded here, at admission), and asks the shard to append it to the WAL and
+//! queue it. It returns once the push is appended to the write-ahead log.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::broadcast;
+
+use crate::apns::{ApnsTlsConfig, DeviceToken, Notification};
+use crate::backoff::Backoff;
+use crate::limits;
+use crate::outcome::{Invalidation, Outcome, OutcomeRecord, OutcomeStore, PushId};
+use crate::seams::{DetRng, SharedClock, SharedConnector, SystemClock, TcpConnector};
+use crate::shard::{Enqueued, Push, ShardMsg, shard_of};
+use crate::supervisor::{EngineSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::tenant::{TenantConfig, TenantMsg, TenantStatus};
+use crate::token_state::{MemoryTokenState, SharedTokenState};
+use crate::wal::{MemoryWal, SharedWal};
+
+/// Where APNs is: host, port and TLS (`None` for plaintext HTTP/2, the emulator's h2c mode).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Host name (also the TLS server name).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS trust settings, or `None` for plaintext.
+    pub tls: Option<ApnsTlsConfig>,
+}
+
+impl Endpoint {
+    /// `api.push.apple.com:443` over TLS with the Mozilla roots.
+    pub fn production() -> Self {
+        Endpoint::tls("api.push.apple.com", 443, ApnsTlsConfig::new())
+    }
+
+    /// `api.sandbox.push.apple.com:443` over TLS with the Mozilla roots.
+    pub fn sandbox() -> Self {
+        Endpoint::tls("api.sandbox.push.apple.com", 443, ApnsTlsConfig::new())
+    }
+
+    /// `host:port` over TLS with the trust in `tls`.
+    pub fn tls(host: impl Into<String>, port: u16, tls: ApnsTlsConfig) -> Self {
+        Endpoint {
+            host: host.into(),
+            port,
+            tls: Some(tls),
+        }
+    }
+
+    /// `host:port` in plaintext HTTP/2 (tests, simulation, the emulator's h2c mode).
+    pub fn plaintext(host: impl Into<String>, port: u16) -> Self {
+        Endpoint {
+            host: host.into(),
+            port,
+            tls: None,
+        }
+    }
+}
+
+/// The engine's tunable bounds and timings. Every default comes from [`limits`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Tuning {
+    /// Pushes one shard holds. Default: [`SHARD_QUEUE_MAX`](limits::SHARD_QUEUE_MAX).
+    pub shard_queue_max: usize,
+    /// Pushes one shard has in flight. Default: [`SHARD_INFLIGHT_MAX`](limits::SHARD_INFLIGHT_MAX).
+    pub shard_inflight_max: usize,
+    /// Sends of one push that reached APNs. Default: [`PUSH_ATTEMPTS_MAX`](limits::PUSH_ATTEMPTS_MAX).
+    pub attempts_max: u32,
+    /// Retry backoff. Default: [`RETRY_BACKOFF_BASE`](limits::RETRY_BACKOFF_BASE) ..
+    /// [`RETRY_BACKOFF_MAX`](limits::RETRY_BACKOFF_MAX).
+    pub retry_backoff: Backoff,
+    /// Backoff after `TooManyRequests`. Default:
+    /// [`DEVICE_THROTTLE_BACKOFF_BASE`](limits::DEVICE_THROTTLE_BACKOFF_BASE) .. `RETRY_BACKOFF_MAX`.
+    pub throttle_backoff: Backoff,
+    /// Reconnect backoff. Default: [`RECONNECT_BACKOFF_BASE`](limits::RECONNECT_BACKOFF_BASE) ..
+    /// [`RECONNECT_BACKOFF_MAX`](limits::RECONNECT_BACKOFF_MAX).
+    pub reconnect_backoff: Backoff,
+    /// 5xx in a row that open a tenant's breaker. Default: [`BREAKER_SERVER_ERRORS_MAX`](limits::BREAKER_SERVER_ERRORS_MAX).
+    pub breaker_server_errors_max: u32,
+    /// How long a breaker stays open. Default: [`BREAKER_OPEN_FOR`](limits::BREAKER_OPEN_FOR).
+    pub breaker_open_for: Duration,
+    /// Unanswered probe timeout. Default: [`BREAKER_PROBE_TIMEOUT`](limits::BREAKER_PROBE_TIMEOUT).
+    pub breaker_probe_timeout: Duration,
+    /// When a dispatched push without an answer is presumed lost. Default:
+    /// [`DISPATCH_ANSWER_MAX`](limits::DISPATCH_ANSWER_MAX).
+    pub dispatch_answer_max: Duration,
+    /// Tenant housekeeping period. Default: [`POOL_TICK`](limits::POOL_TICK).
+    pub pool_tick: Duration,
+    /// Restarts per child within `restart_window`. Default: [`RESTART_INTENSITY_MAX`](limits::RESTART_INTENSITY_MAX).
+    pub restart_intensity_max: usize,
+    /// Default: [`RESTART_WINDOW`](limits::RESTART_WINDOW).
+    pub restart_window: Duration,
+    /// Bound on a call from the handle into an actor. Default: [`ACTOR_CALL_TIMEOUT`](limits::ACTOR_CALL_TIMEOUT).
+    pub call_timeout: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            shard_queue_max: limits::SHARD_QUEUE_MAX,
+            shard_inflight_max: limits::SHARD_INFLIGHT_MAX,
+            attempts_max: limits::PUSH_ATTEMPTS_MAX,
+            retry_backoff: Backoff::new(limits::RETRY_BACKOFF_BASE, limits::RETRY_BACKOFF_MAX),
+            throttle_backoff: Backoff::new(
+                limits::DEVICE_THROTTLE_BACKOFF_BASE,
+                limits::RETRY_BACKOFF_MAX,
+            ),
+            reconnect_backoff: Backoff::new(
+                limits::RECONNECT_BACKOFF_BASE,
+                limits::RECONNECT_BACKOFF_MAX,
+            ),
+            breaker_server_errors_max: limits::BREAKER_SERVER_ERRORS_MAX,
+            breaker_open_for: limits::BREAKER_OPEN_FOR,
+            breaker_probe_timeout: limits::BREAKER_PROBE_TIMEOUT,
+            dispatch_answer_max: limits::DISPATCH_ANSWER_MAX,
+            pool_tick: limits::POOL_TICK,
+            restart_intensity_max: limits::RESTART_INTENSITY_MAX,
+            restart_window: limits::RESTART_WINDOW,
+            call_timeout: limits::ACTOR_CALL_TIMEOUT,
+        }
+    }
+}
+
+/// Why a push was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// No tenant by that name.
+    #[error("unknown tenant {0:?}")]
+    UnknownTenant(String),
+    /// The tenant or shard is full: try again after `retry_after` (HTTP 429).
+    #[error("overloaded; retry after {retry_after:?}")]
+    Overloaded {
+        /// When trying again may succeed.
+        retry_after: Duration,
+    },
+    /// The engine is shutting down and takes no new pushes.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// The engine stopped (its supervisor gave up); the reason is given.
+    #[error("engine stopped: {0}")]
+    Stopped(String),
+    /// The push could not be appended to the write-ahead log; it was not accepted.
+    #[error("write-ahead log failed: {0}")]
+    Wal(String),
+    /// The shard did not answer in time; the push may or may not have been accepted.
+    #[error("shard unavailable: {0}")]
+    Unavailable(String),
+    /// The batch is larger than [`SEND_BATCH_MAX`](limits::SEND_BATCH_MAX).
+    #[error("batch of {0} pushes exceeds the limit")]
+    BatchTooLarge(usize),
+}
+
+/// Why a tenant operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TenantError {
+    /// No tenant by that name.
+    #[error("unknown tenant {0:?}")]
+    Unknown(String),
+    /// A tenant by that name exists already.
+    #[error("tenant {0:?} exists already")]
+    Exists(String),
+    /// The configuration is invalid.
+    #[error("invalid tenant: {0}")]
+    Invalid(String),
+    /// The engine did not answer.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why the engine could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The shard count is outside `1..=SHARDS_MAX`.
+    #[error("shard count {0} is outside 1..={max}", max = limits::SHARDS_MAX)]
+    Shards(u32),
+    /// A tenant's configuration is invalid (or its id repeats).
+    #[error("invalid tenant: {0}")]
+    Tenant(String),
+    /// A tuning value is invalid.
+    #[error("invalid tuning: {0}")]
+    Tuning(String),
+    /// The actor tree did not start.
+    #[error("engine did not start: {0}")]
+    Start(String),
+}
+
+/// What `shutdown` achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every accepted push got its outcome before the deadline.
+    pub drained: bool,
+    /// Pushes still pending (they stay in the write-ahead log for the next start).
+    pub remaining: usize,
+}
+
+/// Builds a [`Herald`]. See [`Herald::builder`].
+#[derive(Debug)]
+pub struct HeraldBuilder {
+    tenants: Vec<TenantConfig>,
+    shards: u32,
+    tuning: Tuning,
+    clock: Option<SharedClock>,
+    seed: Option<u64>,
+    connector: Option<SharedConnector>,
+    wal: Option<SharedWal>,
+    tokens: Option<SharedTokenState>,
+    endpoint: Endpoint,
+}
+
+impl HeraldBuilder {
+    /// Add a tenant. Default: none (add them later with [`Herald::add_tenant`]).
+    pub fn tenant(&mut self, config: TenantConfig) -> &mut Self {
+        self.tenants.push(config);
+        self
+    }
+
+    /// Number of device shards. Default: [`SHARDS_DEFAULT`](limits::SHARDS_DEFAULT).
+    pub fn shards(&mut self, shards: u32) -> &mut Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Bounds and timings. Default: [`Tuning::default`].
+    pub fn tuning(&mut self, tuning: Tuning) -> &mut Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Wall clock. Default: [`SystemClock`].
+    pub fn clock(&mut self, clock: SharedClock) -> &mut Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Seed of every random choice (push ids, jitter). Default: seeded from the OS.
+    pub fn rng_seed(&mut self, seed: u64) -> &mut Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// How connections open byte streams. Default: [`TcpConnector`].
+    pub fn connector(&mut self, connector: SharedConnector) -> &mut Self {
+        self.connector = Some(connector);
+        self
+    }
+
+    /// The write-ahead log accepted pushes are appended to before `send` returns, shared by
+    /// every shard (records carry their shard). Default: a [`MemoryWal`] (survives shard
+    /// restarts, not process exits); use a [`FileWal`](crate::wal::FileWal) for durability.
+    pub fn wal(&mut self, wal: SharedWal) -> &mut Self {
+        self.wal = Some(wal);
+        self
+    }
+
+    /// The device-token state consulted before every send and told about every 410.
+    /// Default: a [`MemoryTokenState`].
+    pub fn token_state(&mut self, tokens: SharedTokenState) -> &mut Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Where APNs is. Default: [`Endpoint::production`].
+    pub fn endpoint(&mut self, endpoint: Endpoint) -> &mut Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// Start the actor tree. Must run inside a tokio runtime.
+    pub async fn build(&mut self) -> Result<Herald, BuildError> {
+        if self.shards == 0 || self.shards > limits::SHARDS_MAX {
+            return Err(BuildError::Shards(self.shards));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.tenants {
+            t.validate().map_err(BuildError::Tenant)?;
+            if !seen.insert(t.id.clone()) {
+                return Err(BuildError::Tenant(format!("tenant {} given twice", t.id)));
+            }
+        }
+        let tuning = self.tuning.clone();
+        if tuning.shard_queue_max == 0 || tuning.shard_inflight_max == 0 || tuning.attempts_max == 0
+        {
+            return Err(BuildError::Tuning(
+                "a queue bound or attempts_max is zero".into(),
+            ));
+        }
+        let rng = match self.seed {
+            Some(seed) => DetRng::from_seed(seed),
+            None => DetRng::from_os(),
+        };
+        let wal = self
+            .wal
+            .clone()
+            .unwrap_or_else(|| Arc::new(MemoryWal::new()));
+        let (outcome_tx, _) = broadcast::channel(limits::OUTCOME_STREAM_CAPACITY);
+        let (invalidation_tx, _) = broadcast::channel(limits::INVALIDATION_STREAM_CAPACITY);
+        let engine = Arc::new(EngineShared {
+            clock: self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
+            connector: self
+                .connector
+                .clone()
+                .unwrap_or_else(|| Arc::new(TcpConnector)),
+            endpoint: self.endpoint.clone(),
+            wal,
+            tokens: self
+                .tokens
+                .clone()
+                .unwrap_or_else(|| Arc::new(MemoryTokenState::new())),
+            outcomes: OutcomeStore::new(limits::OUTCOMES_KEPT_MAX),
+            outcome_tx,
+            invalidation_tx,
+            shard_count: self.shards,
+            rng: Mutex::new(rng),
+            directory: RwLock::new(Directory::default()),
+            failed: Mutex::new(None),
+            tuning,
+        });
+        let args = SupervisorArgs {
+            engine: engine.clone(),
+            tenants: self.tenants.clone(),
+        };
+        let (supervisor, _) = Actor::spawn(None, EngineSupervisor, args)
+            .await
+            .map_err(|e| BuildError::Start(e.to_string()))?;
+        Ok(Herald {
+            inner: Arc::new(HeraldInner {
+                engine,
+                supervisor,
+                accepting: AtomicBool::new(true),
+            }),
+        })
+    }
+}
+
+/// The engine's handle: send pushes, read outcomes, manage tenants, shut down.
+///
+/// Cloning gives another handle to the same engine. Dropping every handle does not stop the
+/// engine: call [`shutdown`](Self::shutdown).
+#[derive(Clone)]
+pub struct Herald {
+    inner: Arc<HeraldInner>,
+}
+
+impl fmt::Debug for Herald {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Herald")
+            .field("shards", &self.inner.engine.shard_count)
+            .finish_non_exhaustive()
+    }
+}
+
+struct HeraldInner {
+    engine: Arc<EngineShared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    accepting: AtomicBool,
+}
+
+impl Herald {
+    /// A builder with every setting at its default.
+    pub fn builder() -> HeraldBuilder {
+        HeraldBuilder {
+            tenants: Vec::new(),
+            shards: limits::SHARDS_DEFAULT,
+            tuning: Tuning::default(),
+            clock: None,
+            seed: None,
+            connector: None,
+            wal: None,
+            tokens: None,
+            endpoint: Endpoint::production(),
+        }
+    }
+
+    /// Accept one push for `tenant`: returns its id once it is appended to the write-ahead log.
+    ///
+    /// The id is the notification's `apns-id` when it has one, which makes it an idempotency
+    /// key: sending a push again under an `apns-id` that its shard holds or finished recently
+    /// ([`SHARD_DEDUPE_KEPT_MAX`](limits::SHARD_DEDUPE_KEPT_MAX)) returns the same id and queues
+    /// nothing. Without one, the engine draws a fresh UUID.
+    pub async fn send(
+        &self,
+        tenant: &str,
+        notification: Notification,
+    ) -> Result<PushId, PushError> {
+        let mut results = self.send_batch(tenant, vec![notification]).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(PushError::Unavailable("empty answer".into())))
+    }
+
+    /// Accept several pushes for `tenant` (at most [`SEND_BATCH_MAX`](limits::SEND_BATCH_MAX)):
+    /// one result per push, in order. The whole batch is refused (outer `Err`) if the tenant
+    /// is unknown or full, or the engine is not accepting.
+    pub async fn send_batch(
+        &self,
+        tenant: &str,
+        notifications: Vec<Notification>,
+    ) -> Result<Vec<Result<PushId, PushError>>, PushError> {
+        let engine = &self.inner.engine;
+        if let Some(why) = engine.failure() {
+            return Err(PushError::Stopped(why));
+        }
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(PushError::ShuttingDown);
+        }
+        if notifications.len() > limits::SEND_BATCH_MAX {
+            return Err(PushError::BatchTooLarge(notifications.len()));
+        }
+        let (tenant_load, queue_max) = engine
+            .tenant_load(tenant)
+            .ok_or_else(|| PushError::UnknownTenant(tenant.to_owned()))?;
+        let n = notifications.len();
+        if !reserve(&tenant_load, n, queue_max) {
+            return Err(overloaded());
+        }
+        let now = engine.clock.now();
+        let mut by_shard: BTreeMap<u32, Vec<(usize, Push)>> = BTreeMap::new();
+        let mut ids = Vec::with_capacity(n);
+        for (index, notification) in notifications.into_iter().enumerate() {
+            let (id, notification) = match notification.apns_id() {
+                Some(apns_id) => (PushId::from(apns_id), notification),
+                None => {
+                    let id = PushId::from_u128(engine.next_uuid());
+                    (id, notification.with_apns_id(id.apns_id()))
+                }
+            };
+            ids.push(id);
+            let shard = shard_of(notification.device_token(), engine.shard_count);
+            by_shard.entry(shard).or_default().push((
+                index,
+                Push {
+                    push_id: id.as_u128(),
+                    tenant: tenant.to_owned(),
+                    notification,
+                    accepted_at_ms: now.as_millis(),
+                },
+            ));
+        }
+        let mut results: Vec<Result<PushId, PushError>> = ids.iter().map(|id| Ok(*id)).collect();
+        // Every shard appends its part at the same time (in shard order, for determinism).
+        let parts = by_shard.into_iter().map(|(shard, group)| async move {
+            let (indexes, pushes): (Vec<usize>, Vec<Push>) = group.into_iter().unzip();
+            (indexes, self.enqueue(shard, pushes).await)
+        });
+        for (indexes, answers) in futures_util::future::join_all(parts).await {
+            for (index, answer) in indexes.into_iter().zip(answers) {
+                if let Err(e) = answer {
+                    results[index] = Err(e);
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Hand `pushes` to shard `shard`; `Ok(())` per push that is now held by the shard.
+    async fn enqueue(&self, shard: u32, pushes: Vec<Push>) -> Vec<Result<(), PushError>> {
+        let engine = &self.inner.engine;
+        let n = pushes.len();
+        let tenant = pushes.first().map(|p| p.tenant.clone()).unwrap_or_default();
+        let release_tenant = |k: usize| {
+            for _ in 0..k {
+                engine.release_tenant(&tenant);
+            }
+        };
+        let (shard_load, actor) = engine.shard_slot(shard);
+        if !reserve(&shard_load, n, engine.tuning.shard_queue_max) {
+            release_tenant(n);
+            return vec![Err(overloaded()); n];
+        }
+        let Some(actor) = actor else {
+            release(&shard_load, n);
+            release_tenant(n);
+            return vec![Err(PushError::Unavailable(format!("shard {shard} not running"))); n];
+        };
+        let answer = ractor::call_t!(
+            actor,
+            |reply| ShardMsg::Enqueue(pushes, reply),
+            engine.tuning.call_timeout.as_millis() as u64
+        );
+        match answer {
+            Err(e) => {
+                // Nothing is known about the pushes; most likely the shard died before
+                // taking them. Release the reservations (a push the shard did take will be
+                // released twice, which saturates at zero).
+                release(&shard_load, n);
+                release_tenant(n);
+                vec![Err(PushError::Unavailable(e.to_string())); n]
+            }
+            Ok(answers) => answers
+                .into_iter()
+                .map(|a| match a {
+                    Enqueued::Accepted => Ok(()),
+                    other => {
+                        release(&shard_load, 1);
+                        release_tenant(1);
+                        match other {
+                            Enqueued::Duplicate => Ok(()),
+                            Enqueued::Full => Err(overloaded()),
+                            Enqueued::WalFailed(e) => Err(PushError::Wal(e)),
+                            Enqueued::Accepted => Ok(()),
+                        }
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The outcome of push `id`, if it has one and it is still kept
+    /// ([`OUTCOMES_KEPT_MAX`](limits::OUTCOMES_KEPT_MAX) most recent).
+    pub fn outcome(&self, id: PushId) -> Option<Outcome> {
+        self.inner.engine.outcomes.get(id)
+    }
+
+    /// A stream of every outcome from now on (bounded: a slow reader gets `Lagged`).
+    pub fn outcomes(&self) -> broadcast::Receiver<OutcomeRecord> {
+        self.inner.engine.outcome_tx.subscribe()
+    }
+
+    /// A stream of every token invalidation (410) from now on (bounded).
+    pub fn invalidations(&self) -> broadcast::Receiver<Invalidation> {
+        self.inner.engine.invalidation_tx.subscribe()
+    }
+
+    /// Pushes accepted and not yet finished, all shards.
+    pub fn pending(&self) -> usize {
+        self.inner.engine.pending()
+    }
+
+    /// The shard a device token belongs to.
+    pub fn shard_of(&self, token: &DeviceToken) -> u32 {
+        shard_of(token, self.inner.engine.shard_count)
+    }
+
+    /// Add a tenant.
+    pub async fn add_tenant(&self, config: TenantConfig) -> Result<(), TenantError> {
+        let timeout = self.call_timeout_ms();
+        ractor::call_t!(
+            self.inner.supervisor,
+            |reply| SupervisorMsg::AddTenant(Box::new(config), reply),
+            timeout
+        )
+        .map_err(|e| TenantError::Unavailable(e.to_string()))?
+    }
+
+    /// Replace a tenant's credentials and limits without dropping queued or in-flight pushes:
+    /// its connections drain and new ones open with the new credentials.
+    pub async fn update_tenant(&self, config: TenantConfig) -> Result<(), TenantError> {
+        let timeout = self.call_timeout_ms().saturating_mul(2);
+        ractor::call_t!(
+            self.inner.supervisor,
+            |reply| SupervisorMsg::UpdateTenant(Box::new(config), reply),
+            timeout
+        )
+        .map_err(|e| TenantError::Unavailable(e.to_string()))?
+    }
+
+    /// Remove a tenant. Its queued pushes end `Failed { TenantRemoved }`.
+    pub async fn remove_tenant(&self, id: &str) -> Result<(), TenantError> {
+        let timeout = self.call_timeout_ms();
+        let id = id.to_owned();
+        ractor::call_t!(
+            self.inner.supervisor,
+            |reply| SupervisorMsg::RemoveTenant(id, reply),
+            timeout
+        )
+        .map_err(|e| TenantError::Unavailable(e.to_string()))?
+    }
+
+    /// A tenant's breaker state and pool size.
+    pub async fn tenant_status(&self, id: &str) -> Result<TenantStatus, TenantError> {
+        let actor = self
+            .inner
+            .engine
+            .tenant_actor(id)
+            .ok_or_else(|| TenantError::Unknown(id.to_owned()))?;
+        ractor::call_t!(actor, TenantMsg::Status, self.call_timeout_ms())
+            .map_err(|e| TenantError::Unavailable(e.to_string()))
+    }
+
+    /// Stop taking pushes, wait up to `deadline` for every accepted push to get its outcome,
+    /// then stop the actor tree (shards first, then tenants and their connections). Pushes
+    /// still pending stay in the write-ahead log.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        self.inner.accepting.store(false, Ordering::Release);
+        let until = tokio::time::Instant::now() + deadline;
+        while self.pending() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let remaining = self.pending();
+        let timeout = self.call_timeout_ms().saturating_mul(2);
+        let _ = ractor::call_t!(self.inner.supervisor, SupervisorMsg::Shutdown, timeout);
+        ShutdownReport {
+            drained: remaining == 0,
+            remaining,
+        }
+    }
+
+    /// Fault injection for tests: crash one connection actor of `tenant`.
+    #[doc(hidden)]
+    pub async fn crash_connection(&self, tenant: &str) -> bool {
+        let Some(actor) = self.inner.engine.tenant_actor(tenant) else {
+            return false;
+        };
+        ractor::call_t!(actor, TenantMsg::CrashConnection, self.call_timeout_ms()).unwrap_or(false)
+    }
+
+    /// Fault injection for tests: crash shard `shard` (it restarts and replays its WAL).
+    #[doc(hidden)]
+    pub async fn crash_shard(&self, shard: u32) -> bool {
+        let timeout = self.call_timeout_ms();
+        ractor::call_t!(
+            self.inner.supervisor,
+            |reply| SupervisorMsg::CrashShard(shard, reply),
+            timeout
+        )
+        .unwrap_or(false)
+    }
+
+    fn call_timeout_ms(&self) -> u64 {
+        u64::try_from(self.inner.engine.tuning.call_timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+fn overloaded() -> PushError {
+    PushError::Overloaded {
+        retry_after: limits::OVERLOADED_RETRY_AFTER,
+    }
+}
+
+/// Take `n` places of `load` if it stays within `max`.
+fn reserve(load: &AtomicUsize, n: usize, max: usize) -> bool {
+    load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+        let next = current.checked_add(n)?;
+        (next <= max).then_some(next)
+    })
+    .is_ok()
+}
+
+fn release(load: &AtomicUsize, n: usize) {
+    let _ = load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+        Some(c.saturating_sub(n))
+    });
+}
+
+/// What every actor of one engine shares.
+#[derive(Debug)]
+pub(crate) struct EngineShared {
+    pub(crate) clock: SharedClock,
+    pub(crate) connector: SharedConnector,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) tuning: Tuning,
+    pub(crate) wal: SharedWal,
+    pub(crate) tokens: SharedTokenState,
+    pub(crate) outcomes: OutcomeStore,
+    pub(crate) outcome_tx: broadcast::Sender<OutcomeRecord>,
+    pub(crate) invalidation_tx: broadcast::Sender<Invalidation>,
+    pub(crate) shard_count: u32,
+    rng: Mutex<DetRng>,
+    directory: RwLock<Directory>,
+    failed: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Default)]
+struct Directory {
+    tenants: BTreeMap<String, TenantSlot>,
+    shards: BTreeMap<u32, ShardSlot>,
+}
+
+#[derive(Debug)]
+struct TenantSlot {
+    actor: ActorRef<TenantMsg>,
+    load: Arc<AtomicUsize>,
+    queue_max: usize,
+}
+
+#[derive(Debug, Default)]
+struct ShardSlot {
+    actor: Option<ActorRef<ShardMsg>>,
+    load: Arc<AtomicUsize>,
+}
+
+impl EngineShared {
+    pub(crate) fn fork_rng(&self) -> DetRng {
+        self.rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fork()
+    }
+
+    fn next_uuid(&self) -> u128 {
+        self.rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .uuid()
+            .as_u128()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
+        self.directory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Directory> {
+        self.directory
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn tenant_actor(&self, id: &str) -> Option<ActorRef<TenantMsg>> {
+        self.read().tenants.get(id).map(|t| t.actor.clone())
+    }
+
+    pub(crate) fn tenant_exists(&self, id: &str) -> bool {
+        self.read().tenants.contains_key(id)
+    }
+
+    fn tenant_load(&self, id: &str) -> Option<(Arc<AtomicUsize>, usize)> {
+        self.read()
+            .tenants
+            .get(id)
+            .map(|t| (t.load.clone(), t.queue_max))
+    }
+
+    /// One push of tenant `id` finished (or was not taken).
+    pub(crate) fn release_tenant(&self, id: &str) {
+        if let Some(t) = self.read().tenants.get(id) {
+            release(&t.load, 1);
+        }
+    }
+
+    pub(crate) fn set_tenant_actor(&self, id: &str, actor: ActorRef<TenantMsg>, queue_max: usize) {
+        let mut dir = self.write();
+        match dir.tenants.get_mut(id) {
+            Some(slot) => {
+                slot.actor = actor;
+                slot.queue_max = queue_max;
+            }
+            None => {
+                dir.tenants.insert(
+                    id.to_owned(),
+                    TenantSlot {
+                        actor,
+                        load: Arc::new(AtomicUsize::new(0)),
+                        queue_max,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(crate) fn remove_tenant(&self, id: &str) {
+        self.write().tenants.remove(id);
+    }
+
+    /// The admission counter of shard `shard` (created on first use, kept across restarts).
+    pub(crate) fn shard_load(&self, shard: u32) -> Arc<AtomicUsize> {
+        self.write().shards.entry(shard).or_default().load.clone()
+    }
+
+    fn shard_slot(&self, shard: u32) -> (Arc<AtomicUsize>, Option<ActorRef<ShardMsg>>) {
+        let dir = self.read();
+        match dir.shards.get(&shard) {
+            Some(s) => (s.load.clone(), s.actor.clone()),
+            None => (Arc::new(AtomicUsize::new(0)), None),
+        }
+    }
+
+    pub(crate) fn set_shard_actor(&self, shard: u32, actor: ActorRef<ShardMsg>) {
+        self.write().shards.entry(shard).or_default().actor = Some(actor);
+    }
+
+    fn pending(&self) -> usize {
+        self.read()
+            .shards
+            .values()
+            .map(|s| s.load.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Record and stream one outcome.
+    pub(crate) fn publish(&self, record: OutcomeRecord) {
+        self.outcomes.record(record.push_id, record.outcome.clone());
+        let _ = self.outcome_tx.send(record);
+    }
+
+    pub(crate) fn mark_failed(&self, why: &str) {
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.to_owned());
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
