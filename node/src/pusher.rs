@@ -15,7 +15,6 @@ use herald_actors::apns::http2::{
 };
 use herald_actors::apns::{Delivery, Disposition, Notification, TokenConnectionAuth, TokenMinter};
 use herald_actors::seams::{DetRng, SharedClock, SharedConnector};
-use tokio::sync::Mutex;
 
 /// Where to push and how hard.
 #[derive(Debug, Clone)]
@@ -63,7 +62,7 @@ pub struct Pusher {
     minter: TokenMinter,
     clock: SharedClock,
     connector: SharedConnector,
-    slots: Vec<Mutex<Option<ApnsConnection>>>,
+    slots: Vec<Slot>,
     next_number: AtomicU64,
 }
 
@@ -76,7 +75,7 @@ impl Pusher {
         connector: SharedConnector,
     ) -> Arc<Self> {
         let slots = (0..config.connections.max(1))
-            .map(|_| Mutex::new(None))
+            .map(|_| Slot::default())
             .collect();
         Arc::new(Pusher {
             config,
@@ -99,7 +98,7 @@ impl Pusher {
     /// Close every connection gracefully.
     pub async fn close(&self) {
         for slot in &self.slots {
-            if let Some(conn) = slot.lock().await.take() {
+            if let Some(conn) = slot.take() {
                 conn.close();
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
             }
@@ -177,11 +176,14 @@ impl Pusher {
     }
 
     async fn connection(&self, slot: usize) -> Result<ApnsConnection, ConnectError> {
-        let mut guard = self.slots[slot % self.slots.len()].lock().await;
-        if let Some(conn) = guard.as_ref()
-            && conn.state().accepts_new_streams()
-        {
-            return Ok(conn.clone());
+        let slot = &self.slots[slot % self.slots.len()];
+        if let Some(conn) = slot.usable() {
+            return Ok(conn);
+        }
+        // One task reconnects a slot; the others wait for it and then use its connection.
+        let _opening = slot.opening.lock().await;
+        if let Some(conn) = slot.usable() {
+            return Ok(conn);
         }
         let mut config = ConnectionConfig::new(
             self.config.host.clone(),
@@ -192,16 +194,55 @@ impl Pusher {
         let auth = Box::new(TokenConnectionAuth::new(self.minter.clone()));
         let (conn, driver) = connect(config, &*self.connector, auth, self.clock.clone()).await?;
         tokio::spawn(driver.run());
-        *guard = Some(conn.clone());
+        slot.set(conn.clone());
         Ok(conn)
     }
 
     async fn discard(&self, slot: usize, conn: &ApnsConnection) {
-        let mut guard = self.slots[slot % self.slots.len()].lock().await;
-        if guard.as_ref().is_some_and(|c| c.number() == conn.number())
-            && let Some(old) = guard.take()
-        {
+        let slot = &self.slots[slot % self.slots.len()];
+        if let Some(old) = slot.take_if(conn.number()) {
             old.close();
+        }
+    }
+}
+
+/// One connection slot: the current connection (read on every push, so behind a short
+/// std mutex) and a lock that lets one task at a time replace it.
+#[derive(Debug, Default)]
+struct Slot {
+    current: std::sync::Mutex<Option<ApnsConnection>>,
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<ApnsConnection>> {
+        // A panic while holding this lock cannot leave the Option half-written.
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current connection if it still takes new streams.
+    fn usable(&self) -> Option<ApnsConnection> {
+        self.current()
+            .as_ref()
+            .filter(|c| c.state().accepts_new_streams())
+            .cloned()
+    }
+
+    fn set(&self, conn: ApnsConnection) {
+        *self.current() = Some(conn);
+    }
+
+    fn take(&self) -> Option<ApnsConnection> {
+        self.current().take()
+    }
+
+    /// Take the current connection if it is connection `number`.
+    fn take_if(&self, number: u64) -> Option<ApnsConnection> {
+        let mut current = self.current();
+        if current.as_ref().is_some_and(|c| c.number() == number) {
+            current.take()
+        } else {
+            None
         }
     }
 }
