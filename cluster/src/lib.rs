@@ -11,14 +11,22 @@
 //! - [`transport`]: node-to-node links: length-prefixed rmp-serde envelopes, mutual TLS with
 //!   a cluster CA, the `PeerLink` actor and the inbound listener.
 //!
-//! Not yet here: the actor shell that runs the Raft driver over the transport, routing of
-//! pushes to shard owners, and the replicated `TokenState` (issue "Cluster").
+//! - [`node`]: the [`node::ClusterActor`] shell that runs the driver over the transport (ticks,
+//!   steps authenticated Raft messages, batches proposals into one `ready()`, publishes the
+//!   applied index, leader and invalidations), the [`node::ClusterNode`] handle that starts and
+//!   stops a node, and [`node::ReplicatedTokenState`], herald-actors' `TokenState` on the Raft
+//!   log (local reads at the applied index; see the module docs for their staleness).
+//!
+//! Not yet here (issue "Cluster"): forwarding proposals from followers to the leader, routing
+//! of pushes to shard owners, membership operations (join, drain, remove) and provider-token
+//! minting by the leader.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub use herald_actors;
 
+pub mod node;
 pub mod raft;
 pub mod state;
 pub mod transport;

@@ -1,0 +1,848 @@
+//! The cluster node: the [`ClusterActor`] shell around the sans-IO [`RaftDriver`], the
+//! [`ClusterNode`] handle that starts and stops one node (storage, listener, peer links,
+//! actor), and [`ReplicatedTokenState`], herald-actors' [`TokenState`] on the Raft log.
+//!
+//! ```text
+//!  listener ──Inbound{from, Raft(bytes)}──▶ forwarder ──▶ ClusterActor ──try_send──▶ PeerLink ×P
+//!                                                       │  tick (interval), step, propose
+//!  ReplicatedTokenState ──Propose(TokenEvents)──────────▶│  ready() ─▶ messages, applied
+//!        ▲ check(): token-table mirror ◀────────────────┤  watch<AppliedState>
+//!        └ subscribe(): invalidations ◀─────────────────┘  broadcast<Invalidation>
+//! ```
+//!
+//! # The shell
+//!
+//! The actor only ticks, steps, proposes and handles `ready()`; every decision is the
+//! driver's. Ticks come from a `tokio::time` interval of [`ClusterConfig::tick`]. Inbound Raft
+//! bytes are decoded only after the listener authenticated the link (mutual TLS in
+//! production), and a message whose Raft `from` differs from the authenticated sender is
+//! dropped. Proposals and steps do not call `ready()` themselves: they schedule one `Flush`
+//! message behind everything already in the mailbox, so every command that arrived while the
+//! previous `ready()` was being handled goes into the same `ready()` cycle (one fsync).
+//!
+//! A proposal is answered when its entry is applied **on this node**, with the
+//! [`ApplyResult`]. Only the leader accepts proposals: a follower answers
+//! [`ProposeError::NotLeader`] with the leader it knows (forwarding is not done yet). If the
+//! term changes before the entry is applied, the proposal is answered
+//! [`ProposeError::LeadershipLost`]: its outcome is unknown (it may still commit), which is
+//! harmless for the idempotent token events.
+//!
+//! # Token-state reads and their staleness
+//!
+//! [`ReplicatedTokenState::check`] reads a mirror of the token table as applied on this
+//! node (the actor refreshes it after each `ready()` that applied token events or installed
+//! a snapshot). It is a local read at this node's applied index, not a linearizable read:
+//! - on the leader it includes every committed event, since the leader applies in the same
+//!   `ready()` that learns of the commit;
+//! - on a follower it trails the leader by its replication delay: the commit index reaches
+//!   followers on the next append or heartbeat (at most `heartbeat_tick` ticks), plus the
+//!   network;
+//! - a node cut off from the leader keeps serving its last applied state indefinitely
+//!   (watch [`AppliedState`] to tell).
+//!
+//! An invalidation is visible on a node once the entry carrying it is applied there.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use herald_actors::limits::TOKEN_INVALIDATIONS_CHANNEL_CAPACITY;
+use herald_actors::seams::{BoxFuture, DetRng, TcpConnector};
+use herald_actors::token_state::{
+    Invalidation, TokenEvent, TokenKey, TokenState, TokenStateError, TokenTable, TokenValidity,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::raft::eraftpb::{ConfState, MessageType};
+use crate::raft::{
+    CommittedKind, DriverConfig, DriverError, RaftDriver, RaftStorage, ReadyOutput, Role,
+    StorageError, decode_message, encode_message, raft_logger,
+};
+use crate::state::{
+    ApplyResult, Command, CommandError, TOKEN_EVENTS_PER_COMMAND_MAX, TokenEventRecord,
+};
+use crate::transport::{
+    ClusterId, Inbound, InboundConfig, LinkSecurity, LinkTimings, Listener, NodeId, PeerLink,
+    PeerLinkArguments, PeerLinkConfig, PeerLinkMsg, PeerLinkSender, PeerMessage, spawn_listener,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Limits.
+// ---------------------------------------------------------------------------------------------
+
+/// Default length of one Raft tick.
+pub const TICK_DEFAULT: Duration = Duration::from_millis(100);
+/// Capacity of the channel from the listener to the actor, in messages.
+pub const INBOUND_CHANNEL_CAPACITY: usize = 1024;
+/// Most token events coalesced into one [`Command::TokenEvents`] proposal.
+pub const TOKEN_EVENTS_BATCH_MAX: usize = 512;
+/// How long the token-event batcher waits for more events after the first of a batch.
+pub const TOKEN_EVENTS_BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Capacity of the token-event batcher's queue; a full queue answers `Unavailable`.
+pub const TOKEN_EVENTS_QUEUE_CAPACITY: usize = 4096;
+/// A token event not applied locally within this is answered `Unavailable`.
+pub const TOKEN_EVENT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most proposals awaiting their apply on one node; more are refused as overload.
+pub const PENDING_PROPOSALS_MAX: usize = 4096;
+
+const _: () = assert!(TOKEN_EVENTS_BATCH_MAX <= TOKEN_EVENTS_PER_COMMAND_MAX);
+const _: () = assert!(TOKEN_EVENTS_BATCH_MAX <= TOKEN_EVENTS_QUEUE_CAPACITY);
+const _: () = assert!(INBOUND_CHANNEL_CAPACITY > 0 && PENDING_PROPOSALS_MAX > 0);
+
+// ---------------------------------------------------------------------------------------------
+// Configuration, errors, published state.
+// ---------------------------------------------------------------------------------------------
+
+/// Where a node keeps its Raft log and snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageLocation {
+    /// A redb file (fsync'd); reopened on restart.
+    Path(PathBuf),
+    /// In memory: lost on stop. Tests only.
+    InMemory,
+}
+
+/// How to start one node.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id (non-zero).
+    pub id: u64,
+    /// The cluster's id; links from other clusters are refused.
+    pub cluster: ClusterId,
+    /// Every voter of the initial configuration, this node included: id → `host:port`.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// This node's region.
+    pub region: String,
+    /// Where the Raft state lives.
+    pub storage: StorageLocation,
+    /// Link security (always mutual TLS in production).
+    pub security: LinkSecurity,
+    /// Length of one Raft tick. Default: [`TICK_DEFAULT`].
+    pub tick: Duration,
+    /// Raft settings; `driver.id` must equal `id`.
+    pub driver: DriverConfig,
+    /// Timeouts and reconnect backoff of the peer links. Default: [`LinkTimings::default`].
+    pub link_timings: LinkTimings,
+}
+
+impl ClusterConfig {
+    /// A configuration with the default tick and Raft settings.
+    pub fn new(
+        id: u64,
+        cluster: ClusterId,
+        peers: BTreeMap<u64, SocketAddr>,
+        region: impl Into<String>,
+        storage: StorageLocation,
+        security: LinkSecurity,
+    ) -> Self {
+        ClusterConfig {
+            id,
+            cluster,
+            peers,
+            region: region.into(),
+            storage,
+            security,
+            tick: TICK_DEFAULT,
+            driver: DriverConfig::new(id),
+            link_timings: LinkTimings::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The configuration is inconsistent.
+    #[error("invalid cluster config: {0}")]
+    Config(String),
+    /// The Raft storage could not be opened or initialized.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The Raft driver refused to start.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The listener could not start.
+    #[error("listener: {0}")]
+    Listener(String),
+    /// An actor could not be spawned.
+    #[error("actor spawn: {0}")]
+    Spawn(String),
+}
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` is the one it knows, if any.
+    #[error("not leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<u64>,
+    },
+    /// The term changed before the entry was applied here: its outcome is unknown.
+    #[error("leadership changed before the proposal was applied; outcome unknown")]
+    LeadershipLost,
+    /// The command is invalid.
+    #[error(transparent)]
+    Invalid(#[from] CommandError),
+    /// Too many proposals await their apply ([`PENDING_PROPOSALS_MAX`]).
+    #[error("too many pending proposals")]
+    Overloaded,
+    /// Raft refused the proposal (its error text).
+    #[error("proposal refused: {0}")]
+    Refused(String),
+    /// The node stopped.
+    #[error("cluster node stopped")]
+    Stopped,
+}
+
+/// What the node has applied, published on a `watch` after every `ready()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppliedState {
+    /// The highest index applied to the state machine here.
+    pub applied_index: u64,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// The current term.
+    pub term: u64,
+    /// True if this node is the leader.
+    pub is_leader: bool,
+}
+
+/// The reply to a [`ClusterMsg::Propose`].
+pub type ProposeReply = RpcReplyPort<Result<ApplyResult, ProposeError>>;
+
+/// Messages of the [`ClusterActor`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClusterMsg {
+    /// Propose a command; answered once it is applied here.
+    Propose(Command, ProposeReply),
+    /// One Raft tick (from the actor's interval).
+    Tick,
+    /// A message from a peer, from the listener.
+    Inbound(Inbound),
+    /// Handle `ready()` now (scheduled by proposals and steps).
+    Flush,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor.
+// ---------------------------------------------------------------------------------------------
+
+/// The actor that owns a [`RaftDriver`]. See the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterActor;
+
+/// The [`ClusterActor`]'s start arguments.
+#[derive(Debug)]
+pub struct ClusterArguments {
+    driver: RaftDriver,
+    tick: Duration,
+    peers: BTreeMap<u64, PeerLinkSender>,
+    inbound: mpsc::Receiver<Inbound>,
+    shared: Arc<Shared>,
+}
+
+/// What the actor publishes and the handles read.
+#[derive(Debug)]
+struct Shared {
+    applied: watch::Sender<AppliedState>,
+    invalidations: broadcast::Sender<Invalidation>,
+    tokens: RwLock<TokenTable>,
+}
+
+impl Shared {
+    fn tokens(&self) -> std::sync::RwLockReadGuard<'_, TokenTable> {
+        // The table is replaced whole under the write lock; a poisoned lock still holds a
+        // complete table.
+        self.tokens
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_tokens(&self, table: TokenTable) {
+        *self
+            .tokens
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = table;
+    }
+}
+
+/// A proposal awaiting its apply.
+#[derive(Debug)]
+struct Pending {
+    term: u64,
+    reply: ProposeReply,
+}
+
+/// The [`ClusterActor`]'s state.
+#[derive(Debug)]
+pub struct ClusterState {
+    driver: RaftDriver,
+    peers: BTreeMap<u64, PeerLinkSender>,
+    shared: Arc<Shared>,
+    pending: BTreeMap<u64, Pending>,
+    next_proposal: u64,
+    flush_scheduled: bool,
+    term: u64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Actor for ClusterActor {
+    type Msg = ClusterMsg;
+    type State = ClusterState;
+    type Arguments = ClusterArguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        arguments: ClusterArguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ticker = myself.send_interval(arguments.tick, || ClusterMsg::Tick);
+        let mut inbound = arguments.inbound;
+        let forward_to = myself.clone();
+        let forwarder = tokio::spawn(async move {
+            while let Some(message) = inbound.recv().await {
+                if forward_to.cast(ClusterMsg::Inbound(message)).is_err() {
+                    return;
+                }
+            }
+        });
+        let term = arguments.driver.term();
+        let state = ClusterState {
+            driver: arguments.driver,
+            peers: arguments.peers,
+            shared: arguments.shared,
+            pending: BTreeMap::new(),
+            next_proposal: 0,
+            flush_scheduled: false,
+            term,
+            tasks: vec![ticker, forwarder],
+        };
+        state
+            .shared
+            .set_tokens(state.driver.machine().token_table().clone());
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ClusterMsg::Tick => {
+                state.driver.tick();
+                state.handle_ready()?;
+            }
+            ClusterMsg::Flush => {
+                state.flush_scheduled = false;
+                state.handle_ready()?;
+            }
+            ClusterMsg::Inbound(inbound) => {
+                if state.step(inbound) {
+                    state.schedule_flush(&myself)?;
+                }
+            }
+            ClusterMsg::Propose(command, reply) => {
+                if state.propose(command, reply) {
+                    state.schedule_flush(&myself)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for task in state.tasks.drain(..) {
+            task.abort();
+        }
+        for (_, pending) in std::mem::take(&mut state.pending) {
+            let _ = pending.reply.send(Err(ProposeError::Stopped));
+        }
+        Ok(())
+    }
+}
+
+impl ClusterState {
+    fn schedule_flush(&mut self, myself: &ActorRef<ClusterMsg>) -> Result<(), ActorProcessingErr> {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            myself.cast(ClusterMsg::Flush)?;
+        }
+        Ok(())
+    }
+
+    /// Step an inbound message; true if the driver may have work.
+    fn step(&mut self, inbound: Inbound) -> bool {
+        let PeerMessage::Raft(bytes) = inbound.msg else {
+            tracing::debug!(from = inbound.from.0, kind = inbound.msg.kind(), "ignored");
+            return false;
+        };
+        // The listener authenticated `inbound.from`; only now is the protobuf parsed.
+        let message = match decode_message(&bytes) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(from = inbound.from.0, error = %e, "undecodable raft message");
+                return false;
+            }
+        };
+        if message.from != inbound.from.0 {
+            tracing::warn!(
+                link = inbound.from.0,
+                claimed = message.from,
+                "raft message sender differs from the authenticated peer; dropped"
+            );
+            return false;
+        }
+        match self.driver.step(message) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(from = inbound.from.0, error = %e, "raft step refused");
+                false
+            }
+        }
+    }
+
+    /// Propose a command; true if it went into the driver.
+    fn propose(&mut self, command: Command, reply: ProposeReply) -> bool {
+        if self.driver.role() != Role::Leader {
+            let leader = self.driver.leader_id();
+            let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+            return false;
+        }
+        if self.pending.len() >= PENDING_PROPOSALS_MAX {
+            let _ = reply.send(Err(ProposeError::Overloaded));
+            return false;
+        }
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        match self
+            .driver
+            .propose_command(id.to_be_bytes().to_vec(), &command)
+        {
+            Ok(()) => {
+                let term = self.driver.term();
+                self.pending.insert(id, Pending { term, reply });
+                true
+            }
+            Err(DriverError::Command(e)) => {
+                let _ = reply.send(Err(ProposeError::Invalid(e)));
+                false
+            }
+            Err(DriverError::ProposalDropped) => {
+                let leader = self.driver.leader_id();
+                let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+                false
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ProposeError::Refused(e.to_string())));
+                false
+            }
+        }
+    }
+
+    /// Handle one `ready()`: send, publish, answer proposals. A driver error is fatal for
+    /// the actor (restart the node from its storage).
+    fn handle_ready(&mut self) -> Result<(), ActorProcessingErr> {
+        let out = self.driver.ready()?;
+        self.send(&out);
+        let mut tokens_changed = out.snapshot_restored.is_some();
+        for entry in &out.committed {
+            let CommittedKind::Command(result) = &entry.kind else {
+                continue;
+            };
+            if let ApplyResult::TokenEvents(results) = result {
+                tokens_changed = true;
+                for applied in results.iter().flatten() {
+                    if let Some(invalidation) = &applied.invalidation {
+                        // No subscriber is not an error.
+                        let _ = self.shared.invalidations.send(invalidation.clone());
+                    }
+                }
+            }
+            if let Ok(bytes) = <[u8; 8]>::try_from(entry.context.as_slice()) {
+                let id = u64::from_be_bytes(bytes);
+                if self
+                    .pending
+                    .get(&id)
+                    .is_some_and(|pending| pending.term == entry.term)
+                    && let Some(pending) = self.pending.remove(&id)
+                {
+                    let _ = pending.reply.send(Ok(result.clone()));
+                }
+            }
+        }
+        if tokens_changed {
+            // O(table) per ready that applied token events; see "what's left" in the docs.
+            self.shared
+                .set_tokens(self.driver.machine().token_table().clone());
+        }
+        if out.term != self.term || self.driver.role() != Role::Leader {
+            self.term = out.term;
+            for (_, pending) in std::mem::take(&mut self.pending) {
+                let _ = pending.reply.send(Err(ProposeError::LeadershipLost));
+            }
+        }
+        let applied = AppliedState {
+            applied_index: self.driver.machine().applied_index(),
+            leader: out.leader_id,
+            term: out.term,
+            is_leader: self.driver.role() == Role::Leader,
+        };
+        self.shared.applied.send_if_modified(|current| {
+            let changed = *current != applied;
+            *current = applied;
+            changed
+        });
+        Ok(())
+    }
+
+    fn send(&mut self, out: &ReadyOutput) {
+        for message in &out.messages {
+            let to = message.to;
+            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let sent = match (self.peers.get(&to), encode_message(message)) {
+                (Some(link), Ok(bytes)) => link.try_send(PeerMessage::Raft(bytes)).map_err(|e| {
+                    tracing::debug!(to, error = %e, "raft message not queued");
+                }),
+                (None, _) => {
+                    tracing::warn!(to, "raft message for a node without a link");
+                    Err(())
+                }
+                (_, Err(e)) => {
+                    tracing::warn!(to, error = %e, "raft message not encodable");
+                    Err(())
+                }
+            };
+            if sent.is_err() {
+                self.driver.report_unreachable(to);
+                if is_snapshot {
+                    self.driver.report_snapshot(to, false);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node handle.
+// ---------------------------------------------------------------------------------------------
+
+/// A running node: its listener, peer links and [`ClusterActor`]. Stop it with
+/// [`stop`](Self::stop) (which releases its storage, so it can be restarted from it).
+#[derive(Debug)]
+pub struct ClusterNode {
+    id: u64,
+    actor: ActorRef<ClusterMsg>,
+    actor_task: JoinHandle<()>,
+    links: Vec<ActorRef<PeerLinkMsg>>,
+    listener: Listener,
+    shared: Arc<Shared>,
+    token_state: Arc<ReplicatedTokenState>,
+}
+
+impl ClusterNode {
+    /// Start a node: open (or create and bootstrap with `config.peers` as voters) its
+    /// storage, serve `listener`, link to every other peer, and start the actor.
+    ///
+    /// # Errors
+    /// [`ClusterError`] if the configuration is inconsistent or a part fails to start.
+    pub async fn start(
+        config: ClusterConfig,
+        listener: TcpListener,
+    ) -> Result<ClusterNode, ClusterError> {
+        if config.id == 0 || config.driver.id != config.id {
+            return Err(ClusterError::Config(
+                "id must be non-zero and equal driver.id".to_owned(),
+            ));
+        }
+        if !config.peers.contains_key(&config.id) {
+            return Err(ClusterError::Config(
+                "peers must include this node".to_owned(),
+            ));
+        }
+        let storage = match &config.storage {
+            StorageLocation::Path(path) => RaftStorage::open(path)?,
+            StorageLocation::InMemory => RaftStorage::in_memory(),
+        };
+        match storage.initialize(ConfState {
+            voters: config.peers.keys().copied().collect(),
+            ..ConfState::default()
+        }) {
+            Ok(()) | Err(StorageError::AlreadyInitialized) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let driver = RaftDriver::new(config.driver.clone(), storage, &raft_logger(config.id))?;
+
+        let local = NodeId(config.id);
+        let (deliver, inbound) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
+        let inbound_config = Arc::new(InboundConfig::new(
+            local,
+            config.cluster,
+            config.security.clone(),
+            deliver,
+        ));
+        let listener = spawn_listener(listener, inbound_config)
+            .map_err(|e| ClusterError::Listener(e.to_string()))?;
+
+        let mut peers = BTreeMap::new();
+        let mut links = vec![];
+        for (&peer, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
+            let mut link_config = PeerLinkConfig::new(
+                local,
+                NodeId(peer),
+                config.cluster,
+                addr.ip().to_string(),
+                addr.port(),
+                config.security.clone(),
+                Arc::new(TcpConnector),
+                DetRng::from_seed(config.id.wrapping_mul(1_000_003) ^ peer),
+            );
+            link_config.timings = config.link_timings;
+            let (arguments, sender) = PeerLinkArguments::new(link_config);
+            let (link, _) = Actor::spawn(None, PeerLink, arguments)
+                .await
+                .map_err(|e| ClusterError::Spawn(e.to_string()))?;
+            links.push(link);
+            peers.insert(peer, sender);
+        }
+
+        let (invalidations, _) = broadcast::channel(TOKEN_INVALIDATIONS_CHANNEL_CAPACITY);
+        let shared = Arc::new(Shared {
+            applied: watch::Sender::new(AppliedState::default()),
+            invalidations,
+            tokens: RwLock::new(TokenTable::new()),
+        });
+        let arguments = ClusterArguments {
+            driver,
+            tick: config.tick,
+            peers,
+            inbound,
+            shared: shared.clone(),
+        };
+        let (actor, actor_task) = Actor::spawn(None, ClusterActor, arguments)
+            .await
+            .map_err(|e| ClusterError::Spawn(e.to_string()))?;
+        let token_state = Arc::new(ReplicatedTokenState::new(actor.clone(), shared.clone()));
+        tracing::info!(id = config.id, region = %config.region, "cluster node started");
+        Ok(ClusterNode {
+            id: config.id,
+            actor,
+            actor_task,
+            links,
+            listener,
+            shared,
+            token_state,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The address the listener serves.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The actor (to send [`ClusterMsg::Propose`]).
+    pub fn actor(&self) -> &ActorRef<ClusterMsg> {
+        &self.actor
+    }
+
+    /// What this node has applied, updated after every `ready()`.
+    pub fn applied(&self) -> watch::Receiver<AppliedState> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Propose `command` and wait until it is applied here (or `timeout` passes).
+    ///
+    /// # Errors
+    /// [`ProposeError`]; [`ProposeError::Stopped`] also on timeout.
+    pub async fn propose(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<ApplyResult, ProposeError> {
+        propose(&self.actor, command, timeout).await
+    }
+
+    /// The token state replicated through this node.
+    pub fn token_state(&self) -> Arc<ReplicatedTokenState> {
+        self.token_state.clone()
+    }
+
+    /// Stop the actor, the links and the listener, and wait until the storage is released.
+    pub async fn stop(self) {
+        self.actor.stop(Some("node stopped".to_owned()));
+        let _ = self.actor_task.await;
+        for link in &self.links {
+            link.stop(None);
+        }
+        self.listener.shutdown();
+        tracing::info!(id = self.id, "cluster node stopped");
+    }
+}
+
+async fn propose(
+    actor: &ActorRef<ClusterMsg>,
+    command: Command,
+    timeout: Duration,
+) -> Result<ApplyResult, ProposeError> {
+    let (tx, rx) = oneshot::channel();
+    actor
+        .cast(ClusterMsg::Propose(command, tx.into()))
+        .map_err(|_| ProposeError::Stopped)?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) | Err(_) => Err(ProposeError::Stopped),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicated token state.
+// ---------------------------------------------------------------------------------------------
+
+type EventReply = oneshot::Sender<Result<TokenValidity, TokenStateError>>;
+
+/// herald-actors' [`TokenState`] on the Raft log of one [`ClusterNode`].
+///
+/// - `check` reads this node's applied token table (local read; see the
+///   [module docs](self) for how stale it can be);
+/// - `apply` queues the event for a batcher that coalesces events for up to
+///   [`TOKEN_EVENTS_BATCH_WINDOW`] or [`TOKEN_EVENTS_BATCH_MAX`] events into one
+///   [`Command::TokenEvents`] proposal, and answers once that entry is applied on this
+///   node. This node must be the leader: elsewhere `apply` answers
+///   [`TokenStateError::Unavailable`] ("not leader …"); forwarding to the leader is not done
+///   yet. A lost leadership, a full queue or [`TOKEN_EVENT_APPLY_TIMEOUT`] also answer
+///   `Unavailable` (the event may still have committed: events are idempotent, retry);
+/// - `subscribe` streams the invalidations applied on this node.
+#[derive(Debug)]
+pub struct ReplicatedTokenState {
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<(TokenEventRecord, EventReply)>,
+    batcher: JoinHandle<()>,
+}
+
+impl ReplicatedTokenState {
+    fn new(actor: ActorRef<ClusterMsg>, shared: Arc<Shared>) -> Self {
+        let (queue, rx) = mpsc::channel(TOKEN_EVENTS_QUEUE_CAPACITY);
+        let batcher = tokio::spawn(batch_events(actor, rx));
+        ReplicatedTokenState {
+            shared,
+            queue,
+            batcher,
+        }
+    }
+}
+
+impl Drop for ReplicatedTokenState {
+    fn drop(&mut self) {
+        self.batcher.abort();
+    }
+}
+
+async fn batch_events(
+    actor: ActorRef<ClusterMsg>,
+    mut rx: mpsc::Receiver<(TokenEventRecord, EventReply)>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + TOKEN_EVENTS_BATCH_WINDOW;
+        while batch.len() < TOKEN_EVENTS_BATCH_MAX {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let actor = actor.clone();
+        // Batches are pipelined: the next is collected while this one commits.
+        tokio::spawn(async move {
+            let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let result = propose(
+                &actor,
+                Command::TokenEvents(records),
+                TOKEN_EVENT_APPLY_TIMEOUT,
+            )
+            .await;
+            match result {
+                Ok(ApplyResult::TokenEvents(results)) if results.len() == replies.len() => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result.map(|applied| applied.validity));
+                    }
+                }
+                other => {
+                    let error = match other {
+                        Err(ProposeError::NotLeader { leader }) => {
+                            format!("not leader (leader: {leader:?}); forwarding is not done yet")
+                        }
+                        Err(e) => e.to_string(),
+                        Ok(result) => format!("unexpected apply result {result:?}"),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(TokenStateError::Unavailable(error.clone())));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl TokenState for ReplicatedTokenState {
+    fn check(&self, key: &TokenKey) -> TokenValidity {
+        self.shared.tokens().check(key)
+    }
+
+    fn apply(
+        &self,
+        key: TokenKey,
+        event: TokenEvent,
+    ) -> BoxFuture<'_, Result<TokenValidity, TokenStateError>> {
+        Box::pin(async move {
+            let applied = *self.shared.applied.borrow();
+            if !applied.is_leader {
+                return Err(TokenStateError::Unavailable(format!(
+                    "not leader (leader: {:?}); forwarding is not done yet",
+                    applied.leader
+                )));
+            }
+            let record = TokenEventRecord {
+                tenant: key.tenant().to_owned(),
+                token: key.token().to_owned(),
+                event,
+            };
+            let (tx, rx) = oneshot::channel();
+            self.queue
+                .try_send((record, tx))
+                .map_err(|_| TokenStateError::Unavailable("token event queue full".to_owned()))?;
+            rx.await.unwrap_or_else(|_| {
+                Err(TokenStateError::Unavailable(
+                    "cluster node stopped".to_owned(),
+                ))
+            })
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
+        self.shared.invalidations.subscribe()
+    }
+
+    fn len(&self) -> usize {
+        self.shared.tokens().len()
+    }
+}
