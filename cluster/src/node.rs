@@ -10,6 +10,39 @@
 //!        └ subscribe(): invalidations ◀─────────────────┘  broadcast<Invalidation>
 //! ```
 //!
+//! A one-node cluster (plaintext and in memory here; production uses
+//! [`LinkSecurity::MutualTls`] and a redb path):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use std::time::Duration;
+//! use herald_actors::seams::Timestamp;
+//! use herald_actors::token_state::{TokenKey, TokenState, TokenValidity};
+//! use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+//! use herald_cluster::transport::{ClusterId, LinkSecurity};
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let peers = BTreeMap::from([(1, listener.local_addr()?)]);
+//! let mut config = ClusterConfig::new(
+//!     1, ClusterId(1), peers, "eu", StorageLocation::InMemory, LinkSecurity::Plaintext,
+//! );
+//! config.tick = Duration::from_millis(5);
+//! let node = ClusterNode::start(config, listener).await?;
+//!
+//! let mut applied = node.applied();
+//! applied.wait_for(|state| state.is_leader).await?;
+//! let tokens = node.token_state();
+//! let key = TokenKey::new("tenant", "abcd");
+//! let at = Timestamp::from_secs(1_000);
+//! assert_eq!(tokens.invalidate(key.clone(), at).await?, TokenValidity::Invalidated { at });
+//! assert_eq!(tokens.check(&key), TokenValidity::Invalidated { at });
+//! node.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The shell
 //!
 //! The actor only ticks, steps, proposes and handles `ready()`; every decision is the
@@ -844,5 +877,82 @@ impl TokenState for ReplicatedTokenState {
 
     fn len(&self) -> usize {
         self.shared.tokens().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::eraftpb::Message;
+
+    /// A follower's state (voters 1 and 2, no links), never started as an actor.
+    fn follower_state() -> ClusterState {
+        let storage = RaftStorage::in_memory();
+        storage
+            .initialize(ConfState {
+                voters: vec![1, 2],
+                ..ConfState::default()
+            })
+            .unwrap();
+        let driver = RaftDriver::new(DriverConfig::new(1), storage, &raft_logger(1)).unwrap();
+        let (invalidations, _) = broadcast::channel(TOKEN_INVALIDATIONS_CHANNEL_CAPACITY);
+        ClusterState {
+            term: driver.term(),
+            driver,
+            peers: BTreeMap::new(),
+            shared: Arc::new(Shared {
+                applied: watch::Sender::new(AppliedState::default()),
+                invalidations,
+                tokens: RwLock::new(TokenTable::new()),
+            }),
+            pending: BTreeMap::new(),
+            next_proposal: 0,
+            flush_scheduled: false,
+            tasks: vec![],
+        }
+    }
+
+    fn heartbeat(from: u64) -> Vec<u8> {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.from = from;
+        message.to = 1;
+        message.term = 1;
+        encode_message(&message).unwrap()
+    }
+
+    fn inbound(from: u64, msg: PeerMessage) -> Inbound {
+        Inbound {
+            from: NodeId(from),
+            msg,
+        }
+    }
+
+    #[test]
+    fn steps_only_raft_messages_from_their_authenticated_sender() {
+        let mut state = follower_state();
+        // Node 3 claims to relay a message of node 2: dropped before raft-rs sees it.
+        assert!(!state.step(inbound(3, PeerMessage::Raft(heartbeat(2)))));
+        assert!(!state.step(inbound(2, PeerMessage::Raft(b"\x0a\xff\xff".to_vec()))));
+        assert!(!state.step(inbound(2, PeerMessage::Ping { nonce: 1 })));
+        assert_eq!(state.driver.leader_id(), None);
+        assert!(state.step(inbound(2, PeerMessage::Raft(heartbeat(2)))));
+        assert_eq!(state.driver.leader_id(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_follower_answers_not_leader() {
+        let mut state = follower_state();
+        assert!(state.step(inbound(2, PeerMessage::Raft(heartbeat(2)))));
+        let (tx, rx) = oneshot::channel();
+        let command = Command::RemoveTenant {
+            tenant: "t".to_owned(),
+        };
+        assert!(!state.propose(command, tx.into()));
+        assert_eq!(
+            rx.await.unwrap(),
+            Err(ProposeError::NotLeader { leader: Some(2) })
+        );
+        assert!(state.pending.is_empty());
     }
 }
