@@ -63,8 +63,9 @@
 //! # Token-state reads and their staleness
 //!
 //! [`ReplicatedTokenState::check`] reads a mirror of the token table as applied on this
-//! node (the actor refreshes it after each `ready()` that applied token events or installed
-//! a snapshot). It is a local read at this node's applied index, not a linearizable read:
+//! node: the actor replays each applied token-event entry on it (O(events); a snapshot
+//! installed from the leader is copied whole). The mirror costs a second copy of the table
+//! in memory. It is a local read at this node's applied index, not a linearizable read:
 //! - on the leader it includes every committed event, since the leader applies in the same
 //!   `ready()` that learns of the commit;
 //! - on a follower it trails the leader by its replication delay: the commit index reaches
@@ -301,6 +302,24 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Apply the token events of an applied `TokenEvents` entry to the mirror; false if the
+    /// bytes are not such a command (the caller then copies the machine's table).
+    fn mirror(&self, data: &[u8]) -> bool {
+        let Ok(Command::TokenEvents(records)) = crate::state::decode(data) else {
+            return false;
+        };
+        let mut table = self
+            .tokens
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for record in records {
+            // The same call, on the same state, as `StateMachine::apply`; its result was
+            // already reported by the state machine.
+            let _ = table.apply(TokenKey::new(record.tenant, record.token), record.event);
+        }
+        true
+    }
+
     fn set_tokens(&self, table: TokenTable) {
         *self
             .tokens
@@ -493,13 +512,18 @@ impl ClusterState {
     fn handle_ready(&mut self) -> Result<(), ActorProcessingErr> {
         let out = self.driver.ready()?;
         self.send(&out);
-        let mut tokens_changed = out.snapshot_restored.is_some();
+        // A restored snapshot replaces the table: copy it whole (rare). Otherwise replay the
+        // applied events on the mirror, in log order: the same deterministic table logic from
+        // the same state gives the same table as the state machine's.
+        let mut resync = out.snapshot_restored.is_some();
         for entry in &out.committed {
             let CommittedKind::Command(result) = &entry.kind else {
                 continue;
             };
             if let ApplyResult::TokenEvents(results) = result {
-                tokens_changed = true;
+                if !resync {
+                    resync = !self.shared.mirror(&entry.data);
+                }
                 for applied in results.iter().flatten() {
                     if let Some(invalidation) = &applied.invalidation {
                         // No subscriber is not an error.
@@ -519,8 +543,7 @@ impl ClusterState {
                 }
             }
         }
-        if tokens_changed {
-            // O(table) per ready that applied token events; see "what's left" in the docs.
+        if resync {
             self.shared
                 .set_tokens(self.driver.machine().token_table().clone());
         }
@@ -954,5 +977,31 @@ mod tests {
             Err(ProposeError::NotLeader { leader: Some(2) })
         );
         assert!(state.pending.is_empty());
+    }
+
+    #[test]
+    fn the_mirror_replays_to_the_state_machines_table() {
+        use crate::state::StateMachine;
+        use herald_actors::seams::Timestamp;
+
+        let state = follower_state();
+        let mut machine = StateMachine::new();
+        state.shared.set_tokens(machine.token_table().clone());
+        let record = |token: &str, event| TokenEventRecord {
+            tenant: "t".to_owned(),
+            token: token.to_owned(),
+            event,
+        };
+        let at = Timestamp::from_secs(5);
+        let command = Command::TokenEvents(vec![
+            record("aa", TokenEvent::Registered { at }),
+            record("bb", TokenEvent::Invalidated { at }),
+            record("aa", TokenEvent::Invalidated { at }),
+        ]);
+        let bytes = crate::state::encode(&command).unwrap();
+        machine.apply_bytes(1, &bytes);
+        assert!(state.shared.mirror(&bytes));
+        assert_eq!(*state.shared.tokens(), *machine.token_table());
+        assert!(!state.shared.mirror(b"not a command"));
     }
 }

@@ -117,6 +117,9 @@ pub struct CommittedEntry {
     /// The proposer's context bytes (empty unless given to
     /// [`RaftDriver::propose`]).
     pub context: Vec<u8>,
+    /// The encoded command of a [`CommittedKind::Command`] entry (empty for other kinds), so
+    /// a shell can mirror what was applied without reading the log.
+    pub data: Vec<u8>,
     /// Its kind and result.
     pub kind: CommittedKind,
 }
@@ -468,10 +471,15 @@ impl RaftDriver {
                     self.conf_change_applied(result)?
                 }
             };
+            let data = match kind {
+                CommittedKind::Command(_) => entry.data.to_vec(),
+                _ => Vec::new(),
+            };
             out.committed.push(CommittedEntry {
                 index: entry.index,
                 term: entry.term,
                 context: entry.context.to_vec(),
+                data,
                 kind,
             });
         }
