@@ -1155,3 +1155,39 @@ async fn early_answer_before_the_body_is_read() {
     }
     env.emulator.shutdown().await;
 }
+
+/// (9) APNs allows one stream on a token-auth connection until a token has been accepted.
+/// Herald's client, on a fresh connection with 20 sends fired at once, keeps to it: the
+/// emulator counts no one-stream violation, yet the sends after the first run concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_token_connection_honours_one_stream_rule() {
+    let env = start(|c| {
+        c.faults = FaultProfile {
+            latency: Latency::Fixed { ms: 20 },
+            ..FaultProfile::default()
+        };
+    })
+    .await;
+    let connection = env.open().await;
+    let ids = apns_ids(20, 9);
+    let requests: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| request(&device(i as u64), *id))
+        .collect();
+    let results = send_all(&connection, &requests).await;
+    for (id, result) in ids.iter().zip(&results) {
+        assert_accepted(result, id);
+    }
+    let stats = env.emulator.stats();
+    assert_eq!(stats.connections.len(), 1, "{:?}", stats.connections);
+    let c = &stats.connections[0];
+    assert_eq!(c.streams_opened, 20, "{c:?}");
+    assert_eq!(c.one_stream_violations, 0, "{c:?}");
+    assert_eq!(c.stream_limit_violations, 0, "{c:?}");
+    assert!(
+        c.max_concurrent_seen >= 2,
+        "sends after the first were not concurrent: {c:?}"
+    );
+    env.emulator.shutdown().await;
+}

@@ -444,6 +444,14 @@ pub(crate) struct ConnCounters {
     pub(crate) opened: AtomicU64,
     pub(crate) accepted: AtomicU64,
     pub(crate) violations: AtomicU64,
+    /// Token auth (no client certificate): one stream at a time until a token is accepted.
+    pub(crate) token_auth: bool,
+    /// An answer to a request with a valid provider token has been written.
+    pub(crate) token_accepted: AtomicBool,
+    /// Streams whose answers will accept a token once written (until one is).
+    pub(crate) accepting_streams: Mutex<Vec<u32>>,
+    /// Streams opened while another was open, before a token was accepted.
+    pub(crate) one_stream_violations: AtomicU64,
     pub(crate) open: AtomicBool,
     /// The reason to put in the debug data of this connection's GOAWAY frames.
     pub(crate) goaway_reason: Mutex<Option<Reason>>,
@@ -458,6 +466,7 @@ impl ConnCounters {
             streams_opened: self.opened.load(Ordering::Relaxed),
             streams_accepted: self.accepted.load(Ordering::Relaxed),
             stream_limit_violations: self.violations.load(Ordering::Relaxed),
+            one_stream_violations: self.one_stream_violations.load(Ordering::Relaxed),
             open: self.open.load(Ordering::Relaxed),
         }
     }
@@ -469,6 +478,7 @@ pub(crate) struct ConnCtx {
     pub(crate) id: u64,
     pub(crate) identity: Option<CertIdentity>,
     pub(crate) tokens: Mutex<TokenState>,
+    pub(crate) counters: Arc<ConnCounters>,
 }
 
 /// The answer to one request.
@@ -478,6 +488,8 @@ pub(crate) struct Answer {
     pub(crate) apns_id: String,
     pub(crate) unique_id: Option<String>,
     pub(crate) body: Bytes,
+    /// The request carried a provider token the emulator accepted (whatever the answer).
+    pub(crate) token_accepted: bool,
 }
 
 /// A request as the answer logic sees it.
@@ -496,11 +508,16 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn register_connection(&self, max_concurrent_streams: u32) -> Arc<ConnCounters> {
+    pub(crate) fn register_connection(
+        &self,
+        max_concurrent_streams: u32,
+        token_auth: bool,
+    ) -> Arc<ConnCounters> {
         let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::new(ConnCounters {
             id,
             max_concurrent_streams,
+            token_auth,
             open: AtomicBool::new(true),
             ..ConnCounters::default()
         });
@@ -559,6 +576,7 @@ impl Shared {
             apns_id,
             unique_id: None,
             body: error_body(reason, timestamp),
+            token_accepted: false,
         }
     }
 
@@ -578,7 +596,8 @@ impl Shared {
             .filter(|id| id.len() == 36 && uuid::Uuid::try_parse(id).is_ok())
             .map(str::to_owned)
             .unwrap_or_else(|| upper_uuid(plan.generated_id));
-        match self.decide(ctx, req, plan, &apns_id) {
+        let mut token_accepted = false;
+        match self.decide(ctx, req, plan, &apns_id, &mut token_accepted) {
             Ok(accepted) => {
                 let unique_id = (self.environment == Environment::Sandbox)
                     .then(|| plan.unique_id.hyphenated().to_string());
@@ -588,9 +607,13 @@ impl Shared {
                     apns_id,
                     unique_id,
                     body: Bytes::new(),
+                    token_accepted,
                 }
             }
-            Err((reason, ts)) => self.reject(reason, ts, apns_id),
+            Err((reason, ts)) => Answer {
+                token_accepted,
+                ..self.reject(reason, ts, apns_id)
+            },
         }
     }
 
@@ -600,6 +623,7 @@ impl Shared {
         req: &RequestView<'_>,
         plan: &StreamPlan,
         apns_id: &str,
+        token_accepted: &mut bool,
     ) -> Result<AcceptedNotification, (Reason, Option<Timestamp>)> {
         let plain = |r: Reason| (r, None);
         let token = validate::check_method_and_path(req.method, req.path).map_err(plain)?;
@@ -615,9 +639,11 @@ impl Shared {
                 };
                 let st = self.lock();
                 let mut tokens = ctx.tokens.lock().unwrap_or_else(|e| e.into_inner());
-                tokens
+                let team = tokens
                     .authorize(header, &st.keys, self.environment, now)
-                    .map_err(plain)?
+                    .map_err(plain)?;
+                *token_accepted = true;
+                team
             }
         };
         let headers =

@@ -54,6 +54,11 @@ pub struct ConnectionStats {
     pub streams_accepted: u64,
     /// Streams opened beyond the advertised limit (refused with `REFUSED_STREAM`).
     pub stream_limit_violations: u64,
+    /// Token auth only: streams opened while another stream was open, before the first
+    /// answer to a request with an accepted provider token was sent (APNs allows one stream
+    /// until then). Counted only; such streams are answered normally.
+    #[serde(default)]
+    pub one_stream_violations: u64,
     /// The connection is still open.
     pub open: bool,
 }
