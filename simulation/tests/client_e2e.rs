@@ -39,12 +39,9 @@ fn burst(reason: Reason) -> FaultProfile {
 
 /// Reasons the emulator never produces for a request from Herald's client. They are still
 /// round-tripped, injected with a fault burst, to prove the client parses them.
-const INJECTED_ONLY: [(Reason, &str); 3] = [
+const INJECTED_ONLY: [(Reason, &str); 2] = [
     // No emulator rule answers Forbidden (Apple documents no trigger for it either).
     (Reason::Forbidden, "no emulator rule"),
-    // The emulator is one environment per listener and does not model certificates per
-    // environment (docs/emulator.md, "Not emulated").
-    (Reason::BadCertificateEnvironment, "not emulated"),
     // The emulator answers 405 to any method but POST; Herald's client only sends POST.
     (Reason::MethodNotAllowed, "the client only sends POST"),
 ];
@@ -391,6 +388,32 @@ async fn every_reason_round_trips_through_the_client() {
         )
         .await,
         Reason::BadCertificate,
+    );
+    cert_connection.close();
+
+    // A development (sandbox-only) certificate against a production emulator.
+    let development = client_ca.identity(&[
+        (
+            rcgen::DnType::CommonName,
+            "Apple Development IOS Push Services: com.example.app",
+        ),
+        (rcgen::DnType::OrganizationalUnitName, TEAM),
+    ]);
+    let config = env.config_with(
+        trusting(emulator, Some(development)),
+        emulator.addr().port(),
+    );
+    let cert_connection = env
+        .try_open(config, Box::new(CertificateAuth::new(TEAM)))
+        .await
+        .unwrap();
+    cov.genuine(
+        within(
+            30,
+            cert_connection.send(&notification(&device(14), None).prepare()),
+        )
+        .await,
+        Reason::BadCertificateEnvironment,
     );
     cert_connection.close();
 

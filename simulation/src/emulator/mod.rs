@@ -617,6 +617,39 @@ impl Shared {
         }
     }
 
+    /// Authenticate a request by the connection's client certificate or its provider
+    /// token: the team id. Sets `token_accepted` when a provider token was accepted.
+    fn authenticate(
+        &self,
+        ctx: &ConnCtx,
+        req: &RequestView<'_>,
+        token_accepted: &mut bool,
+    ) -> Result<String, Reason> {
+        match &ctx.identity {
+            Some(id) => {
+                let team = id.team_id.clone().ok_or(Reason::BadCertificate)?;
+                if !id.environment.allows(self.environment) {
+                    return Err(Reason::BadCertificateEnvironment);
+                }
+                Ok(team)
+            }
+            None => {
+                let header = req.headers.get(validate::AUTHORIZATION).map(|v| v.to_str());
+                let header = match header {
+                    None => None,
+                    Some(Ok(h)) => Some(h),
+                    Some(Err(_)) => return Err(Reason::InvalidProviderToken),
+                };
+                let now = self.clock.now();
+                let st = self.lock();
+                let mut tokens = ctx.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                let team = tokens.authorize(header, &st.keys, self.environment, now)?;
+                *token_accepted = true;
+                Ok(team)
+            }
+        }
+    }
+
     fn decide(
         &self,
         ctx: &ConnCtx,
@@ -628,24 +661,7 @@ impl Shared {
         let plain = |r: Reason| (r, None);
         let token = validate::check_method_and_path(req.method, req.path).map_err(plain)?;
         let now = self.clock.now();
-        let team = match &ctx.identity {
-            Some(id) => id.team_id.clone().ok_or(plain(Reason::BadCertificate))?,
-            None => {
-                let header = req.headers.get(validate::AUTHORIZATION).map(|v| v.to_str());
-                let header = match header {
-                    None => None,
-                    Some(Ok(h)) => Some(h),
-                    Some(Err(_)) => return Err(plain(Reason::InvalidProviderToken)),
-                };
-                let st = self.lock();
-                let mut tokens = ctx.tokens.lock().unwrap_or_else(|e| e.into_inner());
-                let team = tokens
-                    .authorize(header, &st.keys, self.environment, now)
-                    .map_err(plain)?;
-                *token_accepted = true;
-                team
-            }
-        };
+        let team = self.authenticate(ctx, req, token_accepted).map_err(plain)?;
         let headers =
             validate::check_headers(req.headers, ctx.identity.is_none()).map_err(plain)?;
         let topic = match (&headers.topic, &ctx.identity) {
