@@ -5,8 +5,9 @@
 //! client-certificate auth) or plaintext HTTP/2, validates every request from the APNs rules
 //! (every 400/403/404/405/413 reason), verifies ES256 provider tokens by key id with the
 //! per-connection rules, keeps a device registry (valid, unregistered at T, expired, bad,
-//! bound to a topic, per-device rate limit), injects faults from a seeded RNG, and records
-//! every accepted notification. An admin HTTP endpoint exposes the record and the knobs.
+//! bound to a topic, per-device rate limit), serves broadcast channels (iOS 18 Live
+//! Activities: channel management and `/4/broadcasts`, on the same listener), injects
+//! faults from a seeded RNG, and records every accepted notification. An admin HTTP endpoint exposes the record and the knobs.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), herald_sim::emulator::EmulatorError> {
@@ -26,6 +27,7 @@
 //! `tokio::time`. The same seed, clock and request sequence give the same answers and record.
 
 mod admin;
+mod broadcast;
 mod config;
 mod devices;
 mod faults;
@@ -48,6 +50,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use broadcast::{
+    BAD_CHANNEL_ID, BAD_MESSAGE_STORAGE_POLICY, CHANNEL_NOT_REGISTERED,
+    CHANNELS_PER_APP_MAX_DEFAULT, Channel, MISSING_CHANNEL_ID, TOO_MANY_CHANNELS,
+};
 pub use config::{
     EmulatorConfig, Environment, GeneratedKey, KeyConfig, KeyEnvironment,
     MAX_CONCURRENT_STREAMS_DEFAULT, RECORD_CAPACITY_DEFAULT, SEED_DEFAULT, TeamConfig, TlsConfig,
@@ -250,6 +256,7 @@ impl EmulatorCore {
             faults: ActiveFaults::new(config.faults.clone(), now),
             record: Record::new(config.record_capacity),
             connections: BTreeMap::new(),
+            channels: broadcast::Channels::new(config.channels_per_app_max),
         };
         Ok(EmulatorCore {
             shared: Arc::new(Shared {
@@ -406,6 +413,11 @@ impl EmulatorCore {
         stats
     }
 
+    /// The broadcast channels of one app (bundle id), by id.
+    pub fn channels(&self, bundle_id: &str) -> Vec<Channel> {
+        self.shared.lock().channels.list(bundle_id)
+    }
+
     /// Forget the record and counters (statistics of open connections are kept).
     pub fn clear_record(&self) {
         let mut st = self.shared.lock();
@@ -433,6 +445,7 @@ struct State {
     faults: ActiveFaults,
     record: Record,
     connections: BTreeMap<u64, Arc<ConnCounters>>,
+    channels: broadcast::Channels,
 }
 
 /// Wire-level stream counters of one connection (updated by the frame sniffer).
@@ -490,6 +503,8 @@ pub(crate) struct Answer {
     pub(crate) body: Bytes,
     /// The request carried a provider token the emulator accepted (whatever the answer).
     pub(crate) token_accepted: bool,
+    /// More response headers (broadcast channel management).
+    pub(crate) headers: Vec<(http::HeaderName, String)>,
 }
 
 /// A request as the answer logic sees it.
@@ -577,6 +592,7 @@ impl Shared {
             unique_id: None,
             body: error_body(reason, timestamp),
             token_accepted: false,
+            headers: Vec::new(),
         }
     }
 
@@ -596,6 +612,9 @@ impl Shared {
             .filter(|id| id.len() == 36 && uuid::Uuid::try_parse(id).is_ok())
             .map(str::to_owned)
             .unwrap_or_else(|| upper_uuid(plan.generated_id));
+        if let Some(route) = broadcast::route(req.path) {
+            return self.broadcast_answer(ctx, req, plan, route, apns_id);
+        }
         let mut token_accepted = false;
         match self.decide(ctx, req, plan, &apns_id, &mut token_accepted) {
             Ok(accepted) => {
@@ -608,6 +627,7 @@ impl Shared {
                     unique_id,
                     body: Bytes::new(),
                     token_accepted,
+                    headers: Vec::new(),
                 }
             }
             Err((reason, ts)) => Answer {
@@ -671,10 +691,7 @@ impl Shared {
         };
         let bundle = validate::bundle_of(&topic).to_owned();
         let mut st = self.lock();
-        let cert_topic = ctx.identity.as_ref().and_then(|i| i.topic.as_deref());
-        let allowed = cert_topic == Some(bundle.as_str())
-            || st.bundles.get(&team).is_some_and(|b| b.contains(&bundle));
-        if !allowed {
+        if !bundle_allowed(&st, ctx, &team, &bundle) {
             return Err(plain(Reason::TopicDisallowed));
         }
         validate::check_payload(req.body_len, headers.push_type.as_deref()).map_err(plain)?;
@@ -698,8 +715,19 @@ impl Shared {
             payload_bytes: req.body_len,
             time_ms: now.as_millis(),
             connection_id: ctx.id,
+            channel_id: None,
         })
     }
+}
+
+/// The connection's certificate topic is `bundle`, or `team` may push to it.
+fn bundle_allowed(st: &State, ctx: &ConnCtx, team: &str, bundle: &str) -> bool {
+    let cert_topic = ctx.identity.as_ref().and_then(|i| i.topic.as_deref());
+    cert_topic == Some(bundle)
+        || st
+            .bundles
+            .get(team)
+            .is_some_and(|b| b.iter().any(|x| x == bundle))
 }
 
 /// A UUID as APNs writes a generated `apns-id`: hyphenated, uppercase.

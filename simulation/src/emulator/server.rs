@@ -372,6 +372,9 @@ fn respond_now(
     if let Some(unique) = answer.unique_id {
         builder = builder.header(APNS_UNIQUE_ID, unique);
     }
+    for (name, value) in answer.headers {
+        builder = builder.header(name, value);
+    }
     if !answer.body.is_empty() {
         builder = builder.header(
             http::header::CONTENT_TYPE,
