@@ -41,6 +41,19 @@ async fn broadcast(client: &Client, bearer: &str, channel: &str, extra: &[(&str,
         .unwrap()
 }
 
+/// GET on the admin endpoint (HTTP/1.1): the JSON body.
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    assert_eq!(&out[9..12], "200", "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body).unwrap()
+}
+
 #[tokio::test]
 async fn channel_lifecycle_and_broadcast() {
     let s = setup(|_| {}).await;
@@ -93,6 +106,10 @@ async fn channel_lifecycle_and_broadcast() {
         assert_eq!(list.json()["channels"], serde_json::json!([id.clone()]));
     }
     assert_eq!(s.emulator.channels(BUNDLE)[0].id, id);
+    let admin = s.emulator.admin_addr().unwrap();
+    let listed = admin_get(admin, &format!("/channels?bundle={BUNDLE}")).await;
+    assert_eq!(listed[0]["id"], serde_json::json!(id));
+    assert_eq!(listed[0]["message_storage_policy"], 1);
 
     // Broadcast.
     let apns_id = "EABEAE76-A4F8-4B6D-9A8B-5C1A0D4E2F10";

@@ -18,7 +18,8 @@ pub struct CertIdentity {
     /// The team id (the subject's organizational unit, OU).
     pub team_id: Option<String>,
     /// The topic (the subject's UID, or the bundle id in a common name
-    /// `Apple Push Services: <bundle>`).
+    /// `Apple Push Services: <bundle>` or `Apple Development|Production … Push Services:
+    /// <bundle>`).
     pub topic: Option<String>,
     /// The environments the certificate is for, from its common name: `Apple Development
     /// … Push Services: <bundle>` (e.g. `Apple Development IOS Push Services:`) is sandbox
