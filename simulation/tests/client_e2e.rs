@@ -39,12 +39,9 @@ fn burst(reason: Reason) -> FaultProfile {
 
 /// Reasons the emulator never produces for a request from Herald's client. They are still
 /// round-tripped, injected with a fault burst, to prove the client parses them.
-const INJECTED_ONLY: [(Reason, &str); 3] = [
+const INJECTED_ONLY: [(Reason, &str); 2] = [
     // No emulator rule answers Forbidden (Apple documents no trigger for it either).
     (Reason::Forbidden, "no emulator rule"),
-    // The emulator is one environment per listener and does not model certificates per
-    // environment (docs/emulator.md, "Not emulated").
-    (Reason::BadCertificateEnvironment, "not emulated"),
     // The emulator answers 405 to any method but POST; Herald's client only sends POST.
     (Reason::MethodNotAllowed, "the client only sends POST"),
 ];
@@ -391,6 +388,32 @@ async fn every_reason_round_trips_through_the_client() {
         )
         .await,
         Reason::BadCertificate,
+    );
+    cert_connection.close();
+
+    // A development (sandbox-only) certificate against a production emulator.
+    let development = client_ca.identity(&[
+        (
+            rcgen::DnType::CommonName,
+            "Apple Development IOS Push Services: com.example.app",
+        ),
+        (rcgen::DnType::OrganizationalUnitName, TEAM),
+    ]);
+    let config = env.config_with(
+        trusting(emulator, Some(development)),
+        emulator.addr().port(),
+    );
+    let cert_connection = env
+        .try_open(config, Box::new(CertificateAuth::new(TEAM)))
+        .await
+        .unwrap();
+    cov.genuine(
+        within(
+            30,
+            cert_connection.send(&notification(&device(14), None).prepare()),
+        )
+        .await,
+        Reason::BadCertificateEnvironment,
     );
     cert_connection.close();
 
@@ -1153,5 +1176,41 @@ async fn early_answer_before_the_body_is_read() {
         assert_rejected(result, Reason::IdleTimeout);
         within(30, connection.closed()).await;
     }
+    env.emulator.shutdown().await;
+}
+
+/// (9) APNs allows one stream on a token-auth connection until a token has been accepted.
+/// Herald's client, on a fresh connection with 20 sends fired at once, keeps to it: the
+/// emulator counts no one-stream violation, yet the sends after the first run concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_token_connection_honours_one_stream_rule() {
+    let env = start(|c| {
+        c.faults = FaultProfile {
+            latency: Latency::Fixed { ms: 20 },
+            ..FaultProfile::default()
+        };
+    })
+    .await;
+    let connection = env.open().await;
+    let ids = apns_ids(20, 9);
+    let requests: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| request(&device(i as u64), *id))
+        .collect();
+    let results = send_all(&connection, &requests).await;
+    for (id, result) in ids.iter().zip(&results) {
+        assert_accepted(result, id);
+    }
+    let stats = env.emulator.stats();
+    assert_eq!(stats.connections.len(), 1, "{:?}", stats.connections);
+    let c = &stats.connections[0];
+    assert_eq!(c.streams_opened, 20, "{c:?}");
+    assert_eq!(c.one_stream_violations, 0, "{c:?}");
+    assert_eq!(c.stream_limit_violations, 0, "{c:?}");
+    assert!(
+        c.max_concurrent_seen >= 2,
+        "sends after the first were not concurrent: {c:?}"
+    );
     env.emulator.shutdown().await;
 }

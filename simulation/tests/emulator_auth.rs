@@ -6,7 +6,7 @@ mod emulator_support;
 use std::time::Duration;
 
 use emulator_support::*;
-use herald_sim::emulator::{KeyConfig, KeyEnvironment, TeamConfig};
+use herald_sim::emulator::{Environment, KeyConfig, KeyEnvironment, TeamConfig};
 
 fn auth_headers(bearer: &str) -> Vec<(&'static str, String)> {
     alert_headers(bearer)
@@ -235,4 +235,75 @@ async fn client_certificate_auth() {
     };
     assert!(refused);
     s.emulator.shutdown().await;
+}
+
+fn identity_with_cn(ca: &rcgen::Issuer<'_, rcgen::KeyPair>, team: &str, cn: &str) -> Identity {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, team);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, ca).unwrap();
+    (
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+}
+
+/// A client certificate carries its environment in its common name: `Apple Development …
+/// Push Services:` is sandbox only, `Apple Production … Push Services:` production only,
+/// `Apple Push Services:` both. The wrong one answers 403 BadCertificateEnvironment.
+#[tokio::test]
+async fn certificate_for_the_other_environment_is_refused() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test Push CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca_pem = ca_cert.pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let development = format!("Apple Development IOS Push Services: {BUNDLE}");
+    let production = format!("Apple Production IOS Push Services: {BUNDLE}");
+    let universal = format!("Apple Push Services: {BUNDLE}");
+
+    for (environment, cases) in [
+        (
+            Environment::Production,
+            [(&development, 403), (&production, 200), (&universal, 200)],
+        ),
+        (
+            Environment::Sandbox,
+            [(&development, 200), (&production, 403), (&universal, 200)],
+        ),
+    ] {
+        let s = setup(|c| {
+            c.tls.client_ca_pem = Some(ca_pem.clone());
+            c.environment = environment;
+        })
+        .await;
+        for (cn, status) in cases {
+            let client =
+                Client::connect_with(&s.emulator, Some(identity_with_cn(&issuer, TEAM, cn)))
+                    .await
+                    .unwrap();
+            let a = client.push(&[("apns-push-type", "alert")]).await;
+            assert_eq!(a.status, status, "{environment:?} {cn}: {a:?}");
+            if status == 403 {
+                assert_eq!(a.reason.as_deref(), Some("BadCertificateEnvironment"));
+            }
+        }
+        assert_eq!(
+            s.emulator
+                .answers_by_reason()
+                .get("BadCertificateEnvironment"),
+            Some(&1)
+        );
+        s.emulator.shutdown().await;
+    }
 }

@@ -184,3 +184,67 @@ async fn serve_connection_over_an_in_memory_stream() {
         .unwrap()
         .unwrap();
 }
+
+/// Wait until the client has the server's SETTINGS (it sends one stream at a time before).
+async fn wait_for_settings(client: &Client) {
+    for _ in 0..500 {
+        if client.max_streams.load(std::sync::atomic::Ordering::SeqCst) > 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no SETTINGS from the emulator");
+}
+
+/// Token auth allows one stream until a token has been accepted: streams opened alongside
+/// the first one are counted (and still answered); once an answer to a valid token has been
+/// sent, concurrency is free.
+#[tokio::test]
+async fn one_stream_until_a_token_is_accepted() {
+    let s = setup(|_| {}).await;
+    let bearer = bearer(&s);
+    let headers = alert_headers(&bearer);
+    let headers = refs(&headers);
+
+    // Three concurrent requests on a fresh connection: the second and third violate the rule.
+    let eager = Client::connect(&s.emulator).await;
+    wait_for_settings(&eager).await;
+    let (a, b, c) = tokio::join!(
+        eager.push(&headers),
+        eager.push(&headers),
+        eager.push(&headers)
+    );
+    assert_eq!((a.status, b.status, c.status), (200, 200, 200));
+    let stats = s.emulator.stats();
+    let conn = &stats.connections[0];
+    assert!(conn.one_stream_violations >= 1, "{conn:?}");
+    assert_eq!(conn.stream_limit_violations, 0, "{conn:?}");
+
+    // One request first, then concurrency: no violation.
+    let polite = Client::connect(&s.emulator).await;
+    assert_eq!(polite.push(&headers).await.status, 200);
+    let answers = tokio::join!(
+        polite.push(&headers),
+        polite.push(&headers),
+        polite.push(&headers),
+        polite.push(&headers)
+    );
+    assert_eq!(answers.0.status, 200);
+    assert_eq!(answers.3.status, 200);
+    let stats = s.emulator.stats();
+    let conn = stats.connections.iter().find(|c| c.id == 2).unwrap();
+    assert_eq!(conn.streams_opened, 5, "{conn:?}");
+    assert_eq!(conn.one_stream_violations, 0, "{conn:?}");
+
+    // A rejected token does not lift the rule: after a 403, concurrent streams still count.
+    let rejected = Client::connect(&s.emulator).await;
+    wait_for_settings(&rejected).await;
+    let a = rejected.push(&[("apns-topic", BUNDLE)]).await;
+    assert_eq!(a.status, 403);
+    let no_auth: [(&str, &str); 1] = [("apns-topic", BUNDLE)];
+    let _ = tokio::join!(rejected.push(&no_auth), rejected.push(&no_auth));
+    let stats = s.emulator.stats();
+    let conn = stats.connections.iter().find(|c| c.id == 3).unwrap();
+    assert!(conn.one_stream_violations >= 1, "{conn:?}");
+    s.emulator.shutdown().await;
+}

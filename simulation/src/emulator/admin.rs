@@ -8,6 +8,7 @@
 //! | `GET /faults`, `PUT /faults` | the fault profile (JSON [`FaultProfile`]) |
 //! | `POST /devices` | set token states: a JSON array of [`DeviceEntry`] |
 //! | `GET /settings`, `PUT /settings` | `{"max_concurrent_streams": n}` |
+//! | `GET /channels?bundle=<id>` | the broadcast channels of one app ([`Channel`]s) |
 
 use std::net::SocketAddr;
 
@@ -19,12 +20,19 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{AcceptedNotification, DeviceEntry, EmulatorCore, EmulatorError, FaultProfile, Stats};
+use super::{
+    AcceptedNotification, Channel, DeviceEntry, EmulatorCore, EmulatorError, FaultProfile, Stats,
+};
 
 /// The body of `GET/PUT /settings`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Settings {
     max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChannelsQuery {
+    bundle: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +57,7 @@ pub(crate) async fn start(
         .route("/faults", get(faults).put(set_faults))
         .route("/devices", axum::routing::post(set_devices))
         .route("/settings", get(settings).put(set_settings))
+        .route("/channels", get(channels))
         .with_state(core);
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -71,6 +80,13 @@ async fn record(
         all.retain(|n| n.device_token == token);
     }
     Json(all)
+}
+
+async fn channels(
+    State(core): State<EmulatorCore>,
+    Query(q): Query<ChannelsQuery>,
+) -> Json<Vec<Channel>> {
+    Json(core.channels(&q.bundle))
 }
 
 async fn clear_record(State(core): State<EmulatorCore>) -> StatusCode {

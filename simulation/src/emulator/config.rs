@@ -86,6 +86,9 @@ pub struct EmulatorConfig {
     pub faults: FaultProfile,
     /// How many accepted notifications the record keeps. Default 100,000.
     pub record_capacity: usize,
+    /// Broadcast channels one app may have (`TooManyChannels` beyond). Default 10,000,
+    /// Apple's limit per app and environment.
+    pub channels_per_app_max: usize,
 }
 
 impl Default for EmulatorConfig {
@@ -103,6 +106,7 @@ impl Default for EmulatorConfig {
             device_rate_limit: None,
             faults: FaultProfile::default(),
             record_capacity: RECORD_CAPACITY_DEFAULT,
+            channels_per_app_max: super::broadcast::CHANNELS_PER_APP_MAX_DEFAULT,
         }
     }
 }

@@ -5,8 +5,9 @@
 //! client-certificate auth) or plaintext HTTP/2, validates every request from the APNs rules
 //! (every 400/403/404/405/413 reason), verifies ES256 provider tokens by key id with the
 //! per-connection rules, keeps a device registry (valid, unregistered at T, expired, bad,
-//! bound to a topic, per-device rate limit), injects faults from a seeded RNG, and records
-//! every accepted notification. An admin HTTP endpoint exposes the record and the knobs.
+//! bound to a topic, per-device rate limit), serves broadcast channels (iOS 18 Live
+//! Activities: channel management and `/4/broadcasts`, on the same listener), injects
+//! faults from a seeded RNG, and records every accepted notification. An admin HTTP endpoint exposes the record and the knobs.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), herald_sim::emulator::EmulatorError> {
@@ -26,6 +27,7 @@
 //! `tokio::time`. The same seed, clock and request sequence give the same answers and record.
 
 mod admin;
+mod broadcast;
 mod config;
 mod devices;
 mod faults;
@@ -48,6 +50,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use broadcast::{
+    BAD_CHANNEL_ID, BAD_MESSAGE_STORAGE_POLICY, CHANNEL_NOT_REGISTERED,
+    CHANNELS_PER_APP_MAX_DEFAULT, Channel, MISSING_CHANNEL_ID, TOO_MANY_CHANNELS,
+};
 pub use config::{
     EmulatorConfig, Environment, GeneratedKey, KeyConfig, KeyEnvironment,
     MAX_CONCURRENT_STREAMS_DEFAULT, RECORD_CAPACITY_DEFAULT, SEED_DEFAULT, TeamConfig, TlsConfig,
@@ -250,6 +256,7 @@ impl EmulatorCore {
             faults: ActiveFaults::new(config.faults.clone(), now),
             record: Record::new(config.record_capacity),
             connections: BTreeMap::new(),
+            channels: broadcast::Channels::new(config.channels_per_app_max),
         };
         Ok(EmulatorCore {
             shared: Arc::new(Shared {
@@ -406,6 +413,11 @@ impl EmulatorCore {
         stats
     }
 
+    /// The broadcast channels of one app (bundle id), by id.
+    pub fn channels(&self, bundle_id: &str) -> Vec<Channel> {
+        self.shared.lock().channels.list(bundle_id)
+    }
+
     /// Forget the record and counters (statistics of open connections are kept).
     pub fn clear_record(&self) {
         let mut st = self.shared.lock();
@@ -433,6 +445,7 @@ struct State {
     faults: ActiveFaults,
     record: Record,
     connections: BTreeMap<u64, Arc<ConnCounters>>,
+    channels: broadcast::Channels,
 }
 
 /// Wire-level stream counters of one connection (updated by the frame sniffer).
@@ -444,6 +457,14 @@ pub(crate) struct ConnCounters {
     pub(crate) opened: AtomicU64,
     pub(crate) accepted: AtomicU64,
     pub(crate) violations: AtomicU64,
+    /// Token auth (no client certificate): one stream at a time until a token is accepted.
+    pub(crate) token_auth: bool,
+    /// An answer to a request with a valid provider token has been written.
+    pub(crate) token_accepted: AtomicBool,
+    /// Streams whose answers will accept a token once written (until one is).
+    pub(crate) accepting_streams: Mutex<Vec<u32>>,
+    /// Streams opened while another was open, before a token was accepted.
+    pub(crate) one_stream_violations: AtomicU64,
     pub(crate) open: AtomicBool,
     /// The reason to put in the debug data of this connection's GOAWAY frames.
     pub(crate) goaway_reason: Mutex<Option<Reason>>,
@@ -458,6 +479,7 @@ impl ConnCounters {
             streams_opened: self.opened.load(Ordering::Relaxed),
             streams_accepted: self.accepted.load(Ordering::Relaxed),
             stream_limit_violations: self.violations.load(Ordering::Relaxed),
+            one_stream_violations: self.one_stream_violations.load(Ordering::Relaxed),
             open: self.open.load(Ordering::Relaxed),
         }
     }
@@ -469,6 +491,7 @@ pub(crate) struct ConnCtx {
     pub(crate) id: u64,
     pub(crate) identity: Option<CertIdentity>,
     pub(crate) tokens: Mutex<TokenState>,
+    pub(crate) counters: Arc<ConnCounters>,
 }
 
 /// The answer to one request.
@@ -478,6 +501,10 @@ pub(crate) struct Answer {
     pub(crate) apns_id: String,
     pub(crate) unique_id: Option<String>,
     pub(crate) body: Bytes,
+    /// The request carried a provider token the emulator accepted (whatever the answer).
+    pub(crate) token_accepted: bool,
+    /// More response headers (broadcast channel management).
+    pub(crate) headers: Vec<(http::HeaderName, String)>,
 }
 
 /// A request as the answer logic sees it.
@@ -496,11 +523,16 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn register_connection(&self, max_concurrent_streams: u32) -> Arc<ConnCounters> {
+    pub(crate) fn register_connection(
+        &self,
+        max_concurrent_streams: u32,
+        token_auth: bool,
+    ) -> Arc<ConnCounters> {
         let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::new(ConnCounters {
             id,
             max_concurrent_streams,
+            token_auth,
             open: AtomicBool::new(true),
             ..ConnCounters::default()
         });
@@ -559,6 +591,8 @@ impl Shared {
             apns_id,
             unique_id: None,
             body: error_body(reason, timestamp),
+            token_accepted: false,
+            headers: Vec::new(),
         }
     }
 
@@ -578,7 +612,11 @@ impl Shared {
             .filter(|id| id.len() == 36 && uuid::Uuid::try_parse(id).is_ok())
             .map(str::to_owned)
             .unwrap_or_else(|| upper_uuid(plan.generated_id));
-        match self.decide(ctx, req, plan, &apns_id) {
+        if let Some(route) = broadcast::route(req.path) {
+            return self.broadcast_answer(ctx, req, plan, route, apns_id);
+        }
+        let mut token_accepted = false;
+        match self.decide(ctx, req, plan, &apns_id, &mut token_accepted) {
             Ok(accepted) => {
                 let unique_id = (self.environment == Environment::Sandbox)
                     .then(|| plan.unique_id.hyphenated().to_string());
@@ -588,9 +626,47 @@ impl Shared {
                     apns_id,
                     unique_id,
                     body: Bytes::new(),
+                    token_accepted,
+                    headers: Vec::new(),
                 }
             }
-            Err((reason, ts)) => self.reject(reason, ts, apns_id),
+            Err((reason, ts)) => Answer {
+                token_accepted,
+                ..self.reject(reason, ts, apns_id)
+            },
+        }
+    }
+
+    /// Authenticate a request by the connection's client certificate or its provider
+    /// token: the team id. Sets `token_accepted` when a provider token was accepted.
+    fn authenticate(
+        &self,
+        ctx: &ConnCtx,
+        req: &RequestView<'_>,
+        token_accepted: &mut bool,
+    ) -> Result<String, Reason> {
+        match &ctx.identity {
+            Some(id) => {
+                let team = id.team_id.clone().ok_or(Reason::BadCertificate)?;
+                if !id.environment.allows(self.environment) {
+                    return Err(Reason::BadCertificateEnvironment);
+                }
+                Ok(team)
+            }
+            None => {
+                let header = req.headers.get(validate::AUTHORIZATION).map(|v| v.to_str());
+                let header = match header {
+                    None => None,
+                    Some(Ok(h)) => Some(h),
+                    Some(Err(_)) => return Err(Reason::InvalidProviderToken),
+                };
+                let now = self.clock.now();
+                let st = self.lock();
+                let mut tokens = ctx.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                let team = tokens.authorize(header, &st.keys, self.environment, now)?;
+                *token_accepted = true;
+                Ok(team)
+            }
         }
     }
 
@@ -600,26 +676,12 @@ impl Shared {
         req: &RequestView<'_>,
         plan: &StreamPlan,
         apns_id: &str,
+        token_accepted: &mut bool,
     ) -> Result<AcceptedNotification, (Reason, Option<Timestamp>)> {
         let plain = |r: Reason| (r, None);
         let token = validate::check_method_and_path(req.method, req.path).map_err(plain)?;
         let now = self.clock.now();
-        let team = match &ctx.identity {
-            Some(id) => id.team_id.clone().ok_or(plain(Reason::BadCertificate))?,
-            None => {
-                let header = req.headers.get(validate::AUTHORIZATION).map(|v| v.to_str());
-                let header = match header {
-                    None => None,
-                    Some(Ok(h)) => Some(h),
-                    Some(Err(_)) => return Err(plain(Reason::InvalidProviderToken)),
-                };
-                let st = self.lock();
-                let mut tokens = ctx.tokens.lock().unwrap_or_else(|e| e.into_inner());
-                tokens
-                    .authorize(header, &st.keys, self.environment, now)
-                    .map_err(plain)?
-            }
-        };
+        let team = self.authenticate(ctx, req, token_accepted).map_err(plain)?;
         let headers =
             validate::check_headers(req.headers, ctx.identity.is_none()).map_err(plain)?;
         let topic = match (&headers.topic, &ctx.identity) {
@@ -629,10 +691,7 @@ impl Shared {
         };
         let bundle = validate::bundle_of(&topic).to_owned();
         let mut st = self.lock();
-        let cert_topic = ctx.identity.as_ref().and_then(|i| i.topic.as_deref());
-        let allowed = cert_topic == Some(bundle.as_str())
-            || st.bundles.get(&team).is_some_and(|b| b.contains(&bundle));
-        if !allowed {
+        if !bundle_allowed(&st, ctx, &team, &bundle) {
             return Err(plain(Reason::TopicDisallowed));
         }
         validate::check_payload(req.body_len, headers.push_type.as_deref()).map_err(plain)?;
@@ -656,8 +715,19 @@ impl Shared {
             payload_bytes: req.body_len,
             time_ms: now.as_millis(),
             connection_id: ctx.id,
+            channel_id: None,
         })
     }
+}
+
+/// The connection's certificate topic is `bundle`, or `team` may push to it.
+fn bundle_allowed(st: &State, ctx: &ConnCtx, team: &str, bundle: &str) -> bool {
+    let cert_topic = ctx.identity.as_ref().and_then(|i| i.topic.as_deref());
+    cert_topic == Some(bundle)
+        || st
+            .bundles
+            .get(team)
+            .is_some_and(|b| b.iter().any(|x| x == bundle))
 }
 
 /// A UUID as APNs writes a generated `apns-id`: hyphenated, uppercase.

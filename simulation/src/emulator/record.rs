@@ -30,6 +30,11 @@ pub struct AcceptedNotification {
     pub time_ms: u64,
     /// The connection it arrived on.
     pub connection_id: u64,
+    /// The broadcast channel (`apns-channel-id`) for a broadcast push
+    /// (`POST /4/broadcasts/apps/<bundle>`); `None` for a device push. A broadcast has an
+    /// empty `device_token`.
+    #[serde(default)]
+    pub channel_id: Option<String>,
 }
 
 impl AcceptedNotification {
@@ -54,6 +59,11 @@ pub struct ConnectionStats {
     pub streams_accepted: u64,
     /// Streams opened beyond the advertised limit (refused with `REFUSED_STREAM`).
     pub stream_limit_violations: u64,
+    /// Token auth only: streams opened while another stream was open, before the first
+    /// answer to a request with an accepted provider token was sent (APNs allows one stream
+    /// until then). Counted only; such streams are answered normally.
+    #[serde(default)]
+    pub one_stream_violations: u64,
     /// The connection is still open.
     pub open: bool,
 }
@@ -73,6 +83,9 @@ pub struct Stats {
     pub dropped_connections: u64,
     /// GOAWAY frames sent (fault injection, idle timeout, settings change, shutdown).
     pub goaways: u64,
+    /// Broadcast pushes accepted (also counted in `accepted_total`).
+    #[serde(default)]
+    pub broadcasts_total: u64,
     /// Connections accepted in total.
     pub connections_total: u64,
     /// Per-connection stream statistics, by connection id.
@@ -103,6 +116,11 @@ impl Record {
         self.accepted.push_back(n);
         self.stats.accepted_total += 1;
         *self.stats.answers_by_status.entry(200).or_default() += 1;
+    }
+
+    /// A successful answer that records no notification (channel management).
+    pub(crate) fn answer_ok(&mut self, status: u16) {
+        *self.stats.answers_by_status.entry(status).or_default() += 1;
     }
 
     pub(crate) fn answer(&mut self, status: u16, reason: &str) {

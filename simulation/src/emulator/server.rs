@@ -106,7 +106,7 @@ pub(crate) async fn serve_h2<S>(
 {
     let mut settings = shared.settings_tx.subscribe();
     let limit = *settings.borrow_and_update();
-    let counters = shared.register_connection(limit);
+    let counters = shared.register_connection(limit, identity.is_none());
     run_connection(
         &shared,
         io,
@@ -141,6 +141,7 @@ async fn run_connection<S>(
         id: counters.id,
         identity,
         tokens: Default::default(),
+        counters: counters.clone(),
     });
     let goaway_at = shared
         .fault_profile()
@@ -244,7 +245,7 @@ async fn run_connection<S>(
                     }
                 }
                 for (respond, answer) in ready.drain(..) {
-                    respond_now(respond, answer);
+                    respond_now(respond, answer, counters);
                 }
             }
         }
@@ -347,10 +348,22 @@ async fn handle_stream(
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
     }
-    respond_now(respond, answer);
+    respond_now(respond, answer, &ctx.counters);
 }
 
-fn respond_now(mut respond: h2::server::SendResponse<Bytes>, answer: Answer) {
+fn respond_now(
+    mut respond: h2::server::SendResponse<Bytes>,
+    answer: Answer,
+    counters: &ConnCounters,
+) {
+    if answer.token_accepted && !counters.token_accepted.load(Ordering::Acquire) {
+        // The sniffer lifts the one-stream rule when it writes this stream's answer.
+        counters
+            .accepting_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(u32::from(respond.stream_id()));
+    }
     const APNS_UNIQUE_ID: http::HeaderName = http::HeaderName::from_static("apns-unique-id");
     // Names parsed once; values take the answer's strings without copying them.
     let mut builder = Response::builder()
@@ -358,6 +371,9 @@ fn respond_now(mut respond: h2::server::SendResponse<Bytes>, answer: Answer) {
         .header(super::validate::APNS_ID, answer.apns_id);
     if let Some(unique) = answer.unique_id {
         builder = builder.header(APNS_UNIQUE_ID, unique);
+    }
+    for (name, value) in answer.headers {
+        builder = builder.header(name, value);
     }
     if !answer.body.is_empty() {
         builder = builder.header(
@@ -494,6 +510,12 @@ impl<S> Sniffer<S> {
                 {
                     c.violations.fetch_add(1, Ordering::Relaxed);
                 }
+                if c.token_auth
+                    && !self.open.is_empty()
+                    && !c.token_accepted.load(Ordering::Acquire)
+                {
+                    c.one_stream_violations.fetch_add(1, Ordering::Relaxed);
+                }
                 let done = f.flags & FLAG_END_STREAM != 0;
                 self.open.insert(f.stream, (done, false));
                 c.max_seen
@@ -510,6 +532,17 @@ impl<S> Sniffer<S> {
     }
 
     fn server_frame(&mut self, f: FrameHeader) {
+        if f.kind == FRAME_HEADERS && !self.counters.token_accepted.load(Ordering::Acquire) {
+            let mut accepting = self
+                .counters
+                .accepting_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if accepting.contains(&f.stream) {
+                accepting.clear();
+                self.counters.token_accepted.store(true, Ordering::Release);
+            }
+        }
         match f.kind {
             FRAME_GOAWAY => self.goaway_sent = true,
             FRAME_HEADERS | FRAME_DATA if f.flags & FLAG_END_STREAM != 0 => {

@@ -10,7 +10,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use super::EmulatorError;
-use super::config::{TlsConfig, TlsMode};
+use super::config::{KeyEnvironment, TlsConfig, TlsMode};
 
 /// Who a client certificate says the client is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -18,8 +18,14 @@ pub struct CertIdentity {
     /// The team id (the subject's organizational unit, OU).
     pub team_id: Option<String>,
     /// The topic (the subject's UID, or the bundle id in a common name
-    /// `Apple Push Services: <bundle>`).
+    /// `Apple Push Services: <bundle>` or `Apple Development|Production … Push Services:
+    /// <bundle>`).
     pub topic: Option<String>,
+    /// The environments the certificate is for, from its common name: `Apple Development
+    /// … Push Services: <bundle>` (e.g. `Apple Development IOS Push Services:`) is sandbox
+    /// only, `Apple Production … Push Services: <bundle>` production only, and `Apple Push
+    /// Services: <bundle>` (Apple's universal certificate) or any other name both.
+    pub environment: KeyEnvironment,
 }
 
 /// The listener's TLS setup.
@@ -122,7 +128,25 @@ fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, EmulatorError>
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 const OID_ORG_UNIT: &[u8] = &[0x55, 0x04, 0x0B];
 const OID_USER_ID: &[u8] = &[0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x01];
-const APPLE_CN_PREFIX: &str = "Apple Push Services: ";
+/// The common name of Apple's universal (sandbox and production) push certificate.
+const APPLE_UNIVERSAL_LABEL: &str = "Apple Push Services";
+
+/// The bundle id and environments an Apple-style common name `<label>: <bundle>` names.
+fn apple_common_name(cn: &str) -> Option<(&str, KeyEnvironment)> {
+    let (label, bundle) = cn.split_once(": ")?;
+    let environment = if label == APPLE_UNIVERSAL_LABEL {
+        KeyEnvironment::Both
+    } else if !label.ends_with("Push Services") {
+        return None;
+    } else if label.starts_with("Apple Development ") {
+        KeyEnvironment::Sandbox
+    } else if label.starts_with("Apple Production ") {
+        KeyEnvironment::Production
+    } else {
+        return None;
+    };
+    (!bundle.is_empty()).then_some((bundle, environment))
+}
 
 /// Read team id and topic from a certificate's subject. `None` if the DER is malformed.
 pub(crate) fn identity_of(cert_der: &[u8]) -> Option<CertIdentity> {
@@ -160,8 +184,11 @@ pub(crate) fn identity_of(cert_der: &[u8]) -> Option<CertIdentity> {
             }
         }
     }
-    if id.topic.is_none() {
-        id.topic = common_name.and_then(|cn| cn.strip_prefix(APPLE_CN_PREFIX).map(str::to_owned));
+    if let Some((bundle, environment)) = common_name.as_deref().and_then(apple_common_name) {
+        id.environment = environment;
+        if id.topic.is_none() {
+            id.topic = Some(bundle.to_owned());
+        }
     }
     Some(id)
 }
@@ -230,6 +257,29 @@ mod tests {
             (id.team_id, id.topic.as_deref()),
             (None, Some("com.example.cn"))
         );
+
+        assert_eq!(id.environment, KeyEnvironment::Both);
+
+        for (cn, env) in [
+            (
+                "Apple Development IOS Push Services: com.example.cn",
+                KeyEnvironment::Sandbox,
+            ),
+            (
+                "Apple Production IOS Push Services: com.example.cn",
+                KeyEnvironment::Production,
+            ),
+            (
+                "Apple Development Mac Push Services: com.example.cn",
+                KeyEnvironment::Sandbox,
+            ),
+        ] {
+            let id = identity_of(&cert_with(&[(rcgen::DnType::CommonName, cn)])).unwrap();
+            assert_eq!(
+                (id.topic.as_deref(), id.environment),
+                (Some("com.example.cn"), env)
+            );
+        }
 
         let der = cert_with(&[(rcgen::DnType::CommonName, "something else")]);
         assert_eq!(identity_of(&der).unwrap(), CertIdentity::default());

@@ -82,6 +82,20 @@ pub struct Answer {
     pub unique_id: Option<String>,
     pub reason: Option<String>,
     pub timestamp: Option<u64>,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A response header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
 }
 
 pub struct Client {
@@ -188,6 +202,7 @@ impl Client {
             };
             let apns_id = header("apns-id");
             let unique_id = header("apns-unique-id");
+            let headers = resp.headers().clone();
             let mut body = resp.into_body();
             let mut data = Vec::new();
             while let Some(chunk) = body.data().await {
@@ -210,6 +225,8 @@ impl Client {
                 unique_id,
                 reason,
                 timestamp,
+                headers,
+                body: data,
             })
         };
         tokio::time::timeout(Duration::from_secs(10), fut)
