@@ -53,7 +53,7 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 10)]
     pub overload_secs: u64,
     /// The emulator's answer delay during the overload run (milliseconds).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 2_000)]
     pub overload_latency_ms: u64,
 }
 
