@@ -1,5 +1,6 @@
-//! `herald bench`: throughput of the client core against the emulator, and the raw HTTP/2
-//! rate of the emulator and of nghttp2's own server under `h2load`.
+//! `herald bench`: throughput of the client core (`bench client`, via [`crate::pusher`]) and
+//! of the actor engine (`bench engine`, see [`crate::bench_engine`]) against the emulator, and
+//! the raw HTTP/2 rate of the emulator and of nghttp2's own server under `h2load`.
 //!
 //! To compare like with like on a 2-core machine, the emulator runs on its own tokio
 //! runtime (one worker thread by default: one core), and the load generator (Herald's
