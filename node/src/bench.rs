@@ -1,5 +1,6 @@
-//! `herald bench`: throughput of the client core against the emulator, and the raw HTTP/2
-//! rate of the emulator and of nghttp2's own server under `h2load`.
+//! `herald bench`: throughput of the client core (`bench client`, via [`crate::pusher`]) and
+//! of the actor engine (`bench engine`, see [`crate::bench_engine`]) against the emulator, and
+//! the raw HTTP/2 rate of the emulator and of nghttp2's own server under `h2load`.
 //!
 //! To compare like with like on a 2-core machine, the emulator runs on its own tokio
 //! runtime (one worker thread by default: one core), and the load generator (Herald's
@@ -39,6 +40,8 @@ pub enum BenchCommand {
     Client(ClientArgs),
     /// h2load → emulator, and h2load → nghttpd, with the same request.
     H2load(H2loadArgs),
+    /// The actor engine → emulator: pushes/s, memory per connection, RSS under overload.
+    Engine(crate::bench_engine::EngineArgs),
 }
 
 /// Flags of `herald bench client`.
@@ -77,10 +80,15 @@ const BUNDLE_ID: &str = "com.example.herald";
 
 /// Run a benchmark command.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let emulator = EmulatorThread::start(args.emulator_threads.max(1))?;
+    let teams = match &args.command {
+        BenchCommand::Engine(engine) => engine.tenants.max(1),
+        _ => 1,
+    };
+    let emulator = EmulatorThread::start(args.emulator_threads.max(1), teams)?;
     let result = match args.command {
         BenchCommand::Client(args) => client(&emulator, args),
         BenchCommand::H2load(args) => h2load(&emulator, args),
+        BenchCommand::Engine(args) => crate::bench_engine::run(&emulator, args),
     };
     emulator.stop();
     result
@@ -299,17 +307,21 @@ fn scratch_dir(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The emulator on its own one-thread runtime, on its own OS thread.
-struct EmulatorThread {
-    addr: std::net::SocketAddr,
-    ca_pem: String,
+pub(crate) struct EmulatorThread {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) ca_pem: String,
     p8: String,
     key_id: String,
+    /// Every team's key (the first is `p8`/`key_id`, team [`TEAM_ID`]) and bundle id.
+    pub(crate) teams: Vec<(herald_sim::emulator::GeneratedKey, String)>,
+    /// The emulator's controls (faults, counters).
+    pub(crate) core: herald_sim::emulator::EmulatorCore,
     stop: tokio::sync::oneshot::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl EmulatorThread {
-    fn start(threads: usize) -> anyhow::Result<Self> {
+    fn start(threads: usize, teams: usize) -> anyhow::Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -327,17 +339,22 @@ impl EmulatorThread {
             runtime.block_on(async move {
                 let started = async {
                     let emulator = Emulator::start(EmulatorConfig::default()).await?;
-                    let key = emulator.core().generate_team_key(TEAM_ID, &[BUNDLE_ID])?;
-                    anyhow::Ok((emulator, key))
+                    let mut keys = Vec::new();
+                    for t in 0..teams {
+                        let (team, bundle) = team_names(t);
+                        let key = emulator.core().generate_team_key(&team, &[&bundle])?;
+                        keys.push((key, bundle));
+                    }
+                    anyhow::Ok((emulator, keys))
                 }
                 .await;
                 match started {
-                    Ok((emulator, key)) => {
+                    Ok((emulator, keys)) => {
                         let _ = ready_tx.send(Ok((
                             emulator.addr(),
                             emulator.ca_pem().unwrap_or_default().to_owned(),
-                            key.p8_pem,
-                            key.key_id,
+                            keys,
+                            emulator.core().clone(),
                         )));
                         let _ = stop_rx.await;
                         emulator.shutdown().await;
@@ -348,12 +365,15 @@ impl EmulatorThread {
                 }
             });
         });
-        let (addr, ca_pem, p8, key_id) = ready_rx.recv().context("emulator thread died")??;
+        let (addr, ca_pem, teams, core) = ready_rx.recv().context("emulator thread died")??;
+        let (first, _) = teams.first().context("no team")?;
         Ok(EmulatorThread {
             addr,
             ca_pem,
-            p8,
-            key_id,
+            p8: first.p8_pem.clone(),
+            key_id: first.key_id.clone(),
+            teams,
+            core,
             stop,
             thread,
         })
@@ -362,6 +382,15 @@ impl EmulatorThread {
     fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.thread.join();
+    }
+}
+
+/// Team id and bundle id of benchmark team `t` (team 0 is the client benchmark's).
+fn team_names(t: usize) -> (String, String) {
+    if t == 0 {
+        (TEAM_ID.to_owned(), BUNDLE_ID.to_owned())
+    } else {
+        (format!("HERALDB{t:03}"), format!("{BUNDLE_ID}{t}"))
     }
 }
 

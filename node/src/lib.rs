@@ -8,6 +8,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod bench;
+pub mod bench_engine;
 pub mod demo;
 pub mod emulator_cmd;
 pub mod pusher;

@@ -1,0 +1,400 @@
+//! `herald bench engine`: the actor engine against the emulator (which runs on its own
+//! runtime and thread, as for `bench client`).
+//!
+//! Three measurements:
+//! - **throughput**: pushes/s through `send_batch` → WAL (a `MemoryWal`) → shards → tenants →
+//!   connections → emulator and back to an outcome, with T tenants, S shards and C
+//!   connections per tenant; the submitters keep at most `window` pushes unfinished;
+//! - **memory per connection**: resident set size (`VmRSS` from `/proc/self/status`: Linux
+//!   only) of the process before and after T tenants open C connections each. The emulator
+//!   runs in the same process, so the figure covers both ends of a connection;
+//! - **overload**: the emulator answers after a fixed delay, which bounds what the engine can
+//!   deliver; 10× that is offered for a while, without resubmitting refused pushes; RSS is
+//!   sampled every second and `Overloaded` answers are counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use herald_actors::apns::{
+    ApnsTlsConfig, DeviceToken, Notification, Payload, PushType, SigningKey, TokenMinter, Topic,
+};
+use herald_actors::seams::{DetRng, SharedClock, SystemClock};
+use herald_actors::{Credentials, Endpoint, Herald, PushError, TenantConfig, Tuning, limits};
+use herald_sim::emulator::{FaultProfile, Latency};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use crate::bench::EmulatorThread;
+
+/// Flags of `herald bench engine`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Pushes in the throughput run.
+    #[arg(long, default_value_t = 200_000)]
+    pub pushes: usize,
+    /// Tenants (one APNs team each).
+    #[arg(long, default_value_t = 2)]
+    pub tenants: usize,
+    /// Device shards.
+    #[arg(long, default_value_t = 16)]
+    pub shards: u32,
+    /// Connections per tenant (the pool's minimum and maximum).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Pushes per `send_batch` call.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Pushes accepted and not yet finished, at most, in the throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    pub window: usize,
+    /// Length of the overload run (seconds); 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    pub overload_secs: u64,
+    /// The emulator's answer delay during the overload run (milliseconds).
+    #[arg(long, default_value_t = 2_000)]
+    pub overload_latency_ms: u64,
+}
+
+/// Run `herald bench engine` against `emulator`.
+pub(crate) fn run(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(emulator, args))
+}
+
+async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let tenants = args.tenants.max(1);
+    let connections = args.connections.clamp(1, limits::POOL_CONNECTIONS_MAX);
+    let batch = args.batch.clamp(1, limits::SEND_BATCH_MAX);
+    let mut tls = ApnsTlsConfig::new();
+    tls.webpki_roots(false)
+        .add_root_certificates_pem(emulator.ca_pem.as_bytes());
+
+    // An engine without tenants, then the tenants with their connections: the RSS difference.
+    let rss_engine = rss_kb();
+    let herald = Herald::builder()
+        .endpoint(Endpoint::tls("127.0.0.1", emulator.addr.port(), tls))
+        .clock(clock.clone())
+        .rng_seed(1)
+        .shards(args.shards)
+        .tuning(Tuning::default())
+        .build()
+        .await
+        .context("starting the engine")?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = rss_kb();
+    let mut names = Vec::new();
+    let mut workloads = Vec::new();
+    for (t, (key, bundle)) in emulator.teams.iter().take(tenants).enumerate() {
+        let name = format!("tenant{t}");
+        let signing = SigningKey::from_p8_pem(key.p8_pem.as_bytes(), &key.key_id, &key.team_id)?;
+        let minter = TokenMinter::with_default_interval(signing, clock.clone());
+        let mut config = TenantConfig::new(name.clone(), Credentials::Token(minter));
+        config.connections(connections, connections);
+        herald.add_tenant(config).await?;
+        workloads.push(workload(bundle, t as u64)?);
+        names.push(name);
+    }
+    // Warm up: every connection carries requests (TLS and HTTP/2 set up, token accepted).
+    let warm = (connections * 200).min(limits::SEND_BATCH_MAX);
+    let done = Arc::new(AtomicU64::new(0));
+    let collector = count_outcomes(&herald, done.clone());
+    let mut sent = 0;
+    for (name, workload) in names.iter().zip(&workloads) {
+        let notes: Vec<Notification> = (0..warm).map(|i| workload.next(i)).collect();
+        submit_all(&herald, name, notes).await?;
+        sent += warm as u64;
+    }
+    wait_done(&done, sent, Duration::from_secs(30)).await?;
+    let mut open = 0;
+    for name in &names {
+        open += herald.tenant_status(name).await?.connections;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_after = rss_kb();
+
+    // Throughput.
+    let per_tenant = args.pushes / tenants;
+    let started = Instant::now();
+    let base = done.load(Ordering::Relaxed);
+    let submitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (name, workload) in names.iter().cloned().zip(workloads.iter().cloned()) {
+        let herald = herald.clone();
+        let done = done.clone();
+        let submitted = submitted.clone();
+        let window = args.window as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut overloaded = 0u64;
+            let mut i = 0;
+            while i < per_tenant {
+                while submitted.load(Ordering::Relaxed) + base
+                    > done.load(Ordering::Relaxed) + window
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let n = batch.min(per_tenant - i);
+                let notes: Vec<Notification> = (i..i + n).map(|k| workload.next(k)).collect();
+                overloaded += submit_all(&herald, &name, notes).await?;
+                submitted.fetch_add(n as u64, Ordering::Relaxed);
+                i += n;
+            }
+            anyhow::Ok(overloaded)
+        }));
+    }
+    let mut overloaded = 0;
+    for task in tasks {
+        overloaded += task.await??;
+    }
+    let total = (per_tenant * tenants) as u64;
+    wait_done(&done, base + total, Duration::from_secs(300)).await?;
+    let elapsed = started.elapsed();
+    let rate = total as f64 / elapsed.as_secs_f64();
+
+    println!(
+        "engine → emulator over TLS: {tenants} tenants, {} shards, {connections} connections per \
+         tenant ({open} open), MemoryWal, batches of {batch}, ≤ {} unfinished, 1 engine worker thread",
+        args.shards, args.window
+    );
+    println!("| pushes | elapsed | pushes/s | Overloaded answers |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {total} | {:.2} s | {rate:.0} | {overloaded} |",
+        elapsed.as_secs_f64()
+    );
+    match (rss_engine, rss_before, rss_after) {
+        (Some(engine), Some(before), Some(after)) => println!(
+            "memory (VmRSS, Linux): {engine} KB before the engine, {before} KB with {} shards and \
+             no tenant, {after} KB with {open} open connections → {:.0} KB per connection \
+             (both ends: the emulator is in this process)",
+            args.shards,
+            (after as f64 - before as f64) / open.max(1) as f64
+        ),
+        _ => println!("memory: VmRSS not available (Linux only)"),
+    }
+
+    // Overload: bounded delivery, 10× offered.
+    if args.overload_secs > 0 {
+        let latency = Duration::from_millis(args.overload_latency_ms.max(1));
+        emulator.core.set_faults(FaultProfile {
+            latency: Latency::Fixed {
+                ms: args.overload_latency_ms.max(1),
+            },
+            ..FaultProfile::default()
+        })?;
+        let inflight = (args.shards as usize * limits::SHARD_INFLIGHT_MAX)
+            .min(open * limits::H2_STREAMS_MAX) as f64;
+        let deliverable = inflight / latency.as_secs_f64();
+        let offered_rate = deliverable * 10.0;
+        let accepted_before = emulator.core.accepted_count();
+        let started = Instant::now();
+        let end = started + Duration::from_secs(args.overload_secs);
+        let mut offered = 0u64;
+        let mut refused = 0u64;
+        let mut refusals = 0u64;
+        let mut samples = Vec::new();
+        let mut next_sample = started + Duration::from_secs(1);
+        let mut k = 0usize;
+        let tick = Duration::from_millis(10);
+        let mut next_tick = started;
+        while Instant::now() < end {
+            let due = (offered_rate * started.elapsed().as_secs_f64()) as u64;
+            while offered < due {
+                for (name, workload) in names.iter().zip(&workloads) {
+                    let notes: Vec<Notification> =
+                        (k..k + batch).map(|i| workload.next(i)).collect();
+                    k += batch;
+                    offered += batch as u64;
+                    match herald.send_batch(name, notes).await {
+                        Err(PushError::Overloaded { .. }) => {
+                            refusals += 1;
+                            refused += batch as u64;
+                        }
+                        Err(e) => return Err(e).context("send_batch"),
+                        Ok(results) => {
+                            let n = results
+                                .iter()
+                                .filter(|r| matches!(r, Err(PushError::Overloaded { .. })))
+                                .count() as u64;
+                            refused += n;
+                            refusals += n;
+                        }
+                    }
+                }
+                if Instant::now() >= next_tick {
+                    break;
+                }
+            }
+            if Instant::now() >= next_sample {
+                if let Some(rss) = rss_kb() {
+                    samples.push(rss);
+                }
+                next_sample += Duration::from_secs(1);
+            }
+            next_tick += tick;
+            tokio::time::sleep_until(next_tick).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let delivered = emulator.core.accepted_count() - accepted_before;
+        emulator.core.set_faults(FaultProfile::default())?;
+        println!(
+            "overload: emulator answers after {} ms, so ≤ {deliverable:.0} pushes/s can be delivered \
+             ({inflight:.0} in flight); offered {offered} pushes in {secs:.1} s ({:.0}/s, target \
+             {offered_rate:.0}/s), {refused} refused as Overloaded ({refusals} Overloaded answers), \
+             {delivered} delivered meanwhile",
+            latency.as_millis(),
+            offered as f64 / secs
+        );
+        if let (Some(max), Some(min)) = (samples.iter().max(), samples.iter().min()) {
+            let steady = &samples[samples.len().min(2) - 1..];
+            let (smax, smin) = (
+                steady.iter().max().copied().unwrap_or(*max),
+                steady.iter().min().copied().unwrap_or(*min),
+            );
+            println!(
+                "overload RSS samples (KB, 1/s): {samples:?}; max {max} min {min}; from the 2nd \
+                 second on: max {smax} min {smin} ({:+.1}%)",
+                (smax as f64 / smin.max(1) as f64 - 1.0) * 100.0
+            );
+        }
+        // Let the queues drain before shutting down.
+        let _ = tokio::time::timeout(Duration::from_secs(120), async {
+            while herald.pending() > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+    collector.abort();
+    let report = herald.shutdown(Duration::from_secs(10)).await;
+    if !report.drained {
+        println!("shutdown: {} pushes still pending", report.remaining);
+    }
+    Ok(())
+}
+
+/// Count every outcome the engine streams (a lagged reader counts what it missed).
+fn count_outcomes(herald: &Herald, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    let mut stream = herald.outcomes();
+    tokio::spawn(async move {
+        loop {
+            match stream.recv().await {
+                Ok(_) => {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(RecvError::Lagged(n)) => {
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+async fn wait_done(done: &AtomicU64, target: u64, patience: Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + patience;
+    while done.load(Ordering::Relaxed) < target {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "only {} of {target} outcomes after {patience:?}",
+            done.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// Send every push, resubmitting refused ones after the advised delay; returns the number
+/// of `Overloaded` answers.
+async fn submit_all(
+    herald: &Herald,
+    tenant: &str,
+    mut pending: Vec<Notification>,
+) -> anyhow::Result<u64> {
+    let mut overloaded = 0;
+    loop {
+        match herald.send_batch(tenant, pending.clone()).await {
+            Err(PushError::Overloaded { retry_after }) => {
+                overloaded += 1;
+                tokio::time::sleep(retry_after).await;
+            }
+            Err(e) => return Err(e).context("send_batch"),
+            Ok(results) => {
+                let mut again = Vec::new();
+                let mut wait = Duration::ZERO;
+                for (n, r) in pending.into_iter().zip(results) {
+                    match r {
+                        Ok(_) => {}
+                        Err(PushError::Overloaded { retry_after }) => {
+                            overloaded += 1;
+                            wait = wait.max(retry_after);
+                            again.push(n);
+                        }
+                        Err(e) => return Err(e).context("send_batch"),
+                    }
+                }
+                if again.is_empty() {
+                    return Ok(overloaded);
+                }
+                tokio::time::sleep(wait).await;
+                pending = again;
+            }
+        }
+    }
+}
+
+/// 1,000 valid device tokens of one tenant and its topic.
+#[derive(Debug, Clone)]
+struct Workload {
+    tokens: Arc<Vec<DeviceToken>>,
+    topic: Topic,
+    payload: Payload,
+}
+
+impl Workload {
+    fn next(&self, i: usize) -> Notification {
+        Notification::builder(
+            self.tokens[i % self.tokens.len()].clone(),
+            self.topic.clone(),
+            PushType::Alert,
+        )
+        .payload(&self.payload)
+        .build()
+        .expect("a valid benchmark notification")
+    }
+}
+
+fn workload(bundle: &str, seed: u64) -> anyhow::Result<Workload> {
+    let mut rng = DetRng::from_seed(100 + seed);
+    let tokens = (0..1000)
+        .map(|_| {
+            let mut bytes = [0u8; 32];
+            rng.fill(&mut bytes);
+            DeviceToken::from_bytes(&bytes)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut payload = Payload::new();
+    payload.alert("benchmark");
+    Ok(Workload {
+        tokens: Arc::new(tokens),
+        topic: bundle.parse()?,
+        payload,
+    })
+}
+
+/// This process's resident set size in KB (`VmRSS` in `/proc/self/status`; Linux only).
+pub fn rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
