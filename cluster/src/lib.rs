@@ -17,15 +17,18 @@
 //!   stops a node, and [`node::ReplicatedTokenState`], herald-actors' `TokenState` on the Raft
 //!   log (local reads at the applied index; see the module docs for their staleness).
 //!
+//! - [`membership`]: bootstrap, join, drain and remove, driven by the leader's deterministic
+//!   planner, and [`membership::ClusterStatus`] (see `docs/cluster.md`).
+//!
 //! Not yet here (issue "Cluster"): forwarding proposals from followers to the leader, routing
-//! of pushes to shard owners, membership operations (join, drain, remove) and provider-token
-//! minting by the leader.
+//! of pushes to shard owners and provider-token minting by the leader.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub use herald_actors;
 
+pub mod membership;
 pub mod node;
 pub mod raft;
 pub mod state;

@@ -92,6 +92,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::membership::{Membership, MembershipConfig, MembershipMsg, StartMode};
 use crate::raft::eraftpb::{ConfState, MessageType};
 use crate::raft::{
     CommittedKind, DriverConfig, DriverError, RaftDriver, RaftStorage, ReadyOutput, Role,
@@ -163,6 +164,9 @@ pub struct ClusterConfig {
     pub driver: DriverConfig,
     /// Timeouts and reconnect backoff of the peer links. Default: [`LinkTimings::default`].
     pub link_timings: LinkTimings,
+    /// Membership settings (start mode, shard count, founders' regions, backlog probe).
+    /// Default: [`MembershipConfig::default`].
+    pub membership: MembershipConfig,
 }
 
 impl ClusterConfig {
@@ -185,6 +189,7 @@ impl ClusterConfig {
             tick: TICK_DEFAULT,
             driver: DriverConfig::new(id),
             link_timings: LinkTimings::default(),
+            membership: MembershipConfig::default(),
         }
     }
 }
@@ -265,6 +270,8 @@ pub enum ClusterMsg {
     Inbound(Inbound),
     /// Handle `ready()` now (scheduled by proposals and steps).
     Flush,
+    /// A membership request (status, admin operations); see [`crate::membership`].
+    Membership(MembershipMsg),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,6 +290,7 @@ pub struct ClusterArguments {
     peers: BTreeMap<u64, PeerLinkSender>,
     inbound: mpsc::Receiver<Inbound>,
     shared: Arc<Shared>,
+    membership: Membership,
 }
 
 /// What the actor publishes and the handles read.
@@ -346,6 +354,7 @@ pub struct ClusterState {
     flush_scheduled: bool,
     term: u64,
     tasks: Vec<JoinHandle<()>>,
+    membership: Membership,
 }
 
 impl Actor for ClusterActor {
@@ -378,6 +387,7 @@ impl Actor for ClusterActor {
             flush_scheduled: false,
             term,
             tasks: vec![ticker, forwarder],
+            membership: arguments.membership,
         };
         state
             .shared
@@ -395,6 +405,13 @@ impl Actor for ClusterActor {
             ClusterMsg::Tick => {
                 state.driver.tick();
                 state.handle_ready()?;
+                if state
+                    .membership
+                    .on_tick(&mut state.driver, &mut state.peers)
+                    .await
+                {
+                    state.schedule_flush(&myself)?;
+                }
             }
             ClusterMsg::Flush => {
                 state.flush_scheduled = false;
@@ -410,6 +427,11 @@ impl Actor for ClusterActor {
                     state.schedule_flush(&myself)?;
                 }
             }
+            ClusterMsg::Membership(message) => {
+                if state.membership.handle(message, &mut state.driver) {
+                    state.schedule_flush(&myself)?;
+                }
+            }
         }
         Ok(())
     }
@@ -422,6 +444,7 @@ impl Actor for ClusterActor {
         for task in state.tasks.drain(..) {
             task.abort();
         }
+        state.membership.stop();
         for (_, pending) in std::mem::take(&mut state.pending) {
             let _ = pending.reply.send(Err(ProposeError::Stopped));
         }
@@ -635,10 +658,15 @@ impl ClusterNode {
             StorageLocation::Path(path) => RaftStorage::open(path)?,
             StorageLocation::InMemory => RaftStorage::in_memory(),
         };
-        match storage.initialize(ConfState {
-            voters: config.peers.keys().copied().collect(),
-            ..ConfState::default()
-        }) {
+        // A joining node starts empty and waits for the leader's snapshot.
+        let initialized = match config.membership.start {
+            StartMode::Join => Ok(()),
+            _ => storage.initialize(ConfState {
+                voters: config.peers.keys().copied().collect(),
+                ..ConfState::default()
+            }),
+        };
+        match initialized {
             Ok(()) | Err(StorageError::AlreadyInitialized) => {}
             Err(e) => return Err(e.into()),
         }
@@ -689,6 +717,7 @@ impl ClusterNode {
             peers,
             inbound,
             shared: shared.clone(),
+            membership: Membership::new(&config),
         };
         let (actor, actor_task) = Actor::spawn(None, ClusterActor, arguments)
             .await
@@ -932,6 +961,14 @@ mod tests {
             next_proposal: 0,
             flush_scheduled: false,
             tasks: vec![],
+            membership: Membership::new(&ClusterConfig::new(
+                1,
+                ClusterId(1),
+                BTreeMap::from([(1, SocketAddr::from(([127, 0, 0, 1], 1)))]),
+                "eu",
+                StorageLocation::InMemory,
+                LinkSecurity::Plaintext,
+            )),
         }
     }
 

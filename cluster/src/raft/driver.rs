@@ -1,7 +1,10 @@
 //! [`RaftDriver`]: the sans-IO shell around raft-rs `RawNode` and the state machine.
 
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    Entry, EntryType, Message, Snapshot,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::storage::{RaftStorage, StorageError};
@@ -309,6 +312,74 @@ impl RaftDriver {
         Ok(self.node.propose_conf_change(context, change)?)
     }
 
+    /// Propose adding `id` as a learner (it receives the log but does not vote).
+    ///
+    /// # Errors
+    /// As [`propose_conf_change_v2`](Self::propose_conf_change_v2).
+    pub fn propose_add_learner(&mut self, context: Vec<u8>, id: u64) -> Result<(), DriverError> {
+        self.propose_conf_change_v2(
+            context,
+            conf_change(
+                ConfChangeType::AddLearnerNode,
+                id,
+                ConfChangeTransition::Auto,
+            ),
+        )
+    }
+
+    /// Propose promoting learner `id` to voter through joint consensus (the joint
+    /// configuration is left automatically once it is applied).
+    ///
+    /// # Errors
+    /// As [`propose_conf_change_v2`](Self::propose_conf_change_v2).
+    pub fn propose_promote(&mut self, context: Vec<u8>, id: u64) -> Result<(), DriverError> {
+        self.propose_conf_change_v2(
+            context,
+            conf_change(ConfChangeType::AddNode, id, ConfChangeTransition::Implicit),
+        )
+    }
+
+    /// Propose removing `id` (voter or learner) through joint consensus, left automatically.
+    ///
+    /// # Errors
+    /// As [`propose_conf_change_v2`](Self::propose_conf_change_v2).
+    pub fn propose_remove(&mut self, context: Vec<u8>, id: u64) -> Result<(), DriverError> {
+        self.propose_conf_change_v2(
+            context,
+            conf_change(
+                ConfChangeType::RemoveNode,
+                id,
+                ConfChangeTransition::Implicit,
+            ),
+        )
+    }
+
+    /// Ask raft-rs to hand leadership to voter `id` (leader only; a no-op elsewhere).
+    pub fn transfer_leader(&mut self, id: u64) {
+        self.node.transfer_leader(id);
+    }
+
+    /// The highest log index known replicated on `id`, as tracked by this node (meaningful
+    /// on the leader only); `None` if `id` is not in the configuration.
+    pub fn matched_index(&self, id: u64) -> Option<u64> {
+        self.node
+            .raft
+            .prs()
+            .get(id)
+            .map(|progress| progress.matched)
+    }
+
+    /// The last index in this node's log.
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
+    /// True while a proposed configuration change is not applied yet (may be a false
+    /// positive right after a leader change), or the configuration is joint.
+    pub fn conf_change_pending(&self) -> bool {
+        self.node.raft.has_pending_conf() || !self.conf_state().voters_outgoing.is_empty()
+    }
+
     /// Tell raft-rs a peer could not be reached (the transport's send failed).
     pub fn report_unreachable(&mut self, id: u64) {
         self.node.report_unreachable(id);
@@ -500,6 +571,13 @@ impl RaftDriver {
                 let index = self.machine.applied_index();
                 self.storage
                     .record_conf_change(index, conf_state.clone(), data)?;
+                // The founders' configuration is not in the log (storage `initialize` set it):
+                // a node replaying the log from index 1 would miss it. From the first change
+                // on, the log therefore starts after a snapshot, so a joining node always
+                // starts from a snapshot naming the whole configuration.
+                if self.storage.first_index_held() == 1 {
+                    self.storage.compact(index)?;
+                }
                 tracing::debug!(
                     id = self.config.id,
                     index,
@@ -531,6 +609,20 @@ impl RaftDriver {
         );
         Ok(Some(applied))
     }
+}
+
+fn conf_change(
+    change_type: ConfChangeType,
+    id: u64,
+    transition: ConfChangeTransition,
+) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(change_type);
+    single.node_id = id;
+    let mut change = ConfChangeV2::default();
+    change.set_transition(transition);
+    change.changes = vec![single].into();
+    change
 }
 
 fn restore_machine(snapshot: &Snapshot) -> Result<StateMachine, DriverError> {

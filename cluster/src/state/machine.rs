@@ -103,6 +103,16 @@ pub enum Rejection {
     /// A removed member cannot change state.
     #[error("member {0} was removed")]
     MemberRemoved(NodeId),
+    /// The member's life cycle does not allow this move (see [`MemberState`]).
+    #[error("member {id} cannot move from {from:?} to {to:?}")]
+    InvalidTransition {
+        /// The member.
+        id: NodeId,
+        /// Its state.
+        from: MemberState,
+        /// The state proposed.
+        to: MemberState,
+    },
     /// The shard map's epoch is not newer than the region's current one.
     #[error("stale shard epoch {proposed}, current {current}")]
     StaleEpoch {
@@ -240,7 +250,9 @@ impl StateMachine {
     /// Apply `command`, committed at `index`.
     ///
     /// - `AddMember` adds a [`MemberState::Joining`] member (repeating it is `Unchanged`).
-    /// - `SetMemberState` moves a known member; `Removed` is final.
+    /// - `SetMemberState` moves a known member along its life cycle: `Joining → Active`,
+    ///   `Active → Draining`, `Draining → Active` (drain cancelled), and any state →
+    ///   `Removed`, which is final.
     /// - `AssignShards` replaces a region's map if the epoch is newer, the shard count is
     ///   unchanged and every owner is an active member of the region.
     /// - `UpsertTenant` / `RemoveTenant` replace / delete a tenant.
@@ -279,6 +291,13 @@ impl StateMachine {
                 Some(member) if member.state == *state => ApplyResult::Unchanged,
                 Some(member) if member.state == MemberState::Removed => {
                     ApplyResult::Rejected(Rejection::MemberRemoved(*id))
+                }
+                Some(member) if !transition_allowed(member.state, *state) => {
+                    ApplyResult::Rejected(Rejection::InvalidTransition {
+                        id: *id,
+                        from: member.state,
+                        to: *state,
+                    })
                 }
                 Some(member) => {
                     member.state = *state;
@@ -496,6 +515,15 @@ impl StateMachine {
         );
         ApplyResult::Applied
     }
+}
+
+/// The member life cycle's allowed moves (`from != to`, `from` not `Removed`).
+fn transition_allowed(from: MemberState, to: MemberState) -> bool {
+    use MemberState::{Active, Draining, Joining, Removed};
+    matches!(
+        (from, to),
+        (Joining, Active) | (Active, Draining) | (Draining, Active) | (_, Removed)
+    )
 }
 
 #[derive(Serialize, Deserialize)]

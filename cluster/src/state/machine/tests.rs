@@ -249,3 +249,41 @@ fn out_of_order_apply_is_a_bug() {
     let mut m = StateMachine::new();
     m.skip(2);
 }
+
+#[test]
+fn member_life_cycle_moves_are_checked() {
+    let mut m = StateMachine::new();
+    let set = |id, state| Command::SetMemberState { id, state };
+    let results = run(
+        &mut m,
+        &[
+            add(1, "eu"),
+            set(1, MemberState::Draining),
+            activate(1),
+            set(1, MemberState::Joining),
+            set(1, MemberState::Draining),
+            activate(1),
+            set(1, MemberState::Draining),
+            set(1, MemberState::Removed),
+            add(2, "eu"),
+            set(2, MemberState::Removed),
+        ],
+    );
+    let invalid =
+        |from, to| ApplyResult::Rejected(Rejection::InvalidTransition { id: 1, from, to });
+    assert_eq!(
+        results,
+        vec![
+            ApplyResult::Applied,
+            invalid(MemberState::Joining, MemberState::Draining),
+            ApplyResult::Applied,
+            invalid(MemberState::Active, MemberState::Joining),
+            ApplyResult::Applied,
+            ApplyResult::Applied,
+            ApplyResult::Applied,
+            ApplyResult::Applied,
+            ApplyResult::Applied,
+            ApplyResult::Applied,
+        ]
+    );
+}

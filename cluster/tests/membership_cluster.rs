@@ -1,0 +1,377 @@
+//! Membership over real `ClusterNode`s in one process, loopback mutual TLS, redb in a
+//! tempdir: five founders in two regions bootstrap (members, shard maps), the leader fails
+//! over, a stopped node restarts from disk, a sixth node joins as learner and becomes a
+//! voter that owns shards, a node drains (held back by its backlog probe) and leaves, and a
+//! dead node is removed with its shards reassigned at once. After every status read the
+//! fencing invariant is checked: one shard map per (region, epoch) across all nodes, epochs
+//! never going back on a node, owners only members of the region.
+//!
+//! Election timeouts are fixed per node; every wait is a generous deadline on an observed
+//! condition.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use herald_cluster::membership::{
+    BacklogProbe, ClusterStatus, MembershipError, RegionStatus, StartMode, Voting,
+};
+use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+use herald_cluster::state::MemberState;
+use herald_cluster::transport::{ClusterCa, ClusterId, LinkSecurity, LinkTimings, NodeId};
+use tokio::net::TcpListener;
+
+const CLUSTER: ClusterId = ClusterId(11);
+const FOUNDERS: [u64; 5] = [1, 2, 3, 4, 5];
+const JOINER: u64 = 6;
+const SHARDS: usize = 60;
+/// Deadline of every wait.
+const WAIT: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(20);
+
+fn region_of(id: u64) -> &'static str {
+    if id == 4 || id == 5 { "us" } else { "eu" }
+}
+
+/// A backlog probe the test sets by hand.
+#[derive(Debug, Default)]
+struct Backlog(AtomicUsize);
+
+impl BacklogProbe for Backlog {
+    fn pending(&self, _region: &str, _shards: &[usize]) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    ca: ClusterCa,
+    addrs: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, ClusterNode>,
+    backlogs: BTreeMap<u64, Arc<Backlog>>,
+    /// (region, epoch) → the owned counts seen for it, on any node.
+    maps: BTreeMap<(String, u64), RegionStatus>,
+    /// (node, region) → the newest epoch that node reported.
+    epochs: BTreeMap<(u64, String), u64>,
+}
+
+impl Harness {
+    fn config(&self, id: u64, start: StartMode) -> ClusterConfig {
+        let security = LinkSecurity::MutualTls(self.ca.mutual_tls(NodeId(id)).unwrap());
+        let peers = match start {
+            StartMode::Join => self.addrs.clone(),
+            _ => self
+                .addrs
+                .iter()
+                .filter(|(id, _)| FOUNDERS.contains(id))
+                .map(|(&id, &addr)| (id, addr))
+                .collect(),
+        };
+        let mut config = ClusterConfig::new(
+            id,
+            CLUSTER,
+            peers,
+            region_of(id),
+            StorageLocation::Path(self.dir.path().join(format!("node-{id}.redb"))),
+            security,
+        );
+        config.tick = TICK;
+        let election_tick = config.driver.election_tick;
+        config
+            .driver
+            .fixed_election_timeout(election_tick + 4 * id as usize);
+        config.link_timings = LinkTimings {
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            ..LinkTimings::default()
+        };
+        config.membership.start = start;
+        config.membership.shard_count = SHARDS;
+        config.membership.founder_regions = FOUNDERS
+            .iter()
+            .map(|&id| (id, region_of(id).to_owned()))
+            .collect();
+        config.membership.backlog = self.backlogs[&id].clone();
+        config
+    }
+
+    async fn start(&mut self, id: u64, start: StartMode) {
+        let listener = bind(self.addrs[&id]).await;
+        let node = ClusterNode::start(self.config(id, start), listener)
+            .await
+            .unwrap();
+        self.nodes.insert(id, node);
+    }
+
+    async fn stop(&mut self, id: u64) {
+        self.nodes.remove(&id).unwrap().stop().await;
+    }
+
+    /// Every running node's status, checked against the fencing invariant.
+    async fn statuses(&mut self) -> BTreeMap<u64, ClusterStatus> {
+        let mut all = BTreeMap::new();
+        for (&id, node) in &self.nodes {
+            all.insert(id, node.status().await.unwrap());
+        }
+        for status in all.values() {
+            self.check(status);
+        }
+        all
+    }
+
+    fn check(&mut self, status: &ClusterStatus) {
+        for region in &status.regions {
+            assert_eq!(region.shards, SHARDS);
+            assert_eq!(region.owned.values().sum::<usize>(), SHARDS);
+            let seen = self
+                .maps
+                .entry((region.region.clone(), region.epoch))
+                .or_insert_with(|| region.clone());
+            assert_eq!(
+                seen, region,
+                "two shard maps for one (region, epoch), seen on node {}",
+                status.id
+            );
+            let newest = self
+                .epochs
+                .entry((status.id, region.region.clone()))
+                .or_insert(region.epoch);
+            assert!(
+                region.epoch >= *newest,
+                "epoch went back on node {}",
+                status.id
+            );
+            *newest = region.epoch;
+            for owner in region.owned.keys() {
+                let member = status.member(*owner).expect("owners are members");
+                assert_eq!(member.region, region.region, "owner from another region");
+            }
+        }
+    }
+
+    /// Wait until `condition` holds for the statuses of every running node.
+    async fn wait_all(
+        &mut self,
+        what: &str,
+        mut condition: impl FnMut(&ClusterStatus) -> bool,
+    ) -> BTreeMap<u64, ClusterStatus> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let statuses = self.statuses().await;
+            if statuses.values().all(&mut condition) {
+                return statuses;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {statuses:#?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Wait until every running node names the same running leader; return it.
+    async fn leader(&mut self) -> u64 {
+        let running: Vec<u64> = self.nodes.keys().copied().collect();
+        let statuses = self
+            .wait_all("one leader known to all", |s| {
+                s.leader.is_some_and(|l| running.contains(&l))
+            })
+            .await;
+        let leaders: Vec<_> = statuses.values().map(|s| s.leader).collect();
+        if leaders.iter().all(|l| *l == leaders[0]) {
+            return leaders[0].unwrap();
+        }
+        tokio::time::sleep(POLL).await;
+        Box::pin(self.leader()).await
+    }
+}
+
+async fn bind(addr: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "bind {addr}: {e}");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+fn active_voter(status: &ClusterStatus, id: u64) -> bool {
+    status
+        .member(id)
+        .is_some_and(|m| m.state == MemberState::Active && m.voting == Voting::Voter)
+}
+
+fn gone(status: &ClusterStatus, id: u64) -> bool {
+    status
+        .member(id)
+        .is_some_and(|m| m.state == MemberState::Removed && m.voting == Voting::Outside)
+        && !status.voters.contains(&id)
+        && status.regions.iter().all(|r| !r.owned.contains_key(&id))
+}
+
+/// Each of `owners` owns ⌊S/n⌋ or ⌈S/n⌉ shards of `region`, nobody else owns any.
+fn balanced(status: &ClusterStatus, region: &str, owners: &[u64]) -> bool {
+    let Some(map) = status.region(region) else {
+        return false;
+    };
+    let (low, high) = (SHARDS / owners.len(), SHARDS.div_ceil(owners.len()));
+    map.owned.len() == owners.len()
+        && owners
+            .iter()
+            .all(|o| map.owned.get(o).is_some_and(|&n| (low..=high).contains(&n)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_bootstrap_fail_over_join_drain_and_remove() {
+    let mut listeners = BTreeMap::new();
+    for id in FOUNDERS.into_iter().chain([JOINER]) {
+        listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs = listeners
+        .iter()
+        .map(|(&id, l)| (id, l.local_addr().unwrap()))
+        .collect();
+    drop(listeners);
+    let mut h = Harness {
+        dir: tempfile::tempdir().unwrap(),
+        ca: ClusterCa::generate("herald-membership-test").unwrap(),
+        addrs,
+        nodes: BTreeMap::new(),
+        backlogs: FOUNDERS
+            .into_iter()
+            .chain([JOINER])
+            .map(|id| (id, Arc::new(Backlog::default())))
+            .collect(),
+        maps: BTreeMap::new(),
+        epochs: BTreeMap::new(),
+    };
+
+    // Bootstrap: five founders, members and one shard map per region.
+    for id in FOUNDERS {
+        h.start(id, StartMode::Bootstrap).await;
+    }
+    let leader = h.leader().await;
+    let statuses = h
+        .wait_all("founders active, shards balanced per region", |s| {
+            FOUNDERS.iter().all(|&id| active_voter(s, id))
+                && balanced(s, "eu", &[1, 2, 3])
+                && balanced(s, "us", &[4, 5])
+        })
+        .await;
+    let bootstrap_epoch = |s: &ClusterStatus, r: &str| s.region(r).unwrap().epoch;
+    let eu_epoch = bootstrap_epoch(&statuses[&leader], "eu");
+
+    // Leader failover: stop the leader, the other four elect a new one.
+    h.stop(leader).await;
+    let new_leader = h.leader().await;
+    assert_ne!(new_leader, leader);
+
+    // Restart the old leader from its redb file: it rejoins and agrees.
+    h.start(leader, StartMode::Bootstrap).await;
+    let applied = h.statuses().await[&new_leader].applied_index;
+    h.wait_all("the restarted node caught up", |s| {
+        s.applied_index >= applied && FOUNDERS.iter().all(|&id| active_voter(s, id))
+    })
+    .await;
+
+    // Join a sixth node, asked of a follower (forwarded to the leader).
+    let leader = h.leader().await;
+    let follower = *FOUNDERS.iter().find(|&&id| id != leader).unwrap();
+    let joiner_addr = h.addrs[&JOINER].to_string();
+    // The id is checked against the members first.
+    assert_eq!(
+        h.nodes[&follower].join(1, "127.0.0.1:1", "eu", WAIT).await,
+        Err(MembershipError::MemberExists(1))
+    );
+    h.nodes[&follower]
+        .join(JOINER, joiner_addr.clone(), "eu", WAIT)
+        .await
+        .unwrap();
+    h.start(JOINER, StartMode::Join).await;
+    let statuses = h
+        .wait_all("the joiner is an active voter owning eu shards", |s| {
+            active_voter(s, JOINER) && balanced(s, "eu", &[1, 2, 3, JOINER])
+        })
+        .await;
+    let eu_after_join = statuses[&JOINER].region("eu").unwrap().clone();
+    assert!(eu_after_join.epoch > eu_epoch);
+    assert_eq!(statuses[&JOINER].voters, vec![1, 2, 3, 4, 5, 6]);
+    // Joining again with the same details is a no-op; another address is refused.
+    let any = h.nodes.keys().copied().next().unwrap();
+    h.nodes[&any]
+        .join(JOINER, joiner_addr, "eu", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.nodes[&any].join(JOINER, "127.0.0.1:9", "eu", WAIT).await,
+        Err(MembershipError::MemberExists(JOINER))
+    );
+
+    // Drain node 2: its shards move at a new epoch, but it stays until its backlog is done.
+    h.backlogs[&2].0.store(3, Ordering::SeqCst);
+    h.nodes[&JOINER].drain(2, WAIT).await.unwrap();
+    let statuses = h
+        .wait_all("node 2's shards reassigned", |s| {
+            balanced(s, "eu", &[1, 3, JOINER])
+        })
+        .await;
+    assert!(statuses[&2].region("eu").unwrap().epoch > eu_after_join.epoch);
+    // Well past the planner's retry period, node 2 still waits for its backlog.
+    tokio::time::sleep(TICK * 100).await;
+    let statuses = h.statuses().await;
+    assert!(statuses.values().all(|s| {
+        s.member(2)
+            .is_some_and(|m| m.state == MemberState::Draining && m.voting == Voting::Voter)
+    }));
+    h.backlogs[&2].0.store(0, Ordering::SeqCst);
+    h.wait_all("node 2 left", |s| gone(s, 2)).await;
+    h.stop(2).await;
+    // A removed member cannot be drained again.
+    let any = h.nodes.keys().copied().next().unwrap();
+    assert_eq!(
+        h.nodes[&any].drain(2, WAIT).await,
+        Err(MembershipError::MemberRemoved(2))
+    );
+    assert_eq!(
+        h.nodes[&any].drain(99, WAIT).await,
+        Err(MembershipError::UnknownMember(99))
+    );
+
+    // Remove a dead node: stop a "us" node that is not the leader, then remove it.
+    let leader = h.leader().await;
+    let dead = if leader == 5 { 4 } else { 5 };
+    let survivor = 9 - dead;
+    h.stop(dead).await;
+    let asked = *h.nodes.keys().find(|&&id| id != leader).unwrap();
+    h.nodes[&asked].remove(dead, WAIT).await.unwrap();
+    h.wait_all("the dead node removed, its shards reassigned", |s| {
+        gone(s, dead) && balanced(s, "us", &[survivor])
+    })
+    .await;
+    // The last active member of a region cannot be drained.
+    assert_eq!(
+        h.nodes[&asked].drain(survivor, WAIT).await,
+        Err(MembershipError::LastActiveInRegion {
+            id: survivor,
+            region: "us".to_owned()
+        })
+    );
+
+    // The remaining four still commit: a membership change goes through.
+    let leader = h.leader().await;
+    let statuses = h.statuses().await;
+    assert_eq!(statuses[&leader].voters.len(), 4);
+    assert!(h.maps.len() >= 5, "maps seen: {:?}", h.maps.keys());
+
+    let ids: Vec<u64> = h.nodes.keys().copied().collect();
+    for id in ids {
+        h.stop(id).await;
+    }
+}
