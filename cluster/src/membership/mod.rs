@@ -37,6 +37,10 @@
 //! Every node also opens a peer link to each member it learns of from the applied state, so
 //! a node added with `join` is reachable by all without a restart.
 //!
+//! Each step the leader takes is logged and counted in
+//! `herald_membership_steps_total{step}` (`add_member`, `set_member_state`, `assign_shards`,
+//! `add_learner`, `promote`, `remove_node`, `transfer_leader`).
+//!
 //! Fencing (DESIGN.md §4): a region's shard map holds exactly one owner per shard per epoch,
 //! epochs only grow (the state machine refuses any other `AssignShards`), and only `Active`
 //! members of the region may be named owners.
@@ -715,7 +719,13 @@ impl Membership {
         }
         let context = || MEMBERSHIP_CONTEXT.to_vec();
         for step in steps {
-            tracing::info!(id = self.me, ?step, "membership step");
+            tracing::info!(
+                id = self.me,
+                step = step.kind(),
+                subject = %step.subject(),
+                "membership step"
+            );
+            metrics::counter!("herald_membership_steps_total", "step" => step.kind()).increment(1);
             let result = match &step {
                 Step::Propose(command) => driver.propose_command(context(), command),
                 Step::AddLearner(id) => driver.propose_add_learner(context(), *id),
@@ -727,7 +737,13 @@ impl Membership {
                 }
             };
             if let Err(e) = result {
-                tracing::warn!(id = self.me, ?step, error = %e, "membership step refused");
+                tracing::warn!(
+                    id = self.me,
+                    step = step.kind(),
+                    subject = %step.subject(),
+                    error = %e,
+                    "membership step refused"
+                );
             }
         }
         self.in_flight = Some(InFlight {

@@ -26,6 +26,38 @@ pub enum Step {
     TransferLeader(NodeId),
 }
 
+impl Step {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Propose(Command::AddMember { .. }) => "add_member",
+            Step::Propose(Command::SetMemberState { .. }) => "set_member_state",
+            Step::Propose(Command::AssignShards { .. }) => "assign_shards",
+            Step::Propose(_) => "propose",
+            Step::AddLearner(_) => "add_learner",
+            Step::Promote(_) => "promote",
+            Step::RemoveNode(_) => "remove_node",
+            Step::TransferLeader(_) => "transfer_leader",
+        }
+    }
+
+    /// The node or region the step is about, for logs.
+    pub fn subject(&self) -> String {
+        match self {
+            Step::Propose(Command::AddMember { id, .. })
+            | Step::Propose(Command::SetMemberState { id, .. })
+            | Step::AddLearner(id)
+            | Step::Promote(id)
+            | Step::RemoveNode(id)
+            | Step::TransferLeader(id) => format!("node {id}"),
+            Step::Propose(Command::AssignShards { region, epoch, .. }) => {
+                format!("region {region} epoch {epoch}")
+            }
+            Step::Propose(_) => String::new(),
+        }
+    }
+}
+
 /// Everything [`plan`] looks at.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
