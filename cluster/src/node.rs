@@ -378,7 +378,7 @@ impl Actor for ClusterActor {
             }
         });
         let term = arguments.driver.term();
-        let state = ClusterState {
+        let mut state = ClusterState {
             driver: arguments.driver,
             peers: arguments.peers,
             shared: arguments.shared,
@@ -392,6 +392,16 @@ impl Actor for ClusterActor {
         state
             .shared
             .set_tokens(state.driver.machine().token_table().clone());
+        // Re-apply what the log holds committed past the restored snapshot before serving any
+        // read, so a restarted node never shows an older state (an older shard map epoch)
+        // than it had already applied.
+        while state.driver.machine().applied_index() < state.driver.committed_index() {
+            let before = state.driver.machine().applied_index();
+            state.handle_ready()?;
+            if state.driver.machine().applied_index() == before {
+                break;
+            }
+        }
         Ok(state)
     }
 

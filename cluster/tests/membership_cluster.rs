@@ -47,6 +47,7 @@ impl BacklogProbe for Backlog {
 }
 
 struct Harness {
+    founders: Vec<u64>,
     dir: tempfile::TempDir,
     ca: ClusterCa,
     addrs: BTreeMap<u64, SocketAddr>,
@@ -66,7 +67,7 @@ impl Harness {
             _ => self
                 .addrs
                 .iter()
-                .filter(|(id, _)| FOUNDERS.contains(id))
+                .filter(|(id, _)| self.founders.contains(id))
                 .map(|(&id, &addr)| (id, addr))
                 .collect(),
         };
@@ -90,7 +91,8 @@ impl Harness {
         };
         config.membership.start = start;
         config.membership.shard_count = SHARDS;
-        config.membership.founder_regions = FOUNDERS
+        config.membership.founder_regions = self
+            .founders
             .iter()
             .map(|&id| (id, region_of(id).to_owned()))
             .collect();
@@ -187,6 +189,38 @@ impl Harness {
         tokio::time::sleep(POLL).await;
         Box::pin(self.leader()).await
     }
+
+    /// Bind a port for each of `ids` and set up (not start) their nodes; `founders` is the
+    /// initial voter set.
+    async fn new(founders: &[u64], ids: &[u64]) -> Harness {
+        let mut listeners = BTreeMap::new();
+        for &id in ids {
+            listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        Harness {
+            founders: founders.to_vec(),
+            dir: tempfile::tempdir().unwrap(),
+            ca: ClusterCa::generate("herald-membership-test").unwrap(),
+            addrs: listeners
+                .iter()
+                .map(|(&id, l)| (id, l.local_addr().unwrap()))
+                .collect(),
+            nodes: BTreeMap::new(),
+            backlogs: ids
+                .iter()
+                .map(|&id| (id, Arc::new(Backlog::default())))
+                .collect(),
+            maps: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> TcpListener {
@@ -230,28 +264,7 @@ fn balanced(status: &ClusterStatus, region: &str, owners: &[u64]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_bootstrap_fail_over_join_drain_and_remove() {
-    let mut listeners = BTreeMap::new();
-    for id in FOUNDERS.into_iter().chain([JOINER]) {
-        listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs = listeners
-        .iter()
-        .map(|(&id, l)| (id, l.local_addr().unwrap()))
-        .collect();
-    drop(listeners);
-    let mut h = Harness {
-        dir: tempfile::tempdir().unwrap(),
-        ca: ClusterCa::generate("herald-membership-test").unwrap(),
-        addrs,
-        nodes: BTreeMap::new(),
-        backlogs: FOUNDERS
-            .into_iter()
-            .chain([JOINER])
-            .map(|id| (id, Arc::new(Backlog::default())))
-            .collect(),
-        maps: BTreeMap::new(),
-        epochs: BTreeMap::new(),
-    };
+    let mut h = Harness::new(&FOUNDERS, &[1, 2, 3, 4, 5, JOINER]).await;
 
     // Bootstrap: five founders, members and one shard map per region.
     for id in FOUNDERS {
@@ -303,6 +316,15 @@ async fn five_nodes_bootstrap_fail_over_join_drain_and_remove() {
     let eu_after_join = statuses[&JOINER].region("eu").unwrap().clone();
     assert!(eu_after_join.epoch > eu_epoch);
     assert_eq!(statuses[&JOINER].voters, vec![1, 2, 3, 4, 5, 6]);
+    // The joined node restarts from its own disk (no bootstrap) and keeps its place.
+    h.stop(JOINER).await;
+    h.start(JOINER, StartMode::Join).await;
+    let applied = h.statuses().await[&h.leader().await].applied_index;
+    h.wait_all("the joiner restarted from disk", |s| {
+        s.applied_index >= applied && active_voter(s, JOINER) && s.voters.len() == 6
+    })
+    .await;
+
     // Joining again with the same details is a no-op; another address is refused.
     let any = h.nodes.keys().copied().next().unwrap();
     h.nodes[&any]
@@ -370,8 +392,47 @@ async fn five_nodes_bootstrap_fail_over_join_drain_and_remove() {
     assert_eq!(statuses[&leader].voters.len(), 4);
     assert!(h.maps.len() >= 5, "maps seen: {:?}", h.maps.keys());
 
-    let ids: Vec<u64> = h.nodes.keys().copied().collect();
-    for id in ids {
-        h.stop(id).await;
+    h.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_leader_hands_over_and_leaves() {
+    let mut h = Harness::new(&[1, 2, 3], &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        h.start(id, StartMode::Bootstrap).await;
     }
+    h.wait_all("founders active, shards balanced", |s| {
+        [1, 2, 3].iter().all(|&id| active_voter(s, id)) && balanced(s, "eu", &[1, 2, 3])
+    })
+    .await;
+    let leader = h.leader().await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    // Asked of the leader itself.
+    h.nodes[&leader].drain(leader, WAIT).await.unwrap();
+    h.wait_all("the old leader drained, handed over and left", |s| {
+        gone(s, leader) && balanced(s, "eu", &others) && s.leader.is_some_and(|l| l != leader)
+    })
+    .await;
+    h.stop(leader).await;
+    let new_leader = h.leader().await;
+    assert!(others.contains(&new_leader));
+    // The two that remain still commit membership changes: the last active member of the
+    // region cannot be drained, the other can.
+    h.nodes[&others[0]].drain(others[1], WAIT).await.unwrap();
+    h.wait_all("the second node drained", |s| {
+        gone(s, others[1]) && balanced(s, "eu", &others[..1])
+    })
+    .await;
+    assert_eq!(
+        h.nodes[&others[0]].drain(others[0], WAIT).await,
+        Err(MembershipError::LastActiveInRegion {
+            id: others[0],
+            region: "eu".to_owned()
+        })
+    );
+    assert_eq!(
+        h.nodes[&others[0]].remove(others[0], WAIT).await,
+        Err(MembershipError::LastVoter(others[0]))
+    );
+    h.stop_all().await;
 }

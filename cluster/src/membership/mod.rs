@@ -364,7 +364,7 @@ impl ClusterNode {
             region: region.clone(),
         };
         command.validate()?;
-        self.propose_until(command, timeout, |status| match status.member(id) {
+        self.propose_until(command, timeout, |status, _| match status.member(id) {
             None => Ok(false),
             Some(m) if m.state == MemberState::Removed => Err(MembershipError::MemberRemoved(id)),
             Some(m) if m.addr == addr && m.region == region => Ok(true),
@@ -387,12 +387,14 @@ impl ClusterNode {
             id,
             state: MemberState::Draining,
         };
-        self.propose_until(command, timeout, |status| {
+        self.propose_until(command, timeout, |status, proposed| {
             let member = status
                 .member(id)
                 .ok_or(MembershipError::UnknownMember(id))?;
             match member.state {
                 MemberState::Draining => Ok(true),
+                // A quick drain may be over before this node is asked again.
+                MemberState::Removed if proposed => Ok(true),
                 MemberState::Removed => Err(MembershipError::MemberRemoved(id)),
                 MemberState::Joining => Err(MembershipError::WrongState {
                     id,
@@ -428,7 +430,7 @@ impl ClusterNode {
             id,
             state: MemberState::Removed,
         };
-        self.propose_until(command, timeout, |status| {
+        self.propose_until(command, timeout, |status, _| {
             let member = status
                 .member(id)
                 .ok_or(MembershipError::UnknownMember(id))?;
@@ -444,16 +446,18 @@ impl ClusterNode {
     }
 
     /// Propose `command` until `done` (checked on this node's status first, then after
-    /// each proposal) says it is applied, or errors.
+    /// each proposal; its second argument says whether `command` was proposed yet) says it
+    /// is applied, or errors.
     async fn propose_until(
         &self,
         command: Command,
         timeout: Duration,
-        mut done: impl FnMut(&ClusterStatus) -> Result<bool, MembershipError>,
+        mut done: impl FnMut(&ClusterStatus, bool) -> Result<bool, MembershipError>,
     ) -> Result<(), MembershipError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut proposed = false;
         loop {
-            if done(&self.status().await?)? {
+            if done(&self.status().await?, proposed)? {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -467,7 +471,8 @@ impl ClusterNode {
                 )))
                 .map_err(|_| MembershipError::Stopped)?;
             match rx.await {
-                Ok(Ok(())) | Ok(Err(MembershipError::NoLeader)) => {}
+                Ok(Ok(())) => proposed = true,
+                Ok(Err(MembershipError::NoLeader)) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(MembershipError::Stopped),
             }
@@ -475,7 +480,7 @@ impl ClusterNode {
             // forward was lost.
             let wait_until = tokio::time::Instant::now() + ADMIN_RETRY_INTERVAL;
             while tokio::time::Instant::now() < wait_until {
-                if done(&self.status().await?)? {
+                if done(&self.status().await?, proposed)? {
                     return Ok(());
                 }
                 tokio::time::sleep(ADMIN_RETRY_INTERVAL / 10).await;
