@@ -92,6 +92,34 @@ pub struct PlanInput<'a> {
 ///    hands leadership to the most caught-up other voter if it is the one removed).
 /// 3. Per region with an active member: `AssignShards` if the map is not balanced over the
 ///    region's active members (bounded moves, next epoch; see [`crate::state::rebalance`]).
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use herald_cluster::membership::plan::{PlanInput, Step, plan};
+/// use herald_cluster::raft::eraftpb::ConfState;
+/// use herald_cluster::state::{Command, StateMachine};
+///
+/// let conf = ConfState { voters: vec![1, 2], ..ConfState::default() };
+/// let founders = BTreeMap::from([
+///     (1, ("10.0.0.1:7000".to_owned(), "eu".to_owned())),
+///     (2, ("10.0.0.2:7000".to_owned(), "eu".to_owned())),
+/// ]);
+/// let machine = StateMachine::new();
+/// let steps = plan(&PlanInput {
+///     me: 1,
+///     machine: &machine,
+///     conf: &conf,
+///     conf_change_pending: false,
+///     last_index: 1,
+///     matched: &BTreeMap::new(),
+///     founders: &founders,
+///     shard_count: 1024,
+///     promote_lag_entries_max: 64,
+/// });
+/// // A fresh cluster: the leader first records the founders as members.
+/// assert_eq!(steps.len(), 2);
+/// assert!(matches!(&steps[0], Step::Propose(Command::AddMember { id: 1, .. })));
+/// ```
 pub fn plan(input: &PlanInput<'_>) -> Vec<Step> {
     let machine = input.machine;
     let members = machine.members();
