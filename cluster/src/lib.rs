@@ -17,9 +17,12 @@
 //!   stops a node, and [`node::ReplicatedTokenState`], herald-actors' `TokenState` on the Raft
 //!   log (local reads at the applied index; see the module docs for their staleness).
 //!
-//! Not yet here (issue "Cluster"): forwarding proposals from followers to the leader, routing
-//! of pushes to shard owners, membership operations (join, drain, remove) and provider-token
-//! minting by the leader.
+//! - [`routing`]: the [`routing::Router`] that sends each push to its shard's owner in this
+//!   region (fenced by the shard map's epoch, re-sent on refusal, outcomes sent back), and
+//!   forwarding of proposals from followers to the leader.
+//!
+//! Not yet here (issue "Cluster"): membership operations (join, drain, remove) and
+//! provider-token minting by the leader.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -28,5 +31,6 @@ pub use herald_actors;
 
 pub mod node;
 pub mod raft;
+pub mod routing;
 pub mod state;
 pub mod transport;
