@@ -6,7 +6,10 @@
 //!   every accepting node answers their outcome;
 //! - a shard-map change (a new epoch) while pushes are in flight loses none;
 //! - a forged ForwardPush with a stale epoch, or for a shard the receiver does not own, is
-//!   refused with the receiver's epoch, and a current one is accepted.
+//!   refused with the receiver's epoch, and a current one is accepted and its outcome sent
+//!   back;
+//! - an origin re-sends a refused push to its owner under the same id, and answers the
+//!   outcome the owner sends back.
 //!
 //! Every wait is a generous deadline on an observed condition, never a sleep that assumes a
 //! machine speed.
@@ -20,8 +23,10 @@ use std::time::Duration;
 use herald_actors::apns::{DeviceToken, Notification, Priority, PushType, SigningKey, TokenMinter};
 use herald_actors::seams::{DetRng, ManualClock, TcpConnector, Timestamp};
 use herald_actors::{Credentials, Endpoint, Herald, Outcome, PushId, TenantConfig};
-use herald_cluster::node::{ClusterConfig, ClusterNode, ProposeError, StorageLocation};
-use herald_cluster::routing::wire::{ForwardedPush, encode_push};
+use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+use herald_cluster::routing::wire::{
+    ForwardedPush, decode_outcome, decode_push, encode_outcome, encode_push,
+};
 use herald_cluster::routing::{Router, RouterConfig};
 use herald_cluster::state::{ApplyResult, Command, MemberState, ShardMap};
 use herald_cluster::transport::{
@@ -575,7 +580,7 @@ async fn forged_forward_pushes_are_fenced_by_epoch_and_owner() {
         } = inbound.msg
             && id == push_id
         {
-            break herald_cluster::routing::wire::decode_outcome(&outcome).unwrap();
+            break decode_outcome(&outcome).unwrap();
         }
     };
     assert!(matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
@@ -589,21 +594,75 @@ async fn forged_forward_pushes_are_fenced_by_epoch_and_owner() {
     assert_eq!(delivered, vec![good_id.to_string()]);
     assert!(engine.outcome(stale_id).is_none());
 
-    // A follower whose leader is unreachable answers a typed error rather than hanging:
-    // node 2 proposes while node 3 (fake) is silent; its leader is real, so it succeeds.
+    // The origin side against a (fake) owner: node 3 joins and owns shards at epoch 3. A
+    // push node 1 accepts for one of them goes to node 3; refused `StaleEpoch`, node 1 sends
+    // it again with the same id; accepted, the push is node 1's; the outcome node 3 sends
+    // back is what node 1 answers for it.
+    activate(via, &[3], &peers).await;
+    assert_eq!(
+        via.propose(assign(3, &[1, 2, 3]), PROPOSE_TIMEOUT).await,
+        Ok(ApplyResult::Applied)
+    );
+    wait_map(&members, 3).await;
+    let map: ShardMap = via.shard_maps().borrow().get(REGION).cloned().unwrap();
+    let n = (0..)
+        .find(|&n| map.owners[engine.shard_of(&token(n)) as usize] == 3)
+        .unwrap();
+    let fake_owner = async {
+        let mut seen = vec![];
+        while seen.len() < 2 {
+            let inbound = tokio::time::timeout(WAIT, answers.recv())
+                .await
+                .expect("a forwarded push for node 3")
+                .unwrap();
+            let PeerMessage::ForwardPush { push_id, push } = inbound.msg else {
+                continue;
+            };
+            let push = decode_push(&push).unwrap();
+            assert_eq!((push.tenant.as_str(), push.epoch), (TENANT, 3));
+            assert_eq!(push.push_id, push_id.0);
+            let result = if seen.is_empty() {
+                AckResult::StaleEpoch { epoch: 3 }
+            } else {
+                AckResult::Accepted
+            };
+            to_node1
+                .try_send(PeerMessage::Ack { push_id, result })
+                .unwrap();
+            seen.push(push.id());
+        }
+        seen
+    };
+    let (sent, seen) = tokio::join!(members[&1].router.send(TENANT, alert(n)), fake_owner);
+    let id = sent.unwrap();
+    assert_eq!(seen, vec![id, id]);
+    assert!(members[&1].router.outcome(id).is_none());
+    let outcome = Outcome::Delivered {
+        apns_id: Some(id.to_string()),
+    };
+    to_node1
+        .try_send(PeerMessage::Outcome {
+            push_id: transport::PushId(id.as_u128().to_be_bytes()),
+            outcome: encode_outcome(&outcome).unwrap(),
+        })
+        .unwrap();
+    wait_until("the owner's outcome on node 1", || {
+        members[&1].router.outcome(id) == Some(outcome.clone())
+    })
+    .await;
+
+    // A proposal on the follower is forwarded, applied, and its (rejected) result typed.
     let leader = wait_leader(&members).await;
     let follower = if leader == 1 { 2 } else { 1 };
-    assert!(!matches!(
+    let remove = Command::RemoveTenant {
+        tenant: "nobody".into(),
+    };
+    assert!(matches!(
         members[&follower]
             .node
-            .propose(
-                Command::RemoveTenant {
-                    tenant: "nobody".into()
-                },
-                PROPOSE_TIMEOUT
-            )
+            .propose(remove, PROPOSE_TIMEOUT)
             .await,
-        Err(ProposeError::NotLeader { .. })
+        Ok(ApplyResult::Rejected(_))
     ));
 
     link.stop(None);

@@ -347,7 +347,12 @@ fn to_answer(error: ProposeError) -> ProposalAnswer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use herald_actors::seams::{DetRng, TcpConnector};
+
     use super::*;
+    use crate::transport::{ClusterId, LinkSecurity, NodeId, PeerLinkArguments, PeerLinkConfig};
 
     #[test]
     fn contexts_carry_the_proposer_and_the_origin() {
@@ -357,6 +362,116 @@ mod tests {
         assert_eq!(forwarded_origin(&forwarded), Some((3, 42)));
         assert_eq!(forwarded_origin(&proposal_context(7, None)), None);
         assert_eq!(proposal_id(b"abc"), None);
+    }
+
+    /// Link senders to `peers` whose actors never run: sends queue up and succeed.
+    fn links(peers: &[u64]) -> (BTreeMap<u64, PeerLinkSender>, Vec<PeerLinkArguments>) {
+        let mut senders = BTreeMap::new();
+        let mut arguments = vec![];
+        for &peer in peers {
+            let (args, sender) = PeerLinkArguments::new(PeerLinkConfig::new(
+                NodeId(1),
+                NodeId(peer),
+                ClusterId(1),
+                "127.0.0.1",
+                1,
+                LinkSecurity::Plaintext,
+                Arc::new(TcpConnector),
+                DetRng::from_seed(peer),
+            ));
+            senders.insert(peer, sender);
+            arguments.push(args);
+        }
+        (senders, arguments)
+    }
+
+    fn command() -> Command {
+        Command::RemoveTenant { tenant: "t".into() }
+    }
+
+    #[tokio::test]
+    async fn not_leader_is_retried_once_then_answered() {
+        let (peers, _keep) = links(&[2, 3]);
+        let mut forwards = ProposalForwards::new(1, Duration::from_secs(1));
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        forwards.forward(command(), tx.into(), 2, &peers);
+        assert_eq!(forwards.len(), 1);
+        // Node 2 names node 3: re-sent there once.
+        let answer = ProposalAnswer::NotLeader { leader: Some(3) };
+        assert!(matches!(
+            forwards.on_answer(2, 0, answer.clone(), None, &peers),
+            Next::Done
+        ));
+        assert_eq!(forwards.len(), 1);
+        assert!(rx.try_recv().is_err());
+        // An answer from a node the forward is no longer at is ignored.
+        forwards.on_answer(2, 0, answer, None, &peers);
+        assert_eq!(forwards.len(), 1);
+        // Node 3 says it is not the leader either: answered.
+        let answer = ProposalAnswer::NotLeader { leader: Some(2) };
+        forwards.on_answer(3, 0, answer, None, &peers);
+        assert_eq!(forwards.len(), 0);
+        assert_eq!(
+            rx.await.unwrap(),
+            Err(ProposeError::NotLeader { leader: Some(2) })
+        );
+    }
+
+    #[tokio::test]
+    async fn applied_here_answers_with_the_local_result_and_leader_changes_resend() {
+        let (peers, _keep) = links(&[2, 3]);
+        let mut forwards = ProposalForwards::new(1, Duration::from_secs(1));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        forwards.forward(command(), tx.into(), 2, &peers);
+        // The leader moves to 3: re-sent; it moves again: outcome unknown.
+        assert!(forwards.on_leader(Some(3), &peers).len() == 1);
+        assert_eq!(forwards.len(), 1);
+        forwards.on_leader(Some(2), &peers);
+        assert_eq!(rx.await.unwrap(), Err(ProposeError::LeadershipLost));
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        forwards.forward(command(), tx.into(), 2, &peers);
+        let bytes = crate::state::encode(&command()).unwrap();
+        // Another node's request 1, or other bytes under this node's id: not ours.
+        forwards.on_applied(
+            &proposal_context(9, Some((4, 1))),
+            &bytes,
+            &ApplyResult::Applied,
+        );
+        forwards.on_applied(
+            &proposal_context(9, Some((1, 1))),
+            b"other",
+            &ApplyResult::Applied,
+        );
+        assert_eq!(forwards.len(), 1);
+        forwards.on_applied(
+            &proposal_context(9, Some((1, 1))),
+            &bytes,
+            &ApplyResult::Unchanged,
+        );
+        assert_eq!(rx.await.unwrap(), Ok(ApplyResult::Unchanged));
+
+        // Becoming the leader hands the command back to be proposed here.
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        forwards.forward(command(), tx.into(), 2, &peers);
+        let next = forwards.on_leader(Some(1), &peers);
+        assert!(matches!(next.as_slice(), [Next::ProposeHere(c, _)] if *c == command()));
+        assert_eq!(forwards.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn forwards_time_out_in_ticks() {
+        let (peers, _keep) = links(&[2]);
+        // 10 s of 1 s ticks.
+        let mut forwards = ProposalForwards::new(1, Duration::from_secs(1));
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        forwards.forward(command(), tx.into(), 2, &peers);
+        for _ in 0..9 {
+            forwards.on_tick();
+        }
+        assert!(rx.try_recv().is_err());
+        forwards.on_tick();
+        assert_eq!(rx.await.unwrap(), Err(ProposeError::Timeout));
     }
 
     #[tokio::test]
