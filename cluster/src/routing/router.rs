@@ -233,11 +233,61 @@ impl Router {
             .into_iter()
             .map(|n| self.inner.with_id(n))
             .collect();
-        let routed = notifications.into_iter().map(|(id, notification)| {
-            let inner = &self.inner;
-            async move { inner.route(tenant, id, notification).await.map(|()| id) }
-        });
-        Ok(futures_util::future::join_all(routed).await)
+        // The pushes of shards this node owns go to the engine in one batch (one WAL group
+        // commit); the others are forwarded, each to its owner, concurrently.
+        let inner = &self.inner;
+        let (local, remote): (Vec<_>, Vec<_>) =
+            notifications
+                .into_iter()
+                .enumerate()
+                .partition(|(_, (_, notification))| {
+                    let shard = inner.engine.shard_of(notification.device_token());
+                    inner.owner(shard).is_ok_and(|(owner, _)| owner == inner.id)
+                });
+        let (local_indexes, local): (Vec<usize>, Vec<(PushId, Notification)>) =
+            local.into_iter().unzip();
+        let local_batch = async {
+            if local.is_empty() {
+                return Ok(vec![]);
+            }
+            let notifications = local.into_iter().map(|(_, n)| n).collect();
+            inner.engine.send_batch(tenant, notifications).await
+        };
+        let forwarded = remote
+            .into_iter()
+            .map(|(index, (id, notification))| async move {
+                (
+                    index,
+                    inner.route(tenant, id, notification).await.map(|()| id),
+                )
+            });
+        let (local_results, forwarded) =
+            futures_util::future::join(local_batch, futures_util::future::join_all(forwarded))
+                .await;
+        let mut results: Vec<Option<Result<PushId, PushError>>> = (0..local_indexes.len()
+            + forwarded.len())
+            .map(|_| None)
+            .collect();
+        match local_results {
+            Ok(answers) => {
+                for (index, answer) in local_indexes.into_iter().zip(answers) {
+                    results[index] = Some(answer);
+                }
+            }
+            Err(e) => {
+                for index in local_indexes {
+                    results[index] = Some(Err(e.clone()));
+                }
+            }
+        }
+        for (index, result) in forwarded {
+            results[index] = Some(result);
+        }
+        // Every index was filled above: one answer per push, local or forwarded.
+        Ok(results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(PushError::Unavailable("no answer".into()))))
+            .collect())
     }
 
     /// The outcome of push `id` accepted through this node: from the local engine, or sent
