@@ -19,9 +19,11 @@
 //!
 //! - [`membership`]: bootstrap, join, drain and remove, driven by the leader's deterministic
 //!   planner, and [`membership::ClusterStatus`] (see `docs/cluster.md`).
+//! - [`routing`]: the [`routing::Router`] that sends each push to its shard's owner in this
+//!   region (fenced by the shard map's epoch, re-sent on refusal, outcomes sent back), and
+//!   forwarding of proposals from followers to the leader.
 //!
-//! Not yet here (issue "Cluster"): forwarding proposals from followers to the leader, routing
-//! of pushes to shard owners and provider-token minting by the leader.
+//! Not yet here (issue "Cluster"): provider-token minting by the leader.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -31,5 +33,6 @@ pub use herald_actors;
 pub mod membership;
 pub mod node;
 pub mod raft;
+pub mod routing;
 pub mod state;
 pub mod transport;

@@ -54,8 +54,9 @@
 //! previous `ready()` was being handled goes into the same `ready()` cycle (one fsync).
 //!
 //! A proposal is answered when its entry is applied **on this node**, with the
-//! [`ApplyResult`]. Only the leader accepts proposals: a follower answers
-//! [`ProposeError::NotLeader`] with the leader it knows (forwarding is not done yet). If the
+//! [`ApplyResult`]. A follower that knows the leader forwards the proposal to it over its
+//! peer link and answers when it applies the entry itself (see [`routing`](crate::routing));
+//! without a known leader it answers [`ProposeError::NotLeader`]. If the
 //! term changes before the entry is applied, the proposal is answered
 //! [`ProposeError::LeadershipLost`]: its outcome is unknown (it may still commit), which is
 //! harmless for the idempotent token events.
@@ -98,8 +99,11 @@ use crate::raft::{
     CommittedKind, DriverConfig, DriverError, RaftDriver, RaftStorage, ReadyOutput, Role,
     StorageError, decode_message, encode_message, raft_logger,
 };
+use crate::routing::{
+    ProposalForwards, ROUTING_INBOUND_CAPACITY, answer_forwarded, is_routing_message,
+};
 use crate::state::{
-    ApplyResult, Command, CommandError, TOKEN_EVENTS_PER_COMMAND_MAX, TokenEventRecord,
+    ApplyResult, Command, CommandError, ShardMap, TOKEN_EVENTS_PER_COMMAND_MAX, TokenEventRecord,
 };
 use crate::transport::{
     ClusterId, Inbound, InboundConfig, LinkSecurity, LinkTimings, Listener, NodeId, PeerLink,
@@ -240,7 +244,22 @@ pub enum ProposeError {
     /// The node stopped.
     #[error("cluster node stopped")]
     Stopped,
+    /// A follower could not forward the proposal to the leader it knows (no link, or the
+    /// link's queue is full or stopped).
+    #[error("leader {leader} unreachable")]
+    LeaderUnreachable {
+        /// The leader the proposal was for.
+        leader: u64,
+    },
+    /// A forwarded proposal was not applied here within
+    /// [`FORWARDED_PROPOSAL_TIMEOUT`](crate::routing::FORWARDED_PROPOSAL_TIMEOUT): its outcome
+    /// is unknown.
+    #[error("forwarded proposal not applied in time; outcome unknown")]
+    Timeout,
 }
+
+/// Every region's applied shard map, by region (published by the node after each change).
+pub type ShardMaps = Arc<BTreeMap<String, ShardMap>>;
 
 /// What the node has applied, published on a `watch` after every `ready()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -289,6 +308,7 @@ pub struct ClusterArguments {
     tick: Duration,
     peers: BTreeMap<u64, PeerLinkSender>,
     inbound: mpsc::Receiver<Inbound>,
+    routing: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
     membership: Membership,
 }
@@ -299,6 +319,7 @@ struct Shared {
     applied: watch::Sender<AppliedState>,
     invalidations: broadcast::Sender<Invalidation>,
     tokens: RwLock<TokenTable>,
+    shard_maps: watch::Sender<ShardMaps>,
 }
 
 impl Shared {
@@ -355,6 +376,7 @@ pub struct ClusterState {
     term: u64,
     tasks: Vec<JoinHandle<()>>,
     membership: Membership,
+    proposals: ProposalForwards,
 }
 
 impl Actor for ClusterActor {
@@ -370,14 +392,24 @@ impl Actor for ClusterActor {
         let ticker = myself.send_interval(arguments.tick, || ClusterMsg::Tick);
         let mut inbound = arguments.inbound;
         let forward_to = myself.clone();
+        let routing = arguments.routing;
         let forwarder = tokio::spawn(async move {
             while let Some(message) = inbound.recv().await {
+                // Pushes, acks and outcomes go to the router (if any), never behind Raft I/O.
+                if is_routing_message(&message.msg) {
+                    if let Err(e) = routing.try_send(message) {
+                        metrics::counter!("herald_routing_inbound_dropped_total").increment(1);
+                        tracing::debug!(error = %e, "routing message dropped");
+                    }
+                    continue;
+                }
                 if forward_to.cast(ClusterMsg::Inbound(message)).is_err() {
                     return;
                 }
             }
         });
         let term = arguments.driver.term();
+        let proposals = ProposalForwards::new(arguments.driver.id(), arguments.tick);
         let mut state = ClusterState {
             driver: arguments.driver,
             peers: arguments.peers,
@@ -388,6 +420,7 @@ impl Actor for ClusterActor {
             term,
             tasks: vec![ticker, forwarder],
             membership: arguments.membership,
+            proposals,
         };
         state
             .shared
@@ -413,6 +446,7 @@ impl Actor for ClusterActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ClusterMsg::Tick => {
+                state.proposals.on_tick();
                 state.driver.tick();
                 state.handle_ready()?;
                 if state
@@ -428,7 +462,7 @@ impl Actor for ClusterActor {
                 state.handle_ready()?;
             }
             ClusterMsg::Inbound(inbound) => {
-                if state.step(inbound) {
+                if state.step_inbound(inbound) {
                     state.schedule_flush(&myself)?;
                 }
             }
@@ -458,6 +492,7 @@ impl Actor for ClusterActor {
         for (_, pending) in std::mem::take(&mut state.pending) {
             let _ = pending.reply.send(Err(ProposeError::Stopped));
         }
+        state.proposals.fail_all(&ProposeError::Stopped);
         Ok(())
     }
 }
@@ -469,6 +504,51 @@ impl ClusterState {
             myself.cast(ClusterMsg::Flush)?;
         }
         Ok(())
+    }
+
+    /// Handle an inbound message: a Raft step, or a forwarded proposal or its answer; true
+    /// if the driver may have work.
+    fn step_inbound(&mut self, inbound: Inbound) -> bool {
+        match inbound.msg {
+            PeerMessage::ProposeForward {
+                request_id,
+                command,
+            } => {
+                let (tx, rx) = oneshot::channel();
+                answer_forwarded(self.peers.get(&inbound.from.0).cloned(), request_id, rx);
+                match crate::state::decode(&command) {
+                    Ok(command) => {
+                        self.propose_with(command, tx.into(), Some((inbound.from.0, request_id)))
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(ProposeError::Invalid(e)));
+                        false
+                    }
+                }
+            }
+            PeerMessage::ProposeAnswer { request_id, result } => {
+                let leader = self.driver.leader_id();
+                let next = self.proposals.on_answer(
+                    inbound.from.0,
+                    request_id,
+                    result,
+                    leader,
+                    &self.peers,
+                );
+                self.after_forward(next)
+            }
+            _ => self.step(inbound),
+        }
+    }
+
+    /// Act on what the proposal forwarder asks; true if the driver may have work.
+    fn after_forward(&mut self, next: crate::routing::Next) -> bool {
+        match next {
+            crate::routing::Next::Done => false,
+            crate::routing::Next::ProposeHere(command, reply) => {
+                self.propose_with(command, reply, None)
+            }
+        }
     }
 
     /// Step an inbound message; true if the driver may have work.
@@ -504,9 +584,31 @@ impl ClusterState {
 
     /// Propose a command; true if it went into the driver.
     fn propose(&mut self, command: Command, reply: ProposeReply) -> bool {
+        self.propose_with(command, reply, None)
+    }
+
+    /// Propose a command, forwarded from `origin` (node, request id) if given; true if it
+    /// went into the driver. A follower forwards a local caller's command to the leader.
+    fn propose_with(
+        &mut self,
+        command: Command,
+        reply: ProposeReply,
+        origin: Option<(u64, u64)>,
+    ) -> bool {
         if self.driver.role() != Role::Leader {
             let leader = self.driver.leader_id();
-            let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+            match leader {
+                Some(leader)
+                    if origin.is_none()
+                        && leader != self.driver.id()
+                        && self.peers.contains_key(&leader) =>
+                {
+                    self.proposals.forward(command, reply, leader, &self.peers);
+                }
+                _ => {
+                    let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+                }
+            }
             return false;
         }
         if self.pending.len() >= PENDING_PROPOSALS_MAX {
@@ -517,7 +619,7 @@ impl ClusterState {
         self.next_proposal += 1;
         match self
             .driver
-            .propose_command(id.to_be_bytes().to_vec(), &command)
+            .propose_command(crate::routing::proposal_context(id, origin), &command)
         {
             Ok(()) => {
                 let term = self.driver.term();
@@ -545,6 +647,13 @@ impl ClusterState {
     fn handle_ready(&mut self) -> Result<(), ActorProcessingErr> {
         let out = self.driver.ready()?;
         self.send(&out);
+        // Shard maps are published before any proposal is answered: a caller sees its change.
+        if (!out.committed.is_empty() || out.snapshot_restored.is_some())
+            && **self.shared.shard_maps.borrow() != *self.driver.machine().shard_maps()
+        {
+            let maps = Arc::new(self.driver.machine().shard_maps().clone());
+            self.shared.shard_maps.send_replace(maps);
+        }
         // A restored snapshot replaces the table: copy it whole (rare). Otherwise replay the
         // applied events on the mirror, in log order: the same deterministic table logic from
         // the same state gives the same table as the state machine's.
@@ -564,16 +673,16 @@ impl ClusterState {
                     }
                 }
             }
-            if let Ok(bytes) = <[u8; 8]>::try_from(entry.context.as_slice()) {
-                let id = u64::from_be_bytes(bytes);
-                if self
+            self.proposals
+                .on_applied(&entry.context, &entry.data, result);
+            if let Some(id) = crate::routing::proposal_id(&entry.context)
+                && self
                     .pending
                     .get(&id)
                     .is_some_and(|pending| pending.term == entry.term)
-                    && let Some(pending) = self.pending.remove(&id)
-                {
-                    let _ = pending.reply.send(Ok(result.clone()));
-                }
+                && let Some(pending) = self.pending.remove(&id)
+            {
+                let _ = pending.reply.send(Ok(result.clone()));
             }
         }
         if resync {
@@ -584,6 +693,13 @@ impl ClusterState {
             self.term = out.term;
             for (_, pending) in std::mem::take(&mut self.pending) {
                 let _ = pending.reply.send(Err(ProposeError::LeadershipLost));
+            }
+        }
+        if out.leader_id != self.shared.applied.borrow().leader {
+            let next = self.proposals.on_leader(out.leader_id, &self.peers);
+            for next in next {
+                // A proposal handed back here goes into the next `ready()`.
+                self.after_forward(next);
             }
         }
         let applied = AppliedState {
@@ -642,6 +758,9 @@ pub struct ClusterNode {
     listener: Listener,
     shared: Arc<Shared>,
     token_state: Arc<ReplicatedTokenState>,
+    region: String,
+    peer_links: BTreeMap<u64, PeerLinkSender>,
+    routing_inbound: std::sync::Mutex<Option<mpsc::Receiver<Inbound>>>,
 }
 
 impl ClusterNode {
@@ -720,12 +839,16 @@ impl ClusterNode {
             applied: watch::Sender::new(AppliedState::default()),
             invalidations,
             tokens: RwLock::new(TokenTable::new()),
+            shard_maps: watch::Sender::new(Arc::new(driver.machine().shard_maps().clone())),
         });
+        let (routing, routing_inbound) = mpsc::channel(ROUTING_INBOUND_CAPACITY);
+        let peer_links = peers.clone();
         let arguments = ClusterArguments {
             driver,
             tick: config.tick,
             peers,
             inbound,
+            routing,
             shared: shared.clone(),
             membership: Membership::new(&config),
         };
@@ -742,7 +865,36 @@ impl ClusterNode {
             listener,
             shared,
             token_state,
+            region: config.region,
+            peer_links,
+            routing_inbound: std::sync::Mutex::new(Some(routing_inbound)),
         })
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Every region's shard map as applied on this node, updated when it changes.
+    pub fn shard_maps(&self) -> watch::Receiver<ShardMaps> {
+        self.shared.shard_maps.subscribe()
+    }
+
+    /// The senders of this node's peer links, by peer id.
+    pub fn peer_links(&self) -> BTreeMap<u64, PeerLinkSender> {
+        self.peer_links.clone()
+    }
+
+    /// The routing messages (forwarded pushes, acks, outcomes) peers send this node: the
+    /// first call takes the channel (the [`Router`](crate::routing::Router) does), later
+    /// calls get `None`. Until taken, and when the taker lags by
+    /// [`ROUTING_INBOUND_CAPACITY`] messages, they are dropped (counted).
+    pub fn take_routing_inbound(&self) -> Option<mpsc::Receiver<Inbound>> {
+        self.routing_inbound
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 
     /// This node's id.
@@ -822,10 +974,10 @@ type EventReply = oneshot::Sender<Result<TokenValidity, TokenStateError>>;
 /// - `apply` queues the event for a batcher that coalesces events for up to
 ///   [`TOKEN_EVENTS_BATCH_WINDOW`] or [`TOKEN_EVENTS_BATCH_MAX`] events into one
 ///   [`Command::TokenEvents`] proposal, and answers once that entry is applied on this
-///   node. This node must be the leader: elsewhere `apply` answers
-///   [`TokenStateError::Unavailable`] ("not leader …"); forwarding to the leader is not done
-///   yet. A lost leadership, a full queue or [`TOKEN_EVENT_APPLY_TIMEOUT`] also answer
-///   `Unavailable` (the event may still have committed: events are idempotent, retry);
+///   node. On a follower the proposal is forwarded to the leader; without a known leader
+///   `apply` answers [`TokenStateError::Unavailable`] ("not leader …"). A lost leadership, a
+///   full queue or [`TOKEN_EVENT_APPLY_TIMEOUT`] also answer `Unavailable` (the event may
+///   still have committed: events are idempotent, retry);
 /// - `subscribe` streams the invalidations applied on this node.
 #[derive(Debug)]
 pub struct ReplicatedTokenState {
@@ -883,9 +1035,6 @@ async fn batch_events(
                 }
                 other => {
                     let error = match other {
-                        Err(ProposeError::NotLeader { leader }) => {
-                            format!("not leader (leader: {leader:?}); forwarding is not done yet")
-                        }
                         Err(e) => e.to_string(),
                         Ok(result) => format!("unexpected apply result {result:?}"),
                     };
@@ -909,13 +1058,6 @@ impl TokenState for ReplicatedTokenState {
         event: TokenEvent,
     ) -> BoxFuture<'_, Result<TokenValidity, TokenStateError>> {
         Box::pin(async move {
-            let applied = *self.shared.applied.borrow();
-            if !applied.is_leader {
-                return Err(TokenStateError::Unavailable(format!(
-                    "not leader (leader: {:?}); forwarding is not done yet",
-                    applied.leader
-                )));
-            }
             let record = TokenEventRecord {
                 tenant: key.tenant().to_owned(),
                 token: key.token().to_owned(),
@@ -966,6 +1108,7 @@ mod tests {
                 applied: watch::Sender::new(AppliedState::default()),
                 invalidations,
                 tokens: RwLock::new(TokenTable::new()),
+                shard_maps: watch::Sender::new(Arc::new(BTreeMap::new())),
             }),
             pending: BTreeMap::new(),
             next_proposal: 0,
@@ -979,6 +1122,7 @@ mod tests {
                 StorageLocation::InMemory,
                 LinkSecurity::Plaintext,
             )),
+            proposals: ProposalForwards::new(1, Duration::from_millis(100)),
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_actors::seams::Timestamp;
-use herald_actors::token_state::{TokenKey, TokenState, TokenStateError, TokenValidity};
+use herald_actors::token_state::{TokenKey, TokenState, TokenValidity};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::transport::{ClusterCa, ClusterId, LinkSecurity, LinkTimings, NodeId};
 use tokio::net::TcpListener;
@@ -125,18 +125,24 @@ async fn three_nodes_replicate_token_state_fail_over_and_catch_up() {
     // A leader is elected.
     let leader = wait_leader(&nodes).await;
     let follower = *IDS.iter().find(|&&id| id != leader).unwrap();
-    let mut follower_invalidations = nodes[&follower].token_state().subscribe();
 
-    // A follower refuses events: forwarding is not done yet.
-    let key = TokenKey::new("tenant-a", "aabbccdd");
-    let refused = nodes[&follower]
-        .token_state()
-        .invalidate(key.clone(), Timestamp::from_secs(1))
-        .await;
-    assert!(
-        matches!(&refused, Err(TokenStateError::Unavailable(m)) if m.contains("not leader")),
-        "{refused:?}"
+    // A follower forwards events to the leader and answers once it applied them itself.
+    let forwarded = TokenKey::new("tenant-a", "ffeeddcc");
+    let at = Timestamp::from_secs(1);
+    assert_eq!(
+        nodes[&follower]
+            .token_state()
+            .invalidate(forwarded.clone(), at)
+            .await
+            .unwrap(),
+        TokenValidity::Invalidated { at }
     );
+    assert_eq!(
+        nodes[&follower].token_state().check(&forwarded),
+        TokenValidity::Invalidated { at }
+    );
+    let mut follower_invalidations = nodes[&follower].token_state().subscribe();
+    let key = TokenKey::new("tenant-a", "aabbccdd");
 
     // An invalidation proposed on the leader becomes visible on every node.
     let invalidated_at = Timestamp::from_secs(1_000);
@@ -240,7 +246,7 @@ async fn three_nodes_replicate_token_state_fail_over_and_catch_up() {
     .await;
     nodes.insert(leader, restarted);
     assert_eq!(wait_leader(&nodes).await, new_leader);
-    assert_eq!(restarted_state.len(), 22);
+    assert_eq!(restarted_state.len(), 23);
 
     for (_, node) in nodes {
         node.stop().await;

@@ -145,6 +145,10 @@ pub struct MembershipConfig {
     pub promote_lag_entries_max: u64,
     /// The backlog of shards this node no longer owns. Default: [`NoBacklog`].
     pub backlog: Arc<dyn BacklogProbe>,
+    /// Whether the leader runs the planner (bootstrap, promotion, rebalancing). Default: true.
+    /// Off, only explicit commands change members and shard maps: for operators who pin
+    /// shards by hand, and for tests that drive every epoch themselves.
+    pub planner: bool,
 }
 
 impl Default for MembershipConfig {
@@ -155,6 +159,7 @@ impl Default for MembershipConfig {
             founder_regions: BTreeMap::new(),
             promote_lag_entries_max: PROMOTE_LAG_ENTRIES_MAX_DEFAULT,
             backlog: Arc::new(NoBacklog),
+            planner: true,
         }
     }
 }
@@ -583,7 +588,7 @@ impl Membership {
         self.ticks += 1;
         self.open_links(driver, peers).await;
         let mut proposed = self.leave_when_drained(driver);
-        if driver.role() == Role::Leader {
+        if driver.role() == Role::Leader && self.config.planner {
             proposed |= self.lead(driver);
         } else {
             self.in_flight = None;

@@ -114,6 +114,21 @@ pub enum PeerMessage {
         #[serde(with = "binary")]
         outcome: Vec<u8>,
     },
+    /// A follower's proposal, forwarded to the leader it knows.
+    ProposeForward {
+        /// The follower's id for this forward (echoed in the answer).
+        request_id: u64,
+        /// The command, encoded as a replicated-state envelope (`state::encode`).
+        #[serde(with = "binary")]
+        command: Vec<u8>,
+    },
+    /// The leader's answer to a [`ProposeForward`](PeerMessage::ProposeForward).
+    ProposeAnswer {
+        /// The forward's `request_id`.
+        request_id: u64,
+        /// What became of it.
+        result: ProposalAnswer,
+    },
     /// Keepalive request.
     Ping {
         /// Echoed in the [`Pong`](PeerMessage::Pong).
@@ -135,6 +150,8 @@ impl PeerMessage {
             PeerMessage::ForwardPush { .. } => "forward_push",
             PeerMessage::Ack { .. } => "ack",
             PeerMessage::Outcome { .. } => "outcome",
+            PeerMessage::ProposeForward { .. } => "propose_forward",
+            PeerMessage::ProposeAnswer { .. } => "propose_answer",
             PeerMessage::Ping { .. } => "ping",
             PeerMessage::Pong { .. } => "pong",
         }
@@ -156,6 +173,36 @@ pub enum AckResult {
         /// Why.
         reason: String,
     },
+    /// Fenced: the push's (shard, region, epoch) is not the receiver's current ownership.
+    /// `epoch` is the region's epoch in the receiver's applied shard map (0: none).
+    StaleEpoch {
+        /// The receiver's current epoch for the push's region.
+        epoch: u64,
+    },
+    /// The receiver's engine has no such tenant.
+    UnknownTenant,
+}
+
+/// The leader's answer to a forwarded proposal. Success carries nothing: the follower answers
+/// its caller when it applies the entry itself (with the result it computed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ProposalAnswer {
+    /// Applied on the leader.
+    Applied,
+    /// The receiver is not the leader; `leader` is the one it knows.
+    NotLeader {
+        /// The leader the receiver knows of.
+        leader: Option<u64>,
+    },
+    /// The term changed before the entry was applied on the leader: outcome unknown.
+    LeadershipLost,
+    /// The command is invalid (the error text).
+    Invalid(String),
+    /// The leader has too many pending proposals.
+    Overloaded,
+    /// Raft refused it, or the leader stopped (the error text).
+    Refused(String),
 }
 
 /// Why a frame could not be read or written.
@@ -450,8 +497,24 @@ mod tests {
                 push_id,
                 result: AckResult::Accepted
             }),
-            (push_id, bytes)
+            (push_id.clone(), bytes.clone())
                 .prop_map(|(push_id, outcome)| PeerMessage::Outcome { push_id, outcome }),
+            (push_id, any::<u64>()).prop_map(|(push_id, epoch)| PeerMessage::Ack {
+                push_id,
+                result: AckResult::StaleEpoch { epoch }
+            }),
+            (any::<u64>(), bytes).prop_map(|(request_id, command)| {
+                PeerMessage::ProposeForward {
+                    request_id,
+                    command,
+                }
+            }),
+            (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(request_id, leader)| {
+                PeerMessage::ProposeAnswer {
+                    request_id,
+                    result: ProposalAnswer::NotLeader { leader },
+                }
+            }),
             any::<u64>().prop_map(|nonce| PeerMessage::Ping { nonce }),
             any::<u64>().prop_map(|nonce| PeerMessage::Pong { nonce }),
         ]

@@ -1,0 +1,693 @@
+//! The [`Router`]: sends each push to its shard's owner in this region.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use herald_actors::apns::{ApnsId, Notification};
+use herald_actors::limits::SEND_BATCH_MAX;
+use herald_actors::outcome::{Outcome, OutcomeStore, PushId};
+use herald_actors::seams::DetRng;
+use herald_actors::{Herald, PushError};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::wire::{ForwardedPush, decode_outcome, decode_push, encode_outcome, encode_push};
+use super::{
+    FORWARD_ACK_TIMEOUT_DEFAULT, FORWARD_ATTEMPTS_DEFAULT, FORWARD_ATTEMPTS_MAX,
+    FORWARD_OVERLOAD_RETRY_AFTER, FORWARDS_PER_PEER_MAX, FORWARDS_TOTAL_MAX, MAP_CATCH_UP_TIMEOUT,
+    ORIGINS_KEPT_MAX, REMOTE_OUTCOMES_KEPT_MAX, RESEND_BACKOFF_DEFAULT, RESEND_BACKOFF_MAX,
+    SERVED_FORWARDS_MAX,
+};
+use crate::node::{ClusterNode, ShardMaps};
+use crate::transport::{self, AckResult, Inbound, PeerLinkSender, PeerMessage};
+
+/// How a [`Router`] behaves.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Wait for an owner's `Ack` before re-sending. Default: [`FORWARD_ACK_TIMEOUT_DEFAULT`].
+    pub ack_timeout: Duration,
+    /// Sends of one push (first + re-sends) before `Unavailable`, in
+    /// `1..=`[`FORWARD_ATTEMPTS_MAX`]. Default: [`FORWARD_ATTEMPTS_DEFAULT`].
+    pub attempts: u32,
+    /// First pause before a re-send, doubled per attempt up to [`RESEND_BACKOFF_MAX`].
+    /// Default: [`RESEND_BACKOFF_DEFAULT`].
+    pub resend_backoff: Duration,
+    /// Seed of the push ids this router draws for notifications without an `apns-id`.
+    pub seed: u64,
+}
+
+impl RouterConfig {
+    /// The defaults, with push ids drawn from `seed`.
+    pub fn new(seed: u64) -> Self {
+        RouterConfig {
+            ack_timeout: FORWARD_ACK_TIMEOUT_DEFAULT,
+            attempts: FORWARD_ATTEMPTS_DEFAULT,
+            resend_backoff: RESEND_BACKOFF_DEFAULT,
+            seed,
+        }
+    }
+}
+
+/// Why a [`Router`] could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouterError {
+    /// The node already has a router (its inbound routing channel was taken).
+    #[error("the node already has a router")]
+    AlreadyRouted,
+    /// The configuration is out of bounds.
+    #[error("invalid router config: {0}")]
+    Config(String),
+}
+
+/// Routes pushes to their shard's owner in this node's region: the local engine when this
+/// node owns the shard, else the owner over the peer link (see the [module docs](super)).
+///
+/// Stop it with [`stop`](Self::stop) (or drop it) before the node.
+pub struct Router {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("node", &self.inner.id)
+            .field("region", &self.inner.region)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    id: u64,
+    region: String,
+    engine: Herald,
+    maps: watch::Receiver<ShardMaps>,
+    links: BTreeMap<u64, PeerLinkSender>,
+    config: RouterConfig,
+    rng: Mutex<DetRng>,
+    /// Origin side: who waits for which (push, owner) ack.
+    waiters: Mutex<Waiters>,
+    inflight_total: AtomicUsize,
+    inflight_per_peer: BTreeMap<u64, AtomicUsize>,
+    /// Owner side: forwarded pushes being served.
+    serving: Arc<Semaphore>,
+    /// Owner side: where to send outcomes of forwarded pushes.
+    origins: Mutex<Origins>,
+    /// Origin side: outcomes of pushes forwarded from here.
+    remote_outcomes: OutcomeStore,
+}
+
+type AckWaiter = oneshot::Sender<AckResult>;
+
+#[derive(Default)]
+struct Waiters {
+    next: u64,
+    by_push: BTreeMap<(u128, u64), BTreeMap<u64, AckWaiter>>,
+}
+
+#[derive(Default)]
+struct Origins {
+    by_push: BTreeMap<u128, u64>,
+    order: VecDeque<u128>,
+}
+
+impl Origins {
+    fn insert(&mut self, push: u128, origin: u64) {
+        if self.by_push.insert(push, origin).is_none() {
+            self.order.push_back(push);
+        }
+        while self.by_push.len() > ORIGINS_KEPT_MAX {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.by_push.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn take(&mut self, push: u128) -> Option<u64> {
+        // `order` keeps the id until it reaches the front; the map is the truth.
+        let origin = self.by_push.remove(&push)?;
+        if self.order.len() > 2 * ORIGINS_KEPT_MAX {
+            let live = &self.by_push;
+            self.order.retain(|id| live.contains_key(id));
+        }
+        Some(origin)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent; a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Router {
+    /// Start the router of `node` over `engine` (this node's engine, with the same shard
+    /// count as the shard maps and the same tenants as the other nodes' engines).
+    ///
+    /// # Errors
+    /// [`RouterError::AlreadyRouted`] if the node already has a router;
+    /// [`RouterError::Config`] if `config` is out of bounds.
+    pub fn start(
+        node: &ClusterNode,
+        engine: Herald,
+        config: RouterConfig,
+    ) -> Result<Router, RouterError> {
+        if config.attempts == 0 || config.attempts > FORWARD_ATTEMPTS_MAX {
+            return Err(RouterError::Config(format!(
+                "attempts {} outside 1..={FORWARD_ATTEMPTS_MAX}",
+                config.attempts
+            )));
+        }
+        if config.ack_timeout.is_zero() {
+            return Err(RouterError::Config("ack_timeout is zero".to_owned()));
+        }
+        let inbound = node
+            .take_routing_inbound()
+            .ok_or(RouterError::AlreadyRouted)?;
+        let links = node.peer_links();
+        let outcomes = engine.outcomes();
+        let inner = Arc::new(Inner {
+            id: node.id(),
+            region: node.region().to_owned(),
+            engine,
+            maps: node.shard_maps(),
+            inflight_total: AtomicUsize::new(0),
+            inflight_per_peer: links.keys().map(|&p| (p, AtomicUsize::new(0))).collect(),
+            links,
+            rng: Mutex::new(DetRng::from_seed(config.seed)),
+            config,
+            waiters: Mutex::new(Waiters::default()),
+            serving: Arc::new(Semaphore::new(SERVED_FORWARDS_MAX)),
+            origins: Mutex::new(Origins::default()),
+            remote_outcomes: OutcomeStore::new(REMOTE_OUTCOMES_KEPT_MAX),
+        });
+        let tasks = vec![
+            tokio::spawn(serve_inbound(inner.clone(), inbound)),
+            tokio::spawn(relay_outcomes(inner.clone(), outcomes)),
+        ];
+        Ok(Router { inner, tasks })
+    }
+
+    /// Accept one push for `tenant`: its id once the shard's owner appended it to its WAL.
+    /// Same contract as [`Herald::send`].
+    ///
+    /// # Errors
+    /// As [`Herald::send`]; [`PushError::Overloaded`] also when forwarding limits are
+    /// reached; [`PushError::Unavailable`] when no owner took it within the allowed sends.
+    pub async fn send(
+        &self,
+        tenant: &str,
+        notification: Notification,
+    ) -> Result<PushId, PushError> {
+        let mut results = self.send_batch(tenant, vec![notification]).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(PushError::Unavailable("empty answer".into())))
+    }
+
+    /// Accept several pushes for `tenant`: one result per push, in order. Same contract as
+    /// [`Herald::send_batch`] (the whole batch is refused if it is too large, or if the
+    /// local engine refuses the tenant or is not accepting).
+    ///
+    /// # Errors
+    /// The batch-wide refusals of [`Herald::send_batch`].
+    pub async fn send_batch(
+        &self,
+        tenant: &str,
+        notifications: Vec<Notification>,
+    ) -> Result<Vec<Result<PushId, PushError>>, PushError> {
+        if notifications.len() > SEND_BATCH_MAX {
+            return Err(PushError::BatchTooLarge(notifications.len()));
+        }
+        // Tenant and engine checks, batch-wide, without queuing anything.
+        self.inner.engine.send_batch(tenant, vec![]).await?;
+        let notifications: Vec<(PushId, Notification)> = notifications
+            .into_iter()
+            .map(|n| self.inner.with_id(n))
+            .collect();
+        // The pushes of shards this node owns go to the engine in one batch (one WAL group
+        // commit); the others are forwarded, each to its owner, concurrently.
+        let inner = &self.inner;
+        let (local, remote): (Vec<_>, Vec<_>) =
+            notifications
+                .into_iter()
+                .enumerate()
+                .partition(|(_, (_, notification))| {
+                    let shard = inner.engine.shard_of(notification.device_token());
+                    inner.owner(shard).is_ok_and(|(owner, _)| owner == inner.id)
+                });
+        let (local_indexes, local): (Vec<usize>, Vec<(PushId, Notification)>) =
+            local.into_iter().unzip();
+        let local_batch = async {
+            if local.is_empty() {
+                return Ok(vec![]);
+            }
+            let notifications = local.into_iter().map(|(_, n)| n).collect();
+            inner.engine.send_batch(tenant, notifications).await
+        };
+        let forwarded = remote
+            .into_iter()
+            .map(|(index, (id, notification))| async move {
+                (
+                    index,
+                    inner.route(tenant, id, notification).await.map(|()| id),
+                )
+            });
+        let (local_results, forwarded) =
+            futures_util::future::join(local_batch, futures_util::future::join_all(forwarded))
+                .await;
+        let mut results: Vec<Option<Result<PushId, PushError>>> = (0..local_indexes.len()
+            + forwarded.len())
+            .map(|_| None)
+            .collect();
+        match local_results {
+            Ok(answers) => {
+                for (index, answer) in local_indexes.into_iter().zip(answers) {
+                    results[index] = Some(answer);
+                }
+            }
+            Err(e) => {
+                for index in local_indexes {
+                    results[index] = Some(Err(e.clone()));
+                }
+            }
+        }
+        for (index, result) in forwarded {
+            results[index] = Some(result);
+        }
+        // Every index was filled above: one answer per push, local or forwarded.
+        Ok(results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(PushError::Unavailable("no answer".into()))))
+            .collect())
+    }
+
+    /// The outcome of push `id` accepted through this node: from the local engine, or sent
+    /// back by the owner it was forwarded to (the [`REMOTE_OUTCOMES_KEPT_MAX`] most recent).
+    pub fn outcome(&self, id: PushId) -> Option<Outcome> {
+        self.inner
+            .engine
+            .outcome(id)
+            .or_else(|| self.inner.remote_outcomes.get(id))
+    }
+
+    /// The local engine.
+    pub fn engine(&self) -> &Herald {
+        &self.inner.engine
+    }
+
+    /// Stop serving forwarded pushes and relaying outcomes (pushes being sent finish).
+    pub fn stop(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Why one send of a forwarded push did not get an `Accepted`.
+enum Attempt {
+    /// Re-read the map and send again (`cause` labels the re-send metric).
+    Resend {
+        cause: &'static str,
+        catch_up: Option<u64>,
+    },
+    /// Final answer.
+    Final(PushError),
+}
+
+impl Inner {
+    /// The push id of `notification`, drawing one (and setting the `apns-id`) if it has none.
+    fn with_id(&self, notification: Notification) -> (PushId, Notification) {
+        match notification.apns_id() {
+            Some(apns_id) => (PushId::from(apns_id), notification),
+            None => {
+                let apns_id = ApnsId::random(&mut lock(&self.rng));
+                (PushId::from(apns_id), notification.with_apns_id(apns_id))
+            }
+        }
+    }
+
+    /// Route one push until an owner accepts it, or a final refusal.
+    async fn route(
+        &self,
+        tenant: &str,
+        id: PushId,
+        notification: Notification,
+    ) -> Result<(), PushError> {
+        let shard = self.engine.shard_of(notification.device_token());
+        let mut backoff = self.config.resend_backoff;
+        let mut last = String::from("no attempt");
+        for attempt in 0..self.config.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RESEND_BACKOFF_MAX);
+            }
+            let (owner, epoch) = self.owner(shard)?;
+            if owner == self.id {
+                return self
+                    .engine
+                    .send(tenant, notification.clone())
+                    .await
+                    .map(|_| ());
+            }
+            let push = ForwardedPush::new(
+                tenant,
+                shard,
+                self.region.clone(),
+                epoch,
+                id,
+                notification.clone(),
+            );
+            match self.forward_once(owner, &push).await {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::Resend { cause, catch_up }) => {
+                    metrics::counter!("herald_routing_resends_total", "cause" => cause)
+                        .increment(1);
+                    last = format!("{cause} (owner {owner}, epoch {epoch})");
+                    if let Some(epoch) = catch_up {
+                        // The owner has a newer map: wait for ours to reach it.
+                        let mut maps = self.maps.clone();
+                        let region = self.region.clone();
+                        let _ = tokio::time::timeout(
+                            MAP_CATCH_UP_TIMEOUT,
+                            maps.wait_for(|m| m.get(&region).is_some_and(|map| map.epoch >= epoch)),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+        metrics::counter!("herald_routing_unavailable_total").increment(1);
+        Err(PushError::Unavailable(format!(
+            "push {id} not taken by its shard's owner after {} sends; last: {last}",
+            self.config.attempts
+        )))
+    }
+
+    /// The owner of `shard` in this region and the map's epoch.
+    fn owner(&self, shard: u32) -> Result<(u64, u64), PushError> {
+        let maps = self.maps.borrow().clone();
+        let map = maps.get(&self.region).ok_or_else(|| {
+            PushError::Unavailable(format!("no shard map for region {:?} yet", self.region))
+        })?;
+        let owner = map.owners.get(shard as usize).ok_or_else(|| {
+            PushError::Unavailable(format!(
+                "shard {shard} outside the region's map of {} shards (engine and map disagree)",
+                map.owners.len()
+            ))
+        })?;
+        Ok((*owner, map.epoch))
+    }
+
+    /// Send `push` to `owner` once and wait for its ack.
+    async fn forward_once(&self, owner: u64, push: &ForwardedPush) -> Result<(), Attempt> {
+        let (Some(link), Some(peer_load)) =
+            (self.links.get(&owner), self.inflight_per_peer.get(&owner))
+        else {
+            return Err(Attempt::Resend {
+                cause: "no_link",
+                catch_up: None,
+            });
+        };
+        let overloaded = || {
+            Attempt::Final(PushError::Overloaded {
+                retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
+            })
+        };
+        let _total = Slot::reserve(&self.inflight_total, FORWARDS_TOTAL_MAX).ok_or_else(|| {
+            metrics::counter!("herald_routing_overloaded_total", "limit" => "total").increment(1);
+            Attempt::Final(PushError::Overloaded {
+                retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
+            })
+        })?;
+        let _peer = Slot::reserve(peer_load, FORWARDS_PER_PEER_MAX).ok_or_else(|| {
+            metrics::counter!("herald_routing_overloaded_total", "limit" => "peer").increment(1);
+            Attempt::Final(PushError::Overloaded {
+                retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
+            })
+        })?;
+        let bytes = encode_push(push).map_err(|e| {
+            Attempt::Final(PushError::Unavailable(format!("unencodable push: {e}")))
+        })?;
+        let key = (push.id().as_u128(), owner);
+        let (tx, rx) = oneshot::channel();
+        let seq = {
+            let mut waiters = lock(&self.waiters);
+            let seq = waiters.next;
+            waiters.next += 1;
+            waiters.by_push.entry(key).or_default().insert(seq, tx);
+            seq
+        };
+        let started = tokio::time::Instant::now();
+        let message = PeerMessage::ForwardPush {
+            push_id: transport::PushId(push.push_id),
+            push: bytes,
+        };
+        let answer = match link.try_send(message) {
+            Err(transport::SendError::Overloaded { .. }) => Err(overloaded()),
+            Err(e) => Err(Attempt::Resend {
+                cause: if matches!(e, transport::SendError::Stopped) {
+                    "link"
+                } else {
+                    "unsendable"
+                },
+                catch_up: None,
+            }),
+            Ok(()) => {
+                metrics::counter!("herald_routing_forwarded_total").increment(1);
+                match tokio::time::timeout(self.config.ack_timeout, rx).await {
+                    Ok(Ok(result)) => {
+                        metrics::histogram!("herald_routing_forward_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        Ok(result)
+                    }
+                    Ok(Err(_)) | Err(_) => Err(Attempt::Resend {
+                        cause: "timeout",
+                        catch_up: None,
+                    }),
+                }
+            }
+        };
+        {
+            let mut waiters = lock(&self.waiters);
+            if let Some(entry) = waiters.by_push.get_mut(&key) {
+                entry.remove(&seq);
+                if entry.is_empty() {
+                    waiters.by_push.remove(&key);
+                }
+            }
+        }
+        match answer? {
+            AckResult::Accepted => Ok(()),
+            AckResult::StaleEpoch { epoch } => Err(Attempt::Resend {
+                cause: "stale_epoch",
+                catch_up: (epoch > push.epoch).then_some(epoch),
+            }),
+            AckResult::NotOwner => Err(Attempt::Resend {
+                cause: "not_owner",
+                catch_up: Some(push.epoch + 1),
+            }),
+            AckResult::Overloaded => Err(overloaded()),
+            AckResult::UnknownTenant => Err(Attempt::Final(PushError::UnknownTenant(
+                push.tenant.clone(),
+            ))),
+            AckResult::Refused { reason } => Err(Attempt::Final(PushError::Unavailable(format!(
+                "owner {owner} refused: {reason}"
+            )))),
+        }
+    }
+
+    /// An ack from `from`: wake whoever waits for it.
+    fn on_ack(&self, from: u64, push_id: transport::PushId, result: AckResult) {
+        let key = (u128::from_be_bytes(push_id.0), from);
+        let waiters = lock(&self.waiters).by_push.remove(&key);
+        for (_, waiter) in waiters.into_iter().flatten() {
+            let _ = waiter.send(result.clone());
+        }
+    }
+
+    /// Owner side: fence, then hand a forwarded push to the local engine.
+    async fn serve(&self, from: u64, push_id: transport::PushId, bytes: &[u8]) -> AckResult {
+        let push = match decode_push(bytes) {
+            Ok(push) => push,
+            Err(e) => {
+                return refuse(
+                    "malformed",
+                    AckResult::Refused {
+                        reason: e.to_string(),
+                    },
+                );
+            }
+        };
+        if push.push_id != push_id.0 {
+            return refuse(
+                "malformed",
+                AckResult::Refused {
+                    reason: "push id differs from the envelope's".to_owned(),
+                },
+            );
+        }
+        if push.region != self.region {
+            return refuse("other_region", AckResult::NotOwner);
+        }
+        let shard = self.engine.shard_of(push.notification.device_token());
+        if shard != push.shard {
+            return refuse(
+                "malformed",
+                AckResult::Refused {
+                    reason: format!("token is in shard {shard}, not {}", push.shard),
+                },
+            );
+        }
+        let current = {
+            let maps = self.maps.borrow();
+            maps.get(&self.region)
+                .map(|map| (map.epoch, map.owners.get(shard as usize).copied()))
+        };
+        match current {
+            None => return refuse("stale_epoch", AckResult::StaleEpoch { epoch: 0 }),
+            Some((epoch, _)) if epoch != push.epoch => {
+                return refuse("stale_epoch", AckResult::StaleEpoch { epoch });
+            }
+            Some((_, owner)) if owner != Some(self.id) => {
+                return refuse("not_owner", AckResult::NotOwner);
+            }
+            Some(_) => {}
+        }
+        let id = push.id();
+        if from != self.id {
+            lock(&self.origins).insert(id.as_u128(), from);
+        }
+        match self.engine.send(&push.tenant, push.notification).await {
+            Ok(accepted) if accepted == id => AckResult::Accepted,
+            Ok(other) => refuse(
+                "malformed",
+                AckResult::Refused {
+                    reason: format!("engine accepted it as {other}"),
+                },
+            ),
+            Err(PushError::UnknownTenant(_)) => refuse("unknown_tenant", AckResult::UnknownTenant),
+            Err(PushError::Overloaded { .. }) => refuse("overloaded", AckResult::Overloaded),
+            Err(e) => refuse(
+                "engine",
+                AckResult::Refused {
+                    reason: e.to_string(),
+                },
+            ),
+        }
+    }
+}
+
+fn refuse(reason: &'static str, result: AckResult) -> AckResult {
+    metrics::counter!("herald_routing_refusals_total", "reason" => reason).increment(1);
+    tracing::debug!(reason, "forwarded push refused");
+    result
+}
+
+/// One reserved unit of a bounded counter, released on drop.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    fn reserve(load: &'a AtomicUsize, max: usize) -> Option<Slot<'a>> {
+        load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(load))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Handle what peers send the router.
+async fn serve_inbound(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>) {
+    while let Some(Inbound { from, msg }) = inbound.recv().await {
+        match msg {
+            PeerMessage::ForwardPush { push_id, push } => {
+                let Some(link) = inner.links.get(&from.0).cloned() else {
+                    tracing::warn!(from = from.0, "forwarded push from a node without a link");
+                    continue;
+                };
+                let Ok(permit) = inner.serving.clone().try_acquire_owned() else {
+                    let result = refuse("overloaded", AckResult::Overloaded);
+                    let _ = link.try_send(PeerMessage::Ack { push_id, result });
+                    continue;
+                };
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let result = inner.serve(from.0, push_id, &push).await;
+                    drop(permit);
+                    if let Err(e) = link.try_send(PeerMessage::Ack { push_id, result }) {
+                        tracing::debug!(to = from.0, error = %e, "ack not sent");
+                    }
+                });
+            }
+            PeerMessage::Ack { push_id, result } => inner.on_ack(from.0, push_id, result),
+            PeerMessage::Outcome { push_id, outcome } => match decode_outcome(&outcome) {
+                Ok(outcome) => inner
+                    .remote_outcomes
+                    .record(PushId::from_u128(u128::from_be_bytes(push_id.0)), outcome),
+                Err(e) => tracing::warn!(from = from.0, error = %e, "undecodable outcome"),
+            },
+            other => tracing::debug!(from = from.0, kind = other.kind(), "not a routing message"),
+        }
+    }
+}
+
+/// Send the outcomes of pushes forwarded here back to the nodes that accepted them.
+async fn relay_outcomes(
+    inner: Arc<Inner>,
+    mut outcomes: broadcast::Receiver<herald_actors::OutcomeRecord>,
+) {
+    loop {
+        let record = match outcomes.recv().await {
+            Ok(record) => record,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                metrics::counter!("herald_routing_outcomes_lost_total").increment(missed);
+                tracing::warn!(
+                    missed,
+                    "outcome relay lagged; those outcomes stay on this node"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(origin) = lock(&inner.origins).take(record.push_id.as_u128()) else {
+            continue;
+        };
+        let Some(link) = inner.links.get(&origin) else {
+            continue;
+        };
+        match encode_outcome(&record.outcome) {
+            Ok(outcome) => {
+                let push_id = transport::PushId(record.push_id.as_u128().to_be_bytes());
+                if let Err(e) = link.try_send(PeerMessage::Outcome { push_id, outcome }) {
+                    metrics::counter!("herald_routing_outcomes_lost_total").increment(1);
+                    tracing::debug!(to = origin, error = %e, "outcome not sent");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "outcome not encodable"),
+        }
+    }
+}
