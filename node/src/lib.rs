@@ -1,7 +1,7 @@
 //! # herald-node
 //!
 //! The `herald` binary's commands as a library, so integration tests can run them: the
-//! demo, the standalone emulator, the benchmarks and the HTTP API ([`api`]). The node, admin and push
+//! demo, the standalone emulator and the benchmarks. The HTTP API node, admin and push
 //! commands come with the "herald node" issue.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -916,3 +916,140 @@ async fn gorush_requests_are_delivered_and_answered_like_gorush() {
         .await;
     assert_eq!(empty.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_get_signed_outcomes_at_least_once_after_failures() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+
+    const SECRET: &str = "webhook-secret-0123456789";
+    // A receiver on 127.0.0.1 that fails its first request with 500.
+    type Log = Vec<(Option<String>, Bytes)>;
+    let received: Arc<Mutex<Log>> = Arc::default();
+    let log = received.clone();
+    let receiver = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let log = log.clone();
+            async move {
+                let signature = headers
+                    .get("x-herald-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let mut log = log.lock().unwrap();
+                log.push((signature, body));
+                if log.len() == 1 {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let env = start(Options::default()).await;
+    let url = format!("http://127.0.0.1:{}/hooks", addr.port());
+    let bad = env
+        .call(
+            "PUT",
+            "/v1/webhook",
+            Some(&env.acme),
+            Some(json!({"url": "https://x/", "secret": SECRET})),
+        )
+        .await;
+    assert_eq!(
+        (bad.code(), bad.body["error"]["field"].clone()),
+        ("invalid_field", json!("url"))
+    );
+    let set = env
+        .call(
+            "PUT",
+            "/v1/webhook",
+            Some(&env.acme),
+            Some(json!({"url": url, "secret": SECRET})),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    let got = env
+        .call("GET", "/v1/webhook", Some(&env.acme_read), None)
+        .await;
+    assert_eq!(got.body, json!({"url": url}), "the secret is never shown");
+    let theirs = env
+        .call("GET", "/v1/webhook", Some(&env.globex), None)
+        .await;
+    assert_eq!(theirs.code(), "not_found");
+
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let answer = env
+            .call(
+                "POST",
+                "/v1/push",
+                Some(&env.acme),
+                Some(alert(&token(800 + n))),
+            )
+            .await;
+        ids.push(answer.body["id"].as_str().unwrap().to_owned());
+    }
+    // globex's outcomes never reach acme's webhook.
+    env.call(
+        "POST",
+        "/v1/push",
+        Some(&env.globex),
+        Some(alert(&token(810))),
+    )
+    .await;
+
+    let delivered = |log: &[(Option<String>, Bytes)]| -> Vec<String> {
+        // Only events from acknowledged (2xx) requests count: every request after the first.
+        log.iter()
+            .skip(1)
+            .flat_map(|(_, body)| {
+                let v: Value = serde_json::from_slice(body).unwrap();
+                v["events"].as_array().unwrap().clone()
+            })
+            .map(|e| e["push_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    eventually("both outcomes acknowledged by the webhook", || {
+        let log = received.lock().unwrap();
+        let seen = delivered(&log);
+        ids.iter().all(|id| seen.contains(id))
+    })
+    .await;
+    let log = received.lock().unwrap().clone();
+    assert!(log.len() >= 2, "the failed request was retried");
+    for (signature, body) in &log {
+        assert_eq!(
+            signature.as_deref(),
+            Some(herald_node::api::webhook_signature(SECRET.as_bytes(), body).as_str())
+        );
+        let v: Value = serde_json::from_slice(body).unwrap();
+        for event in v["events"].as_array().unwrap() {
+            assert!(
+                ids.contains(&event["push_id"].as_str().unwrap().to_owned()),
+                "{event}"
+            );
+            assert_eq!(event["outcome"], "delivered");
+        }
+    }
+    // The first (failed) request's events were sent again.
+    let first: Value = serde_json::from_slice(&log[0].1).unwrap();
+    let retried = delivered(&log);
+    for event in first["events"].as_array().unwrap() {
+        assert!(retried.contains(&event["push_id"].as_str().unwrap().to_owned()));
+    }
+
+    let removed = env
+        .call("DELETE", "/v1/webhook", Some(&env.acme), None)
+        .await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    let gone = env.call("GET", "/v1/webhook", Some(&env.acme), None).await;
+    assert_eq!(gone.code(), "not_found");
+    server.abort();
+}

@@ -648,3 +648,60 @@ pub(crate) async fn broadcast(
     });
     Ok((StatusCode::OK, Json(body)).into_response())
 }
+
+/// `PUT /v1/webhook`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookRequest {
+    tenant: Option<String>,
+    url: String,
+    secret: String,
+}
+
+fn webhooks(state: &ApiState) -> Result<&super::Webhooks, ApiError> {
+    state
+        .webhooks
+        .as_ref()
+        .ok_or_else(|| ApiError::new("unavailable", "webhooks are not enabled on this node"))
+}
+
+pub(crate) async fn set_webhook(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<WebhookRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant_for(Scope::Push, request.tenant.as_deref())?;
+    let hooks = webhooks(&state)?;
+    if state.backends.tenants.get(tenant).await.is_none() {
+        return Err(ApiError::new(
+            "unknown_tenant",
+            format!("unknown tenant {tenant:?}"),
+        ));
+    }
+    let target = super::WebhookTarget::new(&request.url, &request.secret)?;
+    hooks.set(tenant, target);
+    Ok(Json(json!({"url": request.url})))
+}
+
+pub(crate) async fn get_webhook(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant_for(Scope::Read, None)?;
+    match webhooks(&state)?.get(tenant) {
+        Some(target) => Ok(Json(json!({"url": target.url()}))),
+        None => Err(ApiError::new("not_found", "no webhook is set")),
+    }
+}
+
+pub(crate) async fn delete_webhook(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
+    let tenant = caller.tenant_for(Scope::Push, None)?;
+    if webhooks(&state)?.remove(tenant) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new("not_found", "no webhook is set"))
+    }
+}

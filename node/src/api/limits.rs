@@ -65,3 +65,31 @@ pub const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 const _: () = assert!(PUSH_BATCH_MAX <= BROADCAST_PAGE_MAX);
 const _: () = assert!(PAGE_LIMIT_MAX <= BROADCAST_PAGE_MAX);
 const _: () = assert!(KEY_TTL_DEFAULT.as_secs() <= KEY_TTL_MAX.as_secs());
+
+/// Outcome events queued per tenant for its webhook; past it the oldest are dropped
+/// (counted in `herald_api_webhook_dropped_total`).
+pub const WEBHOOK_QUEUE_MAX: usize = 10_000;
+
+/// Events per webhook request at most.
+pub const WEBHOOK_BATCH_MAX: usize = 100;
+
+/// How long one webhook request may take (connect, send, status line).
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Webhook retry backoff: first delay ceiling, and the largest.
+pub const WEBHOOK_BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// See [`WEBHOOK_BACKOFF_BASE`].
+pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Webhook secret length bounds, in bytes.
+pub const WEBHOOK_SECRET_BYTES_MIN: usize = 16;
+/// See [`WEBHOOK_SECRET_BYTES_MIN`].
+pub const WEBHOOK_SECRET_BYTES_MAX: usize = 256;
+
+/// Longest webhook URL, in bytes.
+pub const WEBHOOK_URL_BYTES_MAX: usize = 2048;
+
+/// Bytes of a webhook answer read to find its status line.
+pub const WEBHOOK_ANSWER_BYTES_MAX: usize = 1024;
+
+const _: () = assert!(WEBHOOK_BATCH_MAX <= WEBHOOK_QUEUE_MAX);

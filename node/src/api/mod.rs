@@ -20,6 +20,7 @@ mod idempotency;
 mod json;
 pub mod limits;
 mod local;
+mod webhooks;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -27,7 +28,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use herald_actors::seams::DetRng;
 use tracing::Instrument;
 
@@ -42,6 +43,7 @@ pub use backend::{
 pub use error::{ApiError, ERROR_CODES};
 pub use idempotency::push_id_for_key;
 pub use local::LocalBackend;
+pub use webhooks::{SIGNATURE_HEADER, WebhookTarget, Webhooks, webhook_signature};
 
 /// One route: its method, its path (axum syntax, `{param}`) and what serves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,9 @@ enum Handler {
     KeyIssue,
     KeyRevoke,
     GorushPush,
+    WebhookGet,
+    WebhookSet,
+    WebhookDelete,
 }
 
 const fn route(method: &'static str, path: &'static str, scope: Scope, handler: Handler) -> Route {
@@ -110,6 +115,9 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/keys", Scope::Admin, Handler::KeyIssue),
     route("DELETE", "/v1/keys/{id}", Scope::Admin, Handler::KeyRevoke),
     route("POST", "/api/push", Scope::Push, Handler::GorushPush),
+    route("GET", "/v1/webhook", Scope::Read, Handler::WebhookGet),
+    route("PUT", "/v1/webhook", Scope::Push, Handler::WebhookSet),
+    route("DELETE", "/v1/webhook", Scope::Push, Handler::WebhookDelete),
 ];
 
 /// The backends the API works against.
@@ -144,6 +152,7 @@ pub struct ApiState {
     keys: Arc<ApiKeys>,
     revocations: Arc<dyn RevocationSet>,
     rng: Arc<Mutex<DetRng>>,
+    webhooks: Option<Webhooks>,
 }
 
 impl ApiState {
@@ -160,7 +169,14 @@ impl ApiState {
             keys: Arc::new(keys),
             revocations,
             rng: Arc::new(Mutex::new(DetRng::from_seed(rng_seed))),
+            webhooks: None,
         }
+    }
+
+    /// Serve `/v1/webhook` with `webhooks` (without, those routes answer 503).
+    pub fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
     }
 
     /// The key issuer and verifier.
@@ -210,6 +226,9 @@ fn method_router(route: &Route) -> MethodRouter<ApiState> {
         Handler::KeyIssue => on(post(admin::issue_key)),
         Handler::KeyRevoke => on(delete(admin::revoke_key)),
         Handler::GorushPush => on(post(gorush::push)),
+        Handler::WebhookGet => on(get(handlers::get_webhook)),
+        Handler::WebhookSet => on(put(handlers::set_webhook)),
+        Handler::WebhookDelete => on(delete(handlers::delete_webhook)),
     }
 }
 

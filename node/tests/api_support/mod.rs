@@ -15,7 +15,7 @@ use herald_actors::seams::{ManualClock, Timestamp};
 use herald_actors::{Credentials, Endpoint, Herald, TenantConfig, Tuning};
 use herald_node::api::{
     ApiKeys, ApiState, Backends, KeyRequest, LocalBackend, MemoryRevocations, Scope, TenantInfo,
-    router,
+    Webhooks, router,
 };
 use herald_sim::emulator::{Emulator, EmulatorConfig, GeneratedKey, TeamConfig};
 use serde_json::Value;
@@ -125,7 +125,12 @@ pub async fn start(options: Options) -> Env {
         keys,
         Arc::new(MemoryRevocations::new()),
         99,
-    );
+    )
+    .with_webhooks(Webhooks::start(
+        herald.outcomes(),
+        Arc::new(herald_actors::seams::TcpConnector),
+        5,
+    ));
     Env {
         app: router(state),
         emulator,
