@@ -100,6 +100,9 @@ pub(crate) async fn delete_tenant(
         .delete(&id)
         .await
         .map_err(admin_error)?;
+    if let Some(webhooks) = &state.webhooks {
+        webhooks.remove(&id);
+    }
     tracing::info!(tenant = %id, "tenant removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -392,7 +392,52 @@ async fn post(
 
 #[cfg(test)]
 mod tests {
+    use herald_actors::apns::DeviceToken;
+    use herald_actors::seams::{BoxFuture, BoxStream, Connector};
+    use herald_actors::{Outcome, PushId};
+
     use super::*;
+
+    /// Refuses every connection, so nothing ever leaves the queue.
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl Connector for Refusing {
+        fn connect<'a>(&'a self, _: &'a str, _: u16) -> BoxFuture<'a, std::io::Result<BoxStream>> {
+            Box::pin(async { Err(std::io::ErrorKind::ConnectionRefused.into()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_its_oldest_events() {
+        let (tx, rx) = broadcast::channel(1);
+        let hooks = Webhooks::start(rx, Arc::new(Refusing), 1);
+        hooks.set(
+            "acme",
+            WebhookTarget::new("http://127.0.0.1:9/", "0123456789abcdef").unwrap(),
+        );
+        let record = |n: u128, tenant: &str| OutcomeRecord {
+            push_id: PushId::from_u128(n),
+            tenant: tenant.into(),
+            device_token: DeviceToken::from_bytes(&[7u8; 32]).unwrap(),
+            outcome: Outcome::Expired,
+            attempts: 0,
+        };
+        let extra = 5;
+        for n in 0..(limits::WEBHOOK_QUEUE_MAX + extra) as u128 {
+            hooks.enqueue(&record(n, "acme"));
+        }
+        hooks.enqueue(&record(0, "globex")); // no webhook: ignored
+        let tenants = hooks.tenants();
+        let queue = tenants["acme"].queue.lock().unwrap();
+        assert_eq!(queue.events.len(), limits::WEBHOOK_QUEUE_MAX);
+        assert_eq!(
+            queue.events.front().map(|(seq, _)| *seq),
+            Some(extra as u64)
+        );
+        assert_eq!(tenants.len(), 1);
+        drop(tx);
+    }
 
     #[test]
     fn targets_are_checked() {
