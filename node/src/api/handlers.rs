@@ -445,7 +445,12 @@ pub(crate) async fn list_devices(
         tags: query
             .tags
             .as_deref()
-            .map(|t| t.split(',').map(str::to_owned).collect())
+            .map(|t| {
+                t.split(',')
+                    .filter(|tag| !tag.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default(),
     };
     let page = state
