@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+pub mod api;
 pub mod bench;
 pub mod bench_engine;
 pub mod demo;

@@ -1,0 +1,172 @@
+//! The admin routes (admin scope, operator keys): tenants and API keys.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Caller, KeyError, KeyRequest, RevocationError, Scope};
+use super::backend::{AdminError, TenantSpec};
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::{ApiState, limits};
+
+fn admin_error(e: AdminError) -> ApiError {
+    match e {
+        AdminError::Unknown(id) => {
+            ApiError::new("unknown_tenant", format!("unknown tenant {id:?}"))
+        }
+        AdminError::Exists(id) => ApiError::new("tenant_exists", format!("tenant {id:?} exists")),
+        AdminError::Invalid { field, message } => ApiError::invalid(field, message),
+        AdminError::Full(n) => ApiError::new(
+            "limit_reached",
+            format!("{n} tenants exist; at most {}", limits::TENANTS_MAX),
+        ),
+        other => ApiError::new("unavailable", other.to_string()),
+    }
+}
+
+pub(crate) async fn list_tenants(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let tenants = state.backends.tenants.list().await;
+    Ok(Json(json!({ "tenants": tenants })))
+}
+
+/// `POST /v1/tenants`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TenantRequest {
+    id: String,
+    team_id: String,
+    key_id: String,
+    p8_pem: String,
+    queue_max: Option<usize>,
+}
+
+pub(crate) async fn create_tenant(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<TenantRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    if request.queue_max == Some(0) {
+        return Err(ApiError::invalid("queue_max", "must be at least 1"));
+    }
+    let spec = TenantSpec {
+        id: request.id,
+        team_id: request.team_id,
+        key_id: request.key_id,
+        p8_pem: request.p8_pem,
+        queue_max: request.queue_max,
+    };
+    let info = state
+        .backends
+        .tenants
+        .create(spec)
+        .await
+        .map_err(admin_error)?;
+    tracing::info!(tenant = %info.id, "tenant created");
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+pub(crate) async fn get_tenant(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    match state.backends.tenants.get(&id).await {
+        Some(info) => Ok(Json(info).into_response()),
+        None => Err(admin_error(AdminError::Unknown(id))),
+    }
+}
+
+pub(crate) async fn delete_tenant(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    state
+        .backends
+        .tenants
+        .delete(&id)
+        .await
+        .map_err(admin_error)?;
+    if let Some(webhooks) = &state.webhooks {
+        webhooks.remove(&id);
+    }
+    tracing::info!(tenant = %id, "tenant removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyIssueRequest {
+    tenant: Option<String>,
+    scopes: Vec<String>,
+    ttl_secs: Option<u64>,
+}
+
+pub(crate) async fn issue_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<KeyIssueRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let mut scopes = Vec::with_capacity(request.scopes.len());
+    for name in &request.scopes {
+        scopes.push(
+            Scope::parse(name)
+                .ok_or_else(|| ApiError::invalid("scopes", format!("unknown scope {name:?}")))?,
+        );
+    }
+    if let Some(tenant) = &request.tenant
+        && state.backends.tenants.get(tenant).await.is_none()
+    {
+        return Err(admin_error(AdminError::Unknown(tenant.clone())));
+    }
+    let key_request = KeyRequest {
+        tenant: request.tenant,
+        scopes,
+        ttl: request
+            .ttl_secs
+            .map_or(limits::KEY_TTL_DEFAULT, Duration::from_secs),
+    };
+    let id = state.uuid().to_string();
+    let issued = state.keys.issue(&key_request, &id).map_err(|e| match e {
+        KeyError::InvalidRequest(m) => ApiError::invalid("scopes", m),
+        other => ApiError::new("internal", other.to_string()),
+    })?;
+    tracing::info!(key_id = %issued.id, tenant = ?issued.tenant, "API key issued");
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+pub(crate) async fn revoke_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    if id.is_empty() || id.len() > limits::IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(ApiError::invalid("id", "not a key id"));
+    }
+    let now = state.keys.now();
+    // A key lives at most KEY_TTL_MAX, so its revocation need not outlive that.
+    state
+        .revocations
+        .revoke(&id, now.saturating_add(limits::KEY_TTL_MAX), now)
+        .map_err(|e| match e {
+            RevocationError::Full(_) => ApiError::new("limit_reached", e.to_string()),
+        })?;
+    tracing::info!(key_id = %id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
