@@ -347,3 +347,63 @@ async fn p8_swap_while_pushes_flow_loses_nothing_and_uses_the_new_key() {
     assert!(node.shutdown().await.engine.drained);
     s.emulator.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_tenants_and_keeps_everything_on_a_bad_config() {
+    let (s, kid1) = setup("").await;
+    let node = Node::start(&s.config_path, Overrides::default())
+        .await
+        .unwrap();
+    let reloader = node.reloader().clone();
+    assert_eq!(reloader.poll().await, None, "nothing changed yet");
+
+    let replace_config = |text: String| {
+        let tmp = s.dir.path().join("herald.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &s.config_path).unwrap();
+    };
+    let original = std::fs::read_to_string(&s.config_path).unwrap();
+
+    // An invalid configuration changes nothing and is reported once.
+    replace_config(original.replace("[limits]", "[limits]\nshardz = 3"));
+    let report = reloader.reload().await;
+    assert!(report.updated.is_empty() && report.added.is_empty());
+    assert!(report.errors[0].contains("shardz"), "{report:?}");
+    assert_eq!(
+        reloader.poll().await,
+        None,
+        "a bad file is reported once, not every poll"
+    );
+    assert_eq!(
+        reloader.status("acme").unwrap().key_id.as_deref(),
+        Some(kid1.as_str())
+    );
+
+    // A new tenant in the file is added to the running engine.
+    let key = s
+        .emulator
+        .core()
+        .generate_team_key("TEAMGLOBEX", &["com.example.globex"])
+        .unwrap();
+    std::fs::write(s.dir.path().join("globex.p8"), &key.p8_pem).unwrap();
+    replace_config(format!(
+        "{original}\n[[tenants]]\nid = \"globex\"\nteam_id = \"TEAMGLOBEX\"\nkey_id = \"{}\"\n\
+         p8 = \"globex.p8\"\ntopics = [\"com.example.globex\"]\n",
+        key.key_id
+    ));
+    let report = reloader.poll().await.expect("the config change is seen");
+    assert_eq!(report.added, vec!["globex".to_owned()], "{report:?}");
+    assert!(report.updated.is_empty(), "acme did not change: {report:?}");
+    node.engine().tenant_status("globex").await.unwrap();
+    assert_eq!(
+        reloader
+            .tenant_sections()
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        ["acme", "globex"]
+    );
+
+    assert!(node.shutdown().await.engine.drained);
+    s.emulator.shutdown().await;
+}
