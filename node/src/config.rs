@@ -518,9 +518,11 @@ impl NodeConfig {
             file: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', " | "),
         })?;
-        config.apply(overrides);
+        // File paths are relative to the file; paths from flags and the environment are
+        // taken as given (relative to the working directory).
         let base = path.parent().unwrap_or(Path::new(""));
         config.resolve_paths(base);
+        config.apply(overrides);
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
@@ -560,6 +562,14 @@ impl NodeConfig {
             .iter()
             .filter_map(|(id, addr)| Some((id.parse().ok()?, addr.clone())))
             .collect()
+    }
+
+    /// Read the API-key secret (`node.api_key_secret_file`, one trailing newline removed).
+    ///
+    /// # Errors
+    /// A message naming the file (never its contents).
+    pub fn api_key_secret(&self) -> Result<Secret, String> {
+        read_secret_line(&self.node.api_key_secret_file)
     }
 
     /// The tenant with id `id`.
@@ -943,6 +953,19 @@ fn validate_tenant(at: &str, t: &TenantSection, p: &mut Problems) {
         }
         (None, Some(_)) => p.add(f("webhook_url"), "webhook_secret_file needs webhook_url"),
         (None, None) => {}
+    }
+}
+
+impl TenantSection {
+    /// Read the webhook's HMAC secret (`webhook_secret_file`), if the tenant has a webhook.
+    ///
+    /// # Errors
+    /// A message naming the file (never its contents).
+    pub fn webhook_secret(&self) -> Result<Option<Secret>, String> {
+        self.webhook_secret_file
+            .as_deref()
+            .map(read_secret_line)
+            .transpose()
     }
 }
 

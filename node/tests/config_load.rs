@@ -85,6 +85,7 @@ fn overrides_win_over_the_file() {
         api_listen: Some("127.0.0.1:19090".parse().unwrap()),
         log_format: Some(LogFormat::Text),
         shards: Some(16),
+        data_dir: Some(PathBuf::from("elsewhere")),
         ..Overrides::default()
     };
     let config = NodeConfig::load(&path, &overrides).unwrap();
@@ -92,6 +93,15 @@ fn overrides_win_over_the_file() {
     assert_eq!(config.node.api_listen.port(), 19090);
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.limits.shards, 16);
+    assert_eq!(
+        config.node.data_dir,
+        PathBuf::from("elsewhere"),
+        "flag paths: as given"
+    );
+    assert_eq!(
+        config.api_key_secret().unwrap().expose().len(),
+        "s3cr3t-".len() * 8
+    );
     assert_eq!(config.node.id, 3, "not overridden: from the file");
 }
 
