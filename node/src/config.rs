@@ -408,7 +408,10 @@ pub enum ConfigError {
         message: String,
     },
     /// Values parsed but are invalid.
-    #[error("{file}: {}", problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("; "))]
+    #[error(
+        "{file}: invalid configuration:{}",
+        problems.iter().map(|p| format!("\n  {p}")).collect::<String>()
+    )]
     Invalid {
         /// The file.
         file: PathBuf,
