@@ -609,6 +609,12 @@ impl Herald {
         }
     }
 
+    /// True while the engine takes new pushes: [`shutdown`](Self::shutdown) has not been
+    /// called and its supervisor has not given up (a readiness probe).
+    pub fn is_accepting(&self) -> bool {
+        self.inner.accepting.load(Ordering::Acquire) && self.inner.engine.failure().is_none()
+    }
+
     /// Fault injection for tests: crash one connection actor of `tenant`.
     #[doc(hidden)]
     pub async fn crash_connection(&self, tenant: &str) -> bool {

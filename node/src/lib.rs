@@ -1,8 +1,8 @@
 //! # herald-node
 //!
 //! The `herald` binary's commands as a library, so integration tests can run them: the
-//! demo, the standalone emulator and the benchmarks. The HTTP API node, admin and push
-//! commands come with the "herald node" issue.
+//! demo, the standalone emulator, the benchmarks and `herald node` (configuration,
+//! credentials and their reload, logging, ops endpoints, the node server).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -10,7 +10,12 @@
 pub mod api;
 pub mod bench;
 pub mod bench_engine;
+pub mod config;
+pub mod credentials;
 pub mod demo;
 pub mod emulator_cmd;
+pub mod logging;
+pub mod ops;
 pub mod pusher;
+pub mod server;
 pub mod summary;

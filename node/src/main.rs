@@ -1,22 +1,25 @@
-//! The `herald` command: demo, emulator and benchmarks (node, admin and push come with the
-//! HTTP API node).
+//! The `herald` command: node, demo, emulator and benchmarks (admin and push come with the
+//! HTTP API).
 
 use clap::{Parser, Subcommand};
-use herald_node::{bench, demo, emulator_cmd};
+use herald_node::{bench, demo, emulator_cmd, server};
 
 /// Herald: a distributed APNs provider.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about)]
 struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `herald_actors=debug`.
-    #[arg(long, global = true, env = "HERALD_LOG", default_value = "warn")]
-    log: String,
+    /// Default `warn`; for `herald node`, the configuration's `[log] filter`.
+    #[arg(long, global = true, env = "HERALD_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// One cluster node: engine, cluster, HTTP server (see docs/operations.md).
+    Node(server::NodeArgs),
     /// The demo: the APNs emulator and a push workload, a progress bar and a summary.
     Demo(demo::DemoArgs),
     /// The APNs emulator as a standalone server.
@@ -27,11 +30,18 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Node(args) => return server::main(args, cli.log),
+        other => other,
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            cli.log.as_deref().unwrap_or("warn"),
+        ))
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    match command {
+        Command::Node(_) => Ok(()),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)).map(drop),
         Command::Emulator(args) => runtime()?.block_on(emulator_cmd::run(args)),
         Command::Bench(args) => bench::run(args),

@@ -1,0 +1,503 @@
+//! `herald node --config herald.toml`: one cluster node.
+//!
+//! [`Node::start_with`] loads the configuration and starts, in order:
+//! 1. the cluster node ([`ClusterNode::start`]: Raft state in `data_dir/raft.redb`, links
+//!    secured by mutual TLS from `[cluster.tls]`; a configuration without peers is a
+//!    single-node cluster);
+//! 2. the engine ([`Herald`]): the write-ahead log `data_dir/wal.redb` ([`FileWal`] behind a
+//!    [`GroupCommitWal`]), the replicated token state, the tenants from the configuration;
+//! 3. the credential reloader ([`CredentialReloader`]: file poll and `SIGHUP`);
+//! 4. the HTTP server (axum): [`ops::router`] merged with the router the caller builds from
+//!    a [`NodeContext`] (the HTTP API).
+//!
+//! [`Node::shutdown`] (what `SIGTERM` and `SIGINT` run, see [`run`]) stops in the reverse
+//! order: `/readyz` turns 503 (load balancers stop sending), the engine stops taking
+//! pushes and drains for up to `shutdown_deadline_secs` ([`Herald::shutdown`]: pushes still
+//! pending stay in the WAL for the next start), the reloader stops, the cluster node stops
+//! (releasing its store), and the HTTP server finishes its open requests. Every WAL append
+//! and completion is committed (fsync'd) before it returns, so nothing is left to flush.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use herald_actors::apns::ApnsTlsConfig;
+use herald_actors::seams::{SharedClock, SystemClock};
+use herald_actors::wal::{FileWal, GroupCommitWal};
+use herald_actors::{Endpoint, Herald, ShutdownReport, Tuning};
+use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+use herald_cluster::transport::tls::{LinkSecurity, MutualTls};
+use herald_cluster::transport::{ClusterId, NodeId};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ApnsEnvironment, NodeConfig, Overrides};
+use crate::credentials::{CredentialReloader, load_tenants};
+use crate::ops::{self, ClusterProbe, DrainProbe, EngineProbe, METRICS_UPKEEP_PERIOD, OpsState};
+
+/// The write-ahead log's file name in `data_dir`.
+pub const WAL_FILE: &str = "wal.redb";
+/// The Raft store's file name in `data_dir`.
+pub const RAFT_FILE: &str = "raft.redb";
+/// How long the HTTP server may take to finish open requests after the engine stopped.
+pub const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopped node waits for the engine's last users to release the write-ahead log
+/// file (so the same data directory can be opened again in this process).
+pub const WAL_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// What the HTTP API is built from: the parts of a starting node.
+#[derive(Debug)]
+pub struct NodeContext<'a> {
+    /// The configuration in force.
+    pub config: &'a NodeConfig,
+    /// The engine.
+    pub engine: &'a Herald,
+    /// The cluster node.
+    pub cluster: &'a ClusterNode,
+    /// The credential reloader (the tenants' sections: topics, webhooks).
+    pub reloader: &'a Arc<CredentialReloader>,
+}
+
+/// A running node. Stop it with [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    engine: Herald,
+    cluster: ClusterNode,
+    reloader: Arc<CredentialReloader>,
+    drain: DrainProbe,
+    api_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+    wal: Weak<FileWal>,
+}
+
+/// What a shutdown achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownSummary {
+    /// The engine's drain.
+    pub engine: ShutdownReport,
+    /// The HTTP server finished its open requests within [`HTTP_SHUTDOWN_GRACE`].
+    pub http_clean: bool,
+    /// The write-ahead log file was closed within [`WAL_RELEASE_WAIT`] (false while someone
+    /// still holds a clone of the engine handle).
+    pub wal_released: bool,
+}
+
+impl Node {
+    /// Start a node with the ops endpoints only.
+    ///
+    /// # Errors
+    /// Any part that does not start (the message names it).
+    pub async fn start(config_path: &Path, overrides: Overrides) -> anyhow::Result<Node> {
+        Node::start_with(config_path, overrides, |_| Router::new()).await
+    }
+
+    /// Start a node, merging `api(&context)` into the HTTP server next to the ops routes.
+    ///
+    /// # Errors
+    /// Any part that does not start (the message names it).
+    pub async fn start_with(
+        config_path: &Path,
+        overrides: Overrides,
+        api: impl FnOnce(&NodeContext<'_>) -> Router,
+    ) -> anyhow::Result<Node> {
+        let config = NodeConfig::load(config_path, &overrides)?;
+        let clock: SharedClock = Arc::new(SystemClock);
+        std::fs::create_dir_all(&config.node.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.node.data_dir.display()))?;
+        let tenants = load_tenants(&config, &clock)?;
+        let endpoint = endpoint(&config)?;
+
+        let cluster = start_cluster(&config).await?;
+
+        let wal_path = config.node.data_dir.join(WAL_FILE);
+        let wal = match FileWal::open(&wal_path) {
+            Ok(wal) => Arc::new(wal),
+            Err(e) => {
+                cluster.stop().await;
+                bail!("opening the write-ahead log {}: {e}", wal_path.display());
+            }
+        };
+        let wal_weak = Arc::downgrade(&wal);
+        let mut tuning = Tuning::default();
+        tuning.shard_queue_max = config.limits.shard_queue_max;
+        tuning.shard_inflight_max = config.limits.shard_inflight_max;
+        let mut builder = Herald::builder();
+        builder
+            .endpoint(endpoint)
+            .clock(clock.clone())
+            .shards(config.limits.shards)
+            .tuning(tuning)
+            .wal(Arc::new(GroupCommitWal::spawn(wal)))
+            .token_state(cluster.token_state());
+        for t in &tenants {
+            builder.tenant(t.config.clone());
+        }
+        let engine = match builder.build().await {
+            Ok(engine) => engine,
+            Err(e) => {
+                cluster.stop().await;
+                bail!("starting the engine: {e}");
+            }
+        };
+
+        let reloader = Arc::new(CredentialReloader::new(
+            config_path.to_owned(),
+            overrides,
+            &config,
+            &tenants,
+            engine.clone(),
+            clock,
+        ));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut background = vec![
+            reloader
+                .clone()
+                .spawn(config.reload_poll(), stop_rx.clone()),
+        ];
+
+        let metrics = ops::metrics_handle();
+        background.push(tokio::spawn(upkeep(metrics.clone(), stop_rx.clone())));
+        let drain = DrainProbe::new();
+        let state = OpsState::new(metrics)
+            .probe("shutdown", Arc::new(drain.clone()))
+            .probe("engine", Arc::new(EngineProbe(engine.clone())))
+            .probe("cluster", Arc::new(ClusterProbe(cluster.applied())));
+        let context = NodeContext {
+            config: &config,
+            engine: &engine,
+            cluster: &cluster,
+            reloader: &reloader,
+        };
+        let app = ops::router(state).merge(api(&context));
+        let listener = match TcpListener::bind(config.node.api_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = stop.send(true);
+                engine.shutdown(Duration::ZERO).await;
+                cluster.stop().await;
+                bail!("binding node.api_listen {}: {e}", config.node.api_listen);
+            }
+        };
+        let api_addr = listener.local_addr()?;
+        let mut http_stop = stop_rx;
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(
+            node = config.node.id, region = %config.node.region, api = %api_addr,
+            cluster = %cluster.local_addr(), tenants = tenants.len(), "herald node started"
+        );
+        Ok(Node {
+            config,
+            engine,
+            cluster,
+            reloader,
+            drain,
+            api_addr,
+            stop,
+            http,
+            background,
+            wal: wal_weak,
+        })
+    }
+
+    /// The address the HTTP server listens on.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The address the cluster listener listens on.
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.cluster.local_addr()
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Herald {
+        &self.engine
+    }
+
+    /// The configuration in force at start.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The credential reloader.
+    pub fn reloader(&self) -> &Arc<CredentialReloader> {
+        &self.reloader
+    }
+
+    /// Stop: readiness off, drain the engine for up to the configured deadline, stop the
+    /// reloader and the cluster node, let the HTTP server finish. See the [module docs](self).
+    pub async fn shutdown(self) -> ShutdownSummary {
+        tracing::info!(
+            deadline_secs = self.config.node.shutdown_deadline_secs,
+            "shutting down: draining accepted pushes"
+        );
+        self.drain.start_draining();
+        let engine = self.engine.shutdown(self.config.shutdown_deadline()).await;
+        if engine.drained {
+            tracing::info!("every accepted push has its outcome");
+        } else {
+            tracing::warn!(
+                remaining = engine.remaining,
+                "shutdown deadline passed; the remaining pushes stay in the write-ahead log \
+                 and are sent after the next start"
+            );
+        }
+        let _ = self.stop.send(true);
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.cluster.stop().await;
+        let mut http = self.http;
+        let http_clean = match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, &mut http).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "HTTP server ended with an error");
+                false
+            }
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::warn!("HTTP requests still open after the grace period; closing them");
+                http.abort();
+                false
+            }
+        };
+        drop(self.engine);
+        drop(self.reloader);
+        let until = tokio::time::Instant::now() + WAL_RELEASE_WAIT;
+        while self.wal.strong_count() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let wal_released = self.wal.strong_count() == 0;
+        if !wal_released {
+            tracing::warn!("the write-ahead log is still open: an engine handle is still held");
+        }
+        tracing::info!("herald node stopped");
+        ShutdownSummary {
+            engine,
+            http_clean,
+            wal_released,
+        }
+    }
+}
+
+/// `herald node`: start, run until `SIGTERM` or `SIGINT`, shut down.
+///
+/// # Errors
+/// If the node does not start.
+pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<ShutdownSummary> {
+    let node = Node::start(&config_path, overrides).await?;
+    let signal = termination_signal().await;
+    tracing::info!(signal, "termination signal received");
+    Ok(node.shutdown().await)
+}
+
+/// Wait for `SIGTERM` or `SIGINT` (Ctrl-C); answers the signal's name.
+pub async fn termination_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                biased;
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// The APNs endpoint the configuration names.
+///
+/// # Errors
+/// If the custom CA file does not load.
+pub fn endpoint(config: &NodeConfig) -> anyhow::Result<Endpoint> {
+    let a = &config.apns;
+    Ok(match a.endpoint {
+        ApnsEnvironment::Production => Endpoint::production(),
+        ApnsEnvironment::Sandbox => Endpoint::sandbox(),
+        ApnsEnvironment::Custom => {
+            let host = a.host.clone().context("apns.host is required for custom")?;
+            let port = a.port.unwrap_or(443);
+            if a.plaintext {
+                Endpoint::plaintext(host, port)
+            } else {
+                let mut tls = ApnsTlsConfig::new();
+                if let Some(ca) = &a.ca_file {
+                    let pem = std::fs::read(ca)
+                        .with_context(|| format!("apns.ca_file: reading {}", ca.display()))?;
+                    tls.webpki_roots(false).add_root_certificates_pem(&pem);
+                    // Fail now, not at the first connection.
+                    tls.build()
+                        .with_context(|| format!("apns.ca_file: {}", ca.display()))?;
+                }
+                Endpoint::tls(host, port, tls)
+            }
+        }
+    })
+}
+
+async fn start_cluster(config: &NodeConfig) -> anyhow::Result<ClusterNode> {
+    if let Some(join) = &config.cluster.join {
+        bail!(
+            "cluster.join = {join:?}: joining a running cluster needs membership changes, which \
+             herald-cluster does not implement yet; list every initial voter in cluster.peers"
+        );
+    }
+    let mut peers = std::collections::BTreeMap::new();
+    for (id, addr) in config.peer_addresses() {
+        let resolved = tokio::net::lookup_host(addr.as_str())
+            .await
+            .with_context(|| format!("cluster.peers.{id}: resolving {addr}"))?
+            .next()
+            .with_context(|| format!("cluster.peers.{id}: {addr} resolves to no address"))?;
+        peers.insert(id, resolved);
+    }
+    let security = match &config.cluster.tls {
+        Some(tls) => {
+            let read = |field: &str, path: &Path| {
+                std::fs::read(path)
+                    .with_context(|| format!("cluster.tls.{field}: reading {}", path.display()))
+            };
+            let mutual = MutualTls::from_pem(
+                &read("ca", &tls.ca)?,
+                &read("cert", &tls.cert)?,
+                &read("key", &tls.key)?,
+            )
+            .context("cluster.tls")?;
+            if mutual.node() != NodeId(config.node.id) {
+                bail!(
+                    "cluster.tls.cert: the certificate names node {}, but node.id is {}",
+                    mutual.node(),
+                    config.node.id
+                );
+            }
+            LinkSecurity::MutualTls(Arc::new(mutual))
+        }
+        None => LinkSecurity::Plaintext,
+    };
+    let listener = TcpListener::bind(config.node.cluster_listen)
+        .await
+        .with_context(|| format!("binding node.cluster_listen {}", config.node.cluster_listen))?;
+    let cluster = ClusterConfig::new(
+        config.node.id,
+        ClusterId(config.cluster.id),
+        peers,
+        config.node.region.clone(),
+        StorageLocation::Path(config.node.data_dir.join(RAFT_FILE)),
+        security,
+    );
+    ClusterNode::start(cluster, listener)
+        .await
+        .context("starting the cluster node")
+}
+
+async fn upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_PERIOD);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// `herald node`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// The configuration file (TOML).
+    #[arg(long, env = "HERALD_CONFIG", default_value = "herald.toml")]
+    pub config: PathBuf,
+    /// Validate the configuration and every file it names, print the effective
+    /// configuration (paths, never secrets) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Values that override the file (flags win over `HERALD_…` variables).
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// Run `herald node` (`log`: the global `--log` / `HERALD_LOG`, which wins over the
+/// configuration's `[log] filter`).
+///
+/// # Errors
+/// An invalid configuration (naming the file and fields), or a node that does not start.
+pub fn main(args: NodeArgs, log: Option<String>) -> anyhow::Result<()> {
+    let mut overrides = args.overrides;
+    if let Some(filter) = log {
+        overrides.log_filter = Some(filter);
+    }
+    let config = NodeConfig::load(&args.config, &overrides)?;
+    if args.check_config {
+        check_config(&config)?;
+        print!("{}", config.to_toml());
+        eprintln!("{}: configuration OK", args.config.display());
+        return Ok(());
+    }
+    crate::logging::init(config.log.format, &config.log.filter)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(run(args.config, overrides))?;
+    if !summary.engine.drained {
+        eprintln!(
+            "{} pushes were still pending at the shutdown deadline; they stay in the write-ahead \
+             log and are sent after the next start",
+            summary.engine.remaining
+        );
+    }
+    Ok(())
+}
+
+/// Everything `--check-config` checks beyond the file itself: every tenant's credentials
+/// load, the cluster TLS files build a mutual-TLS configuration for this node, and the APNs
+/// CA loads.
+///
+/// # Errors
+/// The first file that does not load.
+pub fn check_config(config: &NodeConfig) -> anyhow::Result<()> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    load_tenants(config, &clock)?;
+    endpoint(config)?;
+    if let Some(tls) = &config.cluster.tls {
+        let read = |path: &Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let mutual = MutualTls::from_pem(&read(&tls.ca)?, &read(&tls.cert)?, &read(&tls.key)?)
+            .context("cluster.tls")?;
+        if mutual.node() != NodeId(config.node.id) {
+            bail!(
+                "cluster.tls.cert: the certificate names node {}, but node.id is {}",
+                mutual.node(),
+                config.node.id
+            );
+        }
+    }
+    Ok(())
+}
