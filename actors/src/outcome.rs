@@ -33,7 +33,7 @@ impl PushId {
         PushId(value)
     }
 
-    /// The numeric value (the WAL's record id).
+    /// The numeric value.
     pub const fn as_u128(self) -> u128 {
         self.0
     }
@@ -41,6 +41,91 @@ impl PushId {
     /// The id as an `apns-id`.
     pub fn apns_id(self) -> ApnsId {
         ApnsId::from(uuid::Uuid::from_u128(self.0))
+    }
+
+    /// The push id an idempotency key stands for: the same `(tenant, key)` always gives the
+    /// same id, so a request retried with the same `Idempotency-Key` is deduplicated by the
+    /// engine (see `Herald::send_idempotent`).
+    ///
+    /// The id is the first 16 bytes of SHA-256 over a domain-separated, length-prefixed
+    /// encoding of `tenant` and `key` (`"herald/idempotency-key/v1" ‖ 0 ‖ len(tenant) as u64
+    /// big-endian ‖ tenant ‖ key`), with the UUID version (8, custom) and variant (RFC 9562)
+    /// bits set, so it is a valid `apns-id`. The length prefix means no two different
+    /// `(tenant, key)` pairs hash the same input: keys of different tenants never collide
+    /// (short of a SHA-256 collision).
+    ///
+    /// ```
+    /// use herald_actors::PushId;
+    ///
+    /// let a = PushId::from_idempotency_key("acme", "order-42");
+    /// assert_eq!(a, PushId::from_idempotency_key("acme", "order-42"));
+    /// assert_ne!(a, PushId::from_idempotency_key("globex", "order-42"));
+    /// // Moving bytes between tenant and key gives another id.
+    /// assert_ne!(
+    ///     PushId::from_idempotency_key("ab", "c"),
+    ///     PushId::from_idempotency_key("a", "bc")
+    /// );
+    /// let uuid = uuid::Uuid::from_u128(a.as_u128());
+    /// assert_eq!(uuid.get_version_num(), 8);
+    /// assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+    /// ```
+    pub fn from_idempotency_key(tenant: &str, key: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(IDEMPOTENCY_DOMAIN);
+        hash.update([0u8]);
+        hash.update((tenant.len() as u64).to_be_bytes());
+        hash.update(tenant.as_bytes());
+        hash.update(key.as_bytes());
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        // Version 8 (custom, RFC 9562) in the high nibble of byte 6; variant 0b10 in byte 8.
+        bytes[6] = (bytes[6] & 0x0F) | 0x80;
+        bytes[8] = (bytes[8] & 0x3F) | 0x80;
+        PushId(u128::from_be_bytes(bytes))
+    }
+}
+
+/// Domain separator of [`PushId::from_idempotency_key`].
+const IDEMPOTENCY_DOMAIN: &[u8] = b"herald/idempotency-key/v1";
+
+/// Domain separator of [`PushKey::new`].
+const PUSH_KEY_DOMAIN: &[u8] = b"herald/push-key/v1";
+
+/// The engine's key for one push: its tenant and its push id, hashed into 128 bits.
+///
+/// Push ids are chosen by callers (`apns-id`), so two tenants may use the same one: every
+/// per-push map of a shard, the dedupe memory and the write-ahead log are keyed by this
+/// instead, so such pushes never collide. It is the first 16 bytes of SHA-256 over
+/// `"herald/push-key/v1" ‖ 0 ‖ len(tenant) as u64 big-endian ‖ tenant ‖ push id (16 bytes)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct PushKey(u128);
+
+impl PushKey {
+    /// The key of push `id` of `tenant`.
+    pub(crate) fn new(tenant: &str, id: PushId) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(PUSH_KEY_DOMAIN);
+        hash.update([0u8]);
+        hash.update((tenant.len() as u64).to_be_bytes());
+        hash.update(tenant.as_bytes());
+        hash.update(id.as_u128().to_be_bytes());
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        PushKey(u128::from_be_bytes(bytes))
+    }
+
+    /// A key as stored in the write-ahead log.
+    pub(crate) const fn from_u128(value: u128) -> Self {
+        PushKey(value)
+    }
+
+    /// The numeric value (the write-ahead log's record id).
+    pub(crate) const fn as_u128(self) -> u128 {
+        self.0
     }
 }
 
@@ -122,6 +207,11 @@ pub enum Failure {
     /// The push could not be read back from the write-ahead log.
     #[error("unreadable WAL record: {0}")]
     Unreadable(String),
+    /// The push was never accepted: its write-ahead log append failed after `send` stopped
+    /// waiting for it (`send` answered [`PushError::OutcomeUnknown`](crate::PushError)).
+    /// Nothing was queued or sent; sending it again is safe.
+    #[error("not accepted: {0}")]
+    NotAccepted(String),
 }
 
 impl Failure {
@@ -131,6 +221,7 @@ impl Failure {
             Failure::AttemptsExhausted(_) => "attempts_exhausted".into(),
             Failure::TenantRemoved => "tenant_removed".into(),
             Failure::Unreadable(_) => "unreadable".into(),
+            Failure::NotAccepted(_) => "not_accepted".into(),
         }
     }
 }
