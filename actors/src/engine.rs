@@ -645,9 +645,17 @@ impl Herald {
     }
 
     /// The outcome of push `id`, if it has one and it is still kept
-    /// ([`OUTCOMES_KEPT_MAX`](limits::OUTCOMES_KEPT_MAX) most recent).
+    /// ([`OUTCOMES_KEPT_MAX`](limits::OUTCOMES_KEPT_MAX) most recent). If several tenants used
+    /// the id, the one recorded last: a program serving several tenants asks
+    /// [`outcome_for`](Self::outcome_for).
     pub fn outcome(&self, id: PushId) -> Option<Outcome> {
         self.inner.engine.outcomes.get(id)
+    }
+
+    /// The outcome of push `id` of `tenant`, if it has one and it is still kept. Another
+    /// tenant's push with the same id is never answered.
+    pub fn outcome_for(&self, tenant: &str, id: PushId) -> Option<Outcome> {
+        self.inner.engine.outcomes.get_for(tenant, id)
     }
 
     /// A stream of every outcome from now on (bounded: a slow reader gets `Lagged`).
@@ -935,7 +943,8 @@ impl EngineShared {
 
     /// Record and stream one outcome.
     pub(crate) fn publish(&self, record: OutcomeRecord) {
-        self.outcomes.record(record.push_id, record.outcome.clone());
+        self.outcomes
+            .record_for(&record.tenant, record.push_id, record.outcome.clone());
         let _ = self.outcome_tx.send(record);
     }
 

@@ -253,6 +253,21 @@ pub struct Invalidation {
 }
 
 /// The last outcomes, bounded: the oldest are forgotten first.
+///
+/// Outcomes are kept per (tenant, push id): push ids are chosen by callers, so two tenants may
+/// use the same one. [`get_for`](Self::get_for) answers for one tenant; [`get`](Self::get)
+/// for whichever tenant recorded an outcome under the id last.
+///
+/// ```
+/// use herald_actors::outcome::{Outcome, OutcomeStore, PushId};
+///
+/// let store = OutcomeStore::new(10);
+/// let id = PushId::from_u128(7);
+/// store.record_for("acme", id, Outcome::Expired);
+/// assert_eq!(store.get_for("acme", id), Some(Outcome::Expired));
+/// assert_eq!(store.get_for("globex", id), None);
+/// assert_eq!(store.get(id), Some(Outcome::Expired));
+/// ```
 #[derive(Debug)]
 pub struct OutcomeStore {
     kept_max: usize,
@@ -261,8 +276,10 @@ pub struct OutcomeStore {
 
 #[derive(Debug, Default)]
 struct StoreInner {
-    by_id: BTreeMap<PushId, Outcome>,
-    order: VecDeque<PushId>,
+    by_key: BTreeMap<(PushId, String), Outcome>,
+    /// The tenant that recorded an outcome under an id last.
+    latest: BTreeMap<PushId, String>,
+    order: VecDeque<(PushId, String)>,
 }
 
 impl OutcomeStore {
@@ -279,23 +296,48 @@ impl OutcomeStore {
         }
     }
 
-    /// Remember `outcome` for `id` (replacing an older one).
+    /// Remember `outcome` for `id` with no tenant (replacing an older one).
     pub fn record(&self, id: PushId, outcome: Outcome) {
+        self.record_for("", id, outcome);
+    }
+
+    /// Remember `outcome` for push `id` of `tenant` (replacing an older one).
+    pub fn record_for(&self, tenant: &str, id: PushId, outcome: Outcome) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if inner.by_id.insert(id, outcome).is_none() {
-            inner.order.push_back(id);
+        let key = (id, tenant.to_owned());
+        if inner.by_key.insert(key.clone(), outcome).is_none() {
+            inner.order.push_back(key);
         }
+        inner.latest.insert(id, tenant.to_owned());
         while inner.order.len() > self.kept_max {
             if let Some(old) = inner.order.pop_front() {
-                inner.by_id.remove(&old);
+                inner.by_key.remove(&old);
+                if inner.latest.get(&old.0) == Some(&old.1) {
+                    inner.latest.remove(&old.0);
+                }
             }
         }
     }
 
-    /// The outcome of `id`, if it is known and still kept.
+    /// The outcome of `id`, if it is known and still kept: the one recorded last if several
+    /// tenants used the id.
     pub fn get(&self, id: PushId) -> Option<Outcome> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.by_id.get(&id).cloned()
+        if let Some(tenant) = inner.latest.get(&id) {
+            return inner.by_key.get(&(id, tenant.clone())).cloned();
+        }
+        inner
+            .by_key
+            .range((id, String::new())..)
+            .take_while(|((i, _), _)| *i == id)
+            .map(|(_, o)| o.clone())
+            .next()
+    }
+
+    /// The outcome of push `id` of `tenant`, if it is known and still kept.
+    pub fn get_for(&self, tenant: &str, id: PushId) -> Option<Outcome> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.by_key.get(&(id, tenant.to_owned())).cloned()
     }
 
     /// How many outcomes are kept.
@@ -310,5 +352,44 @@ impl OutcomeStore {
     /// True when no outcome is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_keep_their_own_outcomes_under_one_id() {
+        let store = OutcomeStore::new(3);
+        let id = PushId::from_u128(9);
+        store.record_for("a", id, Outcome::Expired);
+        store.record_for("b", id, Outcome::Delivered { apns_id: None });
+        assert_eq!(store.get_for("a", id), Some(Outcome::Expired));
+        assert_eq!(
+            store.get(id),
+            Some(Outcome::Delivered { apns_id: None }),
+            "the latest"
+        );
+        // The oldest goes first: a's, then b's.
+        store.record_for("c", PushId::from_u128(1), Outcome::Expired);
+        store.record_for("c", PushId::from_u128(2), Outcome::Expired);
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.get_for("a", id), None);
+        assert_eq!(store.get(id), Some(Outcome::Delivered { apns_id: None }));
+        store.record_for("c", PushId::from_u128(3), Outcome::Expired);
+        assert_eq!(store.get(id), None);
+    }
+
+    #[test]
+    fn push_keys_separate_tenants_and_ids() {
+        let id = PushId::from_u128(5);
+        assert_eq!(PushKey::new("a", id), PushKey::new("a", id));
+        assert_ne!(PushKey::new("a", id), PushKey::new("b", id));
+        assert_ne!(
+            PushKey::new("a", id),
+            PushKey::new("a", PushId::from_u128(6))
+        );
+        assert_ne!(PushKey::new("a", id).as_u128(), id.as_u128());
     }
 }

@@ -929,7 +929,7 @@ fn answer_enqueue(
             let outcome = Outcome::Failed {
                 reason: Failure::NotAccepted(why),
             };
-            engine.outcomes.record(*id, outcome);
+            engine.outcomes.record_for(tenant, *id, outcome);
         }
     }
 }

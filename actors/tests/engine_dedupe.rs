@@ -135,6 +135,20 @@ async fn two_tenants_may_use_the_same_apns_id() {
         .map(|a| a.apns_id.to_lowercase())
         .collect();
     assert_eq!(sent, vec![id.to_string(), id.to_string()]);
+    // Each tenant has its own outcome under the id.
+    assert!(
+        env.herald
+            .outcome_for(TENANT, id)
+            .as_ref()
+            .is_some_and(delivered)
+    );
+    assert!(
+        env.herald
+            .outcome_for("globex", id)
+            .as_ref()
+            .is_some_and(delivered)
+    );
+    assert_eq!(env.herald.outcome_for("initech", id), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
