@@ -32,7 +32,7 @@ use crate::apns::http2::{
 use crate::apns::{AuthError, Delivery, Disposition, PreparedRequest};
 use crate::backoff::Backoff;
 use crate::limits;
-use crate::outcome::PushId;
+use crate::outcome::PushKey;
 use crate::seams::{DetRng, SharedClock, SharedConnector};
 use crate::shard::ShardMsg;
 use crate::tenant::{Credentials, Signal, TenantMsg};
@@ -40,7 +40,8 @@ use crate::tenant::{Credentials, Signal, TenantMsg};
 /// One push handed from a shard to a tenant and on to a connection.
 #[derive(Debug)]
 pub(crate) struct Job {
-    pub(crate) push_id: PushId,
+    /// The push's key at its shard (tenant-scoped; see `PushKey`).
+    pub(crate) push_id: PushKey,
     /// The shard's number for this hand-off (answers to older hand-offs are ignored).
     pub(crate) dispatch: u64,
     pub(crate) request: Arc<PreparedRequest>,

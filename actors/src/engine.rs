@@ -4,23 +4,26 @@
 //! else a UUID from the engine's [`DetRng`]), picks the shard (`FNV-1a(token) % shards`),
 //! reserves room at the tenant and the shard (full → [`PushError::Overloaded`]; mailboxes
 //! are unbounded, so work is bounded here, at admission), and asks the shard to append it to the WAL and
-//! queue it. It returns once the push is appended to the write-ahead log.
+//! queue it. It returns once the write-ahead log answered the append (see [`Herald::send`] for
+//! the exact rule when the WAL is slow).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::apns::{ApnsTlsConfig, DeviceToken, Notification};
 use crate::backoff::Backoff;
 use crate::limits;
 use crate::outcome::{Invalidation, Outcome, OutcomeRecord, OutcomeStore, PushId};
 use crate::seams::{DetRng, SharedClock, SharedConnector, SystemClock, TcpConnector};
-use crate::shard::{Enqueued, Push, ShardMsg, shard_of};
+use crate::shard::{
+    CLAIM_ABANDONED, CLAIM_OPEN, EnqueueRequest, Enqueued, Push, ShardMsg, shard_of,
+};
 use crate::supervisor::{EngineSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::tenant::{TenantConfig, TenantMsg, TenantStatus};
 use crate::token_state::{MemoryTokenState, SharedTokenState};
@@ -101,8 +104,13 @@ pub struct Tuning {
     pub restart_intensity_max: usize,
     /// Default: [`RESTART_WINDOW`](limits::RESTART_WINDOW).
     pub restart_window: Duration,
-    /// Bound on a call from the handle into an actor. Default: [`ACTOR_CALL_TIMEOUT`](limits::ACTOR_CALL_TIMEOUT).
+    /// Bound on a call from the handle into an actor, and on the wait of `send` for its shard
+    /// to take a push. Default: [`ACTOR_CALL_TIMEOUT`](limits::ACTOR_CALL_TIMEOUT).
     pub call_timeout: Duration,
+    /// Longest wait of `send` for the write-ahead log's answer once the shard took the push;
+    /// past it `send` answers [`PushError::OutcomeUnknown`]. Default:
+    /// [`SEND_APPEND_WAIT_MAX`](limits::SEND_APPEND_WAIT_MAX).
+    pub append_wait_max: Duration,
 }
 
 impl Default for Tuning {
@@ -128,6 +136,7 @@ impl Default for Tuning {
             restart_intensity_max: limits::RESTART_INTENSITY_MAX,
             restart_window: limits::RESTART_WINDOW,
             call_timeout: limits::ACTOR_CALL_TIMEOUT,
+            append_wait_max: limits::SEND_APPEND_WAIT_MAX,
         }
     }
 }
@@ -154,9 +163,21 @@ pub enum PushError {
     /// The push could not be appended to the write-ahead log; it was not accepted.
     #[error("write-ahead log failed: {0}")]
     Wal(String),
-    /// The shard did not answer in time; the push may or may not have been accepted.
+    /// The shard is not running or did not take the push within `Tuning::call_timeout`. The
+    /// push was **not** accepted (nothing of it is in the write-ahead log): sending it again
+    /// is safe.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
+    /// The shard took the push, but the write-ahead log did not answer its append within
+    /// `Tuning::append_wait_max`: the push may or may not be accepted. It will be, or not,
+    /// when the append ends: query [`Herald::outcome`] with `id` — it ends with the push's
+    /// outcome if the append succeeded, or with `Failed { reason: NotAccepted }` if it failed.
+    /// Sending it again with the same `apns-id` is also safe (dedupe).
+    #[error("outcome of push {id} unknown: its write-ahead log append did not answer in time")]
+    OutcomeUnknown {
+        /// The push's id.
+        id: PushId,
+    },
     /// The batch is larger than [`SEND_BATCH_MAX`](limits::SEND_BATCH_MAX).
     #[error("batch of {0} pushes exceeds the limit")]
     BatchTooLarge(usize),
@@ -298,6 +319,11 @@ impl HeraldBuilder {
                 "a queue bound or attempts_max is zero".into(),
             ));
         }
+        if tuning.call_timeout.is_zero() || tuning.append_wait_max < tuning.call_timeout {
+            return Err(BuildError::Tuning(
+                "call_timeout is zero or append_wait_max is shorter than it".into(),
+            ));
+        }
         let rng = match self.seed {
             Some(seed) => DetRng::from_seed(seed),
             None => DetRng::from_os(),
@@ -388,9 +414,28 @@ impl Herald {
     /// Accept one push for `tenant`: returns its id once it is appended to the write-ahead log.
     ///
     /// The id is the notification's `apns-id` when it has one, which makes it an idempotency
-    /// key: sending a push again under an `apns-id` that its shard holds or finished recently
-    /// ([`SHARD_DEDUPE_KEPT_MAX`](limits::SHARD_DEDUPE_KEPT_MAX)) returns the same id and queues
-    /// nothing. Without one, the engine draws a fresh UUID.
+    /// key: sending a push again under an `apns-id` that the tenant used for a push its shard
+    /// holds or finished recently ([`SHARD_DEDUPE_RETENTION`](limits::SHARD_DEDUPE_RETENTION),
+    /// at most [`SHARD_DEDUPE_KEPT_MAX`](limits::SHARD_DEDUPE_KEPT_MAX) per shard) returns the
+    /// same id and queues nothing — also after a shard crash or an engine restart on the same
+    /// durable WAL (the WAL keeps done markers). Dedupe is per tenant: another tenant's push
+    /// with the same `apns-id` is a different push. Without an `apns-id` the engine draws a
+    /// fresh UUID. [`send_idempotent`](Self::send_idempotent) derives the id from an
+    /// idempotency key instead.
+    ///
+    /// # The answer is exact
+    ///
+    /// - `Ok(id)`: the push is in the write-ahead log (or was a duplicate of one that is or was).
+    /// - [`PushError::Unavailable`], [`PushError::Overloaded`], [`PushError::Wal`] and the
+    ///   other errors: the push was **not** accepted.
+    /// - [`PushError::OutcomeUnknown`]: the shard took the push but the WAL append did not
+    ///   answer within `Tuning::append_wait_max`. Only this answer leaves the question open,
+    ///   and [`outcome`](Self::outcome) settles it: the push's outcome if the append
+    ///   succeeded, `Failed { reason: NotAccepted }` if it failed.
+    ///
+    /// `send` waits at most `Tuning::call_timeout` for the shard to take the push (a shard
+    /// that has not taken it by then never will), then for the append's own answer, which is
+    /// bounded by `append_wait_max`.
     pub async fn send(
         &self,
         tenant: &str,
@@ -400,6 +445,22 @@ impl Herald {
         results
             .pop()
             .unwrap_or_else(|| Err(PushError::Unavailable("empty answer".into())))
+    }
+
+    /// [`send`](Self::send) with the push id derived from an idempotency key:
+    /// [`PushId::from_idempotency_key`]`(tenant, key)` becomes the notification's `apns-id`
+    /// (replacing one it had). Sending again with the same tenant and key — a retried HTTP
+    /// request with the same `Idempotency-Key` — returns the same id and sends nothing while
+    /// the first push is queued or finished recently (see [`send`](Self::send)).
+    pub async fn send_idempotent(
+        &self,
+        tenant: &str,
+        key: &str,
+        notification: Notification,
+    ) -> Result<PushId, PushError> {
+        let id = PushId::from_idempotency_key(tenant, key);
+        self.send(tenant, notification.with_apns_id(id.apns_id()))
+            .await
     }
 
     /// Accept several pushes for `tenant` (at most [`SEND_BATCH_MAX`](limits::SEND_BATCH_MAX)):
@@ -466,7 +527,8 @@ impl Herald {
         Ok(results)
     }
 
-    /// Hand `pushes` to shard `shard`; `Ok(())` per push that is now held by the shard.
+    /// Hand `pushes` to shard `shard`; `Ok(())` per push that is now held by the shard (see
+    /// [`send`](Self::send) for what each answer means).
     async fn enqueue(&self, shard: u32, pushes: Vec<Push>) -> Vec<Result<(), PushError>> {
         let engine = &self.inner.engine;
         let n = pushes.len();
@@ -486,43 +548,114 @@ impl Herald {
             release_tenant(n);
             return vec![Err(PushError::Unavailable(format!("shard {shard} not running"))); n];
         };
-        let answer = ractor::call_t!(
-            actor,
-            |reply| ShardMsg::Enqueue(pushes, reply),
-            engine.tuning.call_timeout.as_millis() as u64
-        );
-        match answer {
-            Err(e) => {
-                // Nothing is known about the pushes; most likely the shard died before
-                // taking them. Release the reservations (a push the shard did take will be
-                // released twice, which saturates at zero).
-                release(&shard_load, n);
-                release_tenant(n);
-                vec![Err(PushError::Unavailable(e.to_string())); n]
-            }
-            Ok(answers) => answers
-                .into_iter()
-                .map(|a| match a {
-                    Enqueued::Accepted => Ok(()),
-                    other => {
-                        release(&shard_load, 1);
-                        release_tenant(1);
-                        match other {
-                            Enqueued::Duplicate => Ok(()),
-                            Enqueued::Full => Err(overloaded()),
-                            Enqueued::WalFailed(e) => Err(PushError::Wal(e)),
-                            Enqueued::Accepted => Ok(()),
+        let ids: Vec<PushId> = pushes
+            .iter()
+            .map(|p| PushId::from_u128(p.push_id))
+            .collect();
+        let claim = Arc::new(AtomicU8::new(CLAIM_OPEN));
+        let (reply, mut answer) = oneshot::channel();
+        let request = EnqueueRequest {
+            pushes,
+            claim: claim.clone(),
+            reply,
+        };
+        let not_taken = |why: String| {
+            release(&shard_load, n);
+            release_tenant(n);
+            vec![Err(PushError::Unavailable(why)); n]
+        };
+        if actor
+            .send_message(ShardMsg::Enqueue(Box::new(request)))
+            .is_err()
+        {
+            return not_taken(format!("shard {shard} not running"));
+        }
+        // First wait for the shard to take the pushes (or die, dropping the reply)...
+        let answer = match tokio::time::timeout(engine.tuning.call_timeout, &mut answer).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let abandoned = claim
+                    .compare_exchange(
+                        CLAIM_OPEN,
+                        CLAIM_ABANDONED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok();
+                if abandoned {
+                    // The shard will drop them untouched: exactly "not accepted".
+                    return not_taken(format!("shard {shard} did not take the push in time"));
+                }
+                // ...then, once it took them, for the append's own answer, within its bound.
+                let rest = engine
+                    .tuning
+                    .append_wait_max
+                    .saturating_sub(engine.tuning.call_timeout);
+                match tokio::time::timeout(rest, &mut answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        // An answer sent before the close is still read; after it, the
+                        // shard's append task settles the reservations and the outcome lookup
+                        // (`answer_enqueue`).
+                        answer.close();
+                        if let Ok(answers) = answer.try_recv() {
+                            return self.settle(shard, &tenant, answers);
                         }
+                        metrics::counter!("herald_send_outcome_unknown_total").increment(n as u64);
+                        return ids
+                            .into_iter()
+                            .map(|id| Err(PushError::OutcomeUnknown { id }))
+                            .collect();
                     }
-                })
-                .collect(),
+                }
+            }
+        };
+        match answer {
+            Err(_) => {
+                // The reply was dropped unanswered: the shard died before taking the pushes
+                // (it answers every push it takes, from the append task).
+                not_taken(format!("shard {shard} stopped"))
+            }
+            Ok(answers) => self.settle(shard, &tenant, answers),
         }
     }
 
+    /// The results of a shard's answers to an `Enqueue`, releasing the admission places of
+    /// the pushes it did not keep.
+    fn settle(
+        &self,
+        shard: u32,
+        tenant: &str,
+        answers: Vec<Enqueued>,
+    ) -> Vec<Result<(), PushError>> {
+        let engine = &self.inner.engine;
+        answers
+            .into_iter()
+            .map(|a| {
+                if a != Enqueued::Accepted {
+                    engine.release_reservation(tenant, shard);
+                }
+                match a {
+                    Enqueued::Accepted | Enqueued::Duplicate => Ok(()),
+                    Enqueued::Full => Err(overloaded()),
+                    Enqueued::WalFailed(e) => Err(PushError::Wal(e)),
+                }
+            })
+            .collect()
+    }
+
     /// The outcome of push `id`, if it has one and it is still kept
-    /// ([`OUTCOMES_KEPT_MAX`](limits::OUTCOMES_KEPT_MAX) most recent).
+    /// ([`OUTCOMES_KEPT_MAX`](limits::OUTCOMES_KEPT_MAX) most recent). If several tenants used
+    /// the id, the one recorded last: a program serving several tenants asks
+    /// [`outcome_for`](Self::outcome_for).
     pub fn outcome(&self, id: PushId) -> Option<Outcome> {
         self.inner.engine.outcomes.get(id)
+    }
+
+    /// The outcome of push `id` of `tenant`, if it has one and it is still kept. Another
+    /// tenant's push with the same id is never answered.
+    pub fn outcome_for(&self, tenant: &str, id: PushId) -> Option<Outcome> {
+        self.inner.engine.outcomes.get_for(tenant, id)
     }
 
     /// A stream of every outcome from now on (bounded: a slow reader gets `Lagged`).
@@ -615,8 +748,9 @@ impl Herald {
         self.inner.accepting.load(Ordering::Acquire) && self.inner.engine.failure().is_none()
     }
 
-    /// Fault injection for tests: crash one connection actor of `tenant`.
-    #[doc(hidden)]
+    /// Fault injection for tests: crash one connection actor of `tenant`. Only with the
+    /// `test-util` feature.
+    #[cfg(feature = "test-util")]
     pub async fn crash_connection(&self, tenant: &str) -> bool {
         let Some(actor) = self.inner.engine.tenant_actor(tenant) else {
             return false;
@@ -624,8 +758,9 @@ impl Herald {
         ractor::call_t!(actor, TenantMsg::CrashConnection, self.call_timeout_ms()).unwrap_or(false)
     }
 
-    /// Fault injection for tests: crash shard `shard` (it restarts and replays its WAL).
-    #[doc(hidden)]
+    /// Fault injection for tests: crash shard `shard` (it restarts and replays its WAL). Only
+    /// with the `test-util` feature.
+    #[cfg(feature = "test-util")]
     pub async fn crash_shard(&self, shard: u32) -> bool {
         let timeout = self.call_timeout_ms();
         ractor::call_t!(
@@ -786,6 +921,20 @@ impl EngineShared {
         }
     }
 
+    /// The running actor of shard `shard`, if any.
+    pub(crate) fn shard_actor(&self, shard: u32) -> Option<ActorRef<ShardMsg>> {
+        self.read().shards.get(&shard).and_then(|s| s.actor.clone())
+    }
+
+    /// Give back the admission places of one push of `tenant` on shard `shard` that was not
+    /// accepted.
+    pub(crate) fn release_reservation(&self, tenant: &str, shard: u32) {
+        if let Some(s) = self.read().shards.get(&shard) {
+            release(&s.load, 1);
+        }
+        self.release_tenant(tenant);
+    }
+
     pub(crate) fn set_shard_actor(&self, shard: u32, actor: ActorRef<ShardMsg>) {
         self.write().shards.entry(shard).or_default().actor = Some(actor);
     }
@@ -800,7 +949,8 @@ impl EngineShared {
 
     /// Record and stream one outcome.
     pub(crate) fn publish(&self, record: OutcomeRecord) {
-        self.outcomes.record(record.push_id, record.outcome.clone());
+        self.outcomes
+            .record_for(&record.tenant, record.push_id, record.outcome.clone());
         let _ = self.outcome_tx.send(record);
     }
 

@@ -77,6 +77,11 @@
 //!
 //! See `examples/embed.rs` for a complete program against the APNs emulator, and
 //! `docs/architecture.md` for the actor tree and the restart policy of each actor.
+//!
+//! ## Feature flags
+//!
+//! - `test-util` (off by default): fault-injection hooks for tests and simulations,
+//!   `Herald::crash_connection` and `Herald::crash_shard`. Never needed in production.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]

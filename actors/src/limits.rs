@@ -140,8 +140,20 @@ pub const OUTCOMES_KEPT_MAX: usize = 100_000;
 pub const OUTCOME_STREAM_CAPACITY: usize = 4096;
 /// Invalidation broadcast stream capacity.
 pub const INVALIDATION_STREAM_CAPACITY: usize = 1024;
-/// Push ids a shard remembers after their outcome, to drop duplicate sends.
+/// Push ids a shard remembers after their outcome, to drop duplicate sends (the newest are
+/// kept; rebuilt from the WAL's done markers when the shard restarts).
 pub const SHARD_DEDUPE_KEPT_MAX: usize = 10_000;
+/// How long a shard remembers a finished push id (a resend within it returns the same id and
+/// sends nothing). Read through the engine's `Clock`.
+pub const SHARD_DEDUPE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Tries to hand the pushes of a finished WAL append to the running shard (the one that
+/// started it may have crashed; its successor is being started).
+pub const SHARD_HANDOVER_ATTEMPTS_MAX: u32 = 50;
+/// Pause before the n-th retry of a hand-over is n times this (50 tries ≈ 25 s in all).
+pub const SHARD_HANDOVER_PAUSE: Duration = Duration::from_millis(20);
+/// Default longest wait of `send` for its write-ahead log append once the shard took the push
+/// (`Tuning::append_wait_max`); past it `send` answers `PushError::OutcomeUnknown`.
+pub const SEND_APPEND_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// Supervision: restarts of one child allowed within [`RESTART_WINDOW`] before escalating.
 pub const RESTART_INTENSITY_MAX: usize = 5;
@@ -191,6 +203,11 @@ pub const WAL_RECORD_BYTES_MAX: usize = 16 * 1024;
 pub const WAL_GROUP_COMMIT_RECORDS_MAX: usize = 1024;
 /// Group commit: requests (appends or completions) that may wait for the writer.
 pub const WAL_GROUP_COMMIT_QUEUE_MAX: usize = 1024;
+/// Write-ahead log: most done markers (finished record ids with their finish time, the
+/// durable dedupe memory) kept in one WAL, all shards together; the oldest go first.
+pub const WAL_FINISHED_MAX: usize = 100_000;
+/// Write-ahead log: how long a done marker is kept after its record finished.
+pub const WAL_FINISHED_RETENTION: Duration = SHARD_DEDUPE_RETENTION;
 
 /// Token state: most (tenant, token) entries kept by one store.
 pub const TOKEN_STATE_ENTRIES_MAX: usize = 1_000_000;
@@ -204,5 +221,10 @@ const _: () =
     assert!(WAL_GROUP_COMMIT_RECORDS_MAX >= 1 && WAL_GROUP_COMMIT_RECORDS_MAX <= WAL_RECORDS_MAX);
 const _: () = assert!(WAL_GROUP_COMMIT_QUEUE_MAX >= 1);
 const _: () = assert!(TOKEN_STATE_ENTRIES_MAX >= 1 && TOKEN_INVALIDATIONS_CHANNEL_CAPACITY >= 1);
+// A WAL remembers at least what one shard does; markers outlive nothing a shard remembers.
+const _: () = assert!(WAL_FINISHED_MAX >= SHARD_DEDUPE_KEPT_MAX);
+const _: () = assert!(WAL_FINISHED_RETENTION.as_millis() >= SHARD_DEDUPE_RETENTION.as_millis());
+// `send` waits for the WAL longer than for the shard to take the push.
+const _: () = assert!(SEND_APPEND_WAIT_MAX.as_millis() >= ACTOR_CALL_TIMEOUT.as_millis());
 // The default engine's shards fit in the default WAL.
 const _: () = assert!(SHARD_QUEUE_MAX * (SHARDS_DEFAULT as usize) <= WAL_RECORDS_MAX);

@@ -33,7 +33,7 @@ impl PushId {
         PushId(value)
     }
 
-    /// The numeric value (the WAL's record id).
+    /// The numeric value.
     pub const fn as_u128(self) -> u128 {
         self.0
     }
@@ -41,6 +41,91 @@ impl PushId {
     /// The id as an `apns-id`.
     pub fn apns_id(self) -> ApnsId {
         ApnsId::from(uuid::Uuid::from_u128(self.0))
+    }
+
+    /// The push id an idempotency key stands for: the same `(tenant, key)` always gives the
+    /// same id, so a request retried with the same `Idempotency-Key` is deduplicated by the
+    /// engine (see `Herald::send_idempotent`).
+    ///
+    /// The id is the first 16 bytes of SHA-256 over a domain-separated, length-prefixed
+    /// encoding of `tenant` and `key` (`"herald/idempotency-key/v1" ‖ 0 ‖ len(tenant) as u64
+    /// big-endian ‖ tenant ‖ key`), with the UUID version (8, custom) and variant (RFC 9562)
+    /// bits set, so it is a valid `apns-id`. The length prefix means no two different
+    /// `(tenant, key)` pairs hash the same input: keys of different tenants never collide
+    /// (short of a SHA-256 collision).
+    ///
+    /// ```
+    /// use herald_actors::PushId;
+    ///
+    /// let a = PushId::from_idempotency_key("acme", "order-42");
+    /// assert_eq!(a, PushId::from_idempotency_key("acme", "order-42"));
+    /// assert_ne!(a, PushId::from_idempotency_key("globex", "order-42"));
+    /// // Moving bytes between tenant and key gives another id.
+    /// assert_ne!(
+    ///     PushId::from_idempotency_key("ab", "c"),
+    ///     PushId::from_idempotency_key("a", "bc")
+    /// );
+    /// let uuid = uuid::Uuid::from_u128(a.as_u128());
+    /// assert_eq!(uuid.get_version_num(), 8);
+    /// assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+    /// ```
+    pub fn from_idempotency_key(tenant: &str, key: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(IDEMPOTENCY_DOMAIN);
+        hash.update([0u8]);
+        hash.update((tenant.len() as u64).to_be_bytes());
+        hash.update(tenant.as_bytes());
+        hash.update(key.as_bytes());
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        // Version 8 (custom, RFC 9562) in the high nibble of byte 6; variant 0b10 in byte 8.
+        bytes[6] = (bytes[6] & 0x0F) | 0x80;
+        bytes[8] = (bytes[8] & 0x3F) | 0x80;
+        PushId(u128::from_be_bytes(bytes))
+    }
+}
+
+/// Domain separator of [`PushId::from_idempotency_key`].
+const IDEMPOTENCY_DOMAIN: &[u8] = b"herald/idempotency-key/v1";
+
+/// Domain separator of [`PushKey::new`].
+const PUSH_KEY_DOMAIN: &[u8] = b"herald/push-key/v1";
+
+/// The engine's key for one push: its tenant and its push id, hashed into 128 bits.
+///
+/// Push ids are chosen by callers (`apns-id`), so two tenants may use the same one: every
+/// per-push map of a shard, the dedupe memory and the write-ahead log are keyed by this
+/// instead, so such pushes never collide. It is the first 16 bytes of SHA-256 over
+/// `"herald/push-key/v1" ‖ 0 ‖ len(tenant) as u64 big-endian ‖ tenant ‖ push id (16 bytes)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct PushKey(u128);
+
+impl PushKey {
+    /// The key of push `id` of `tenant`.
+    pub(crate) fn new(tenant: &str, id: PushId) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(PUSH_KEY_DOMAIN);
+        hash.update([0u8]);
+        hash.update((tenant.len() as u64).to_be_bytes());
+        hash.update(tenant.as_bytes());
+        hash.update(id.as_u128().to_be_bytes());
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        PushKey(u128::from_be_bytes(bytes))
+    }
+
+    /// A key as stored in the write-ahead log.
+    pub(crate) const fn from_u128(value: u128) -> Self {
+        PushKey(value)
+    }
+
+    /// The numeric value (the write-ahead log's record id).
+    pub(crate) const fn as_u128(self) -> u128 {
+        self.0
     }
 }
 
@@ -122,6 +207,11 @@ pub enum Failure {
     /// The push could not be read back from the write-ahead log.
     #[error("unreadable WAL record: {0}")]
     Unreadable(String),
+    /// The push was never accepted: its write-ahead log append failed after `send` stopped
+    /// waiting for it (`send` answered [`PushError::OutcomeUnknown`](crate::PushError)).
+    /// Nothing was queued or sent; sending it again is safe.
+    #[error("not accepted: {0}")]
+    NotAccepted(String),
 }
 
 impl Failure {
@@ -131,6 +221,7 @@ impl Failure {
             Failure::AttemptsExhausted(_) => "attempts_exhausted".into(),
             Failure::TenantRemoved => "tenant_removed".into(),
             Failure::Unreadable(_) => "unreadable".into(),
+            Failure::NotAccepted(_) => "not_accepted".into(),
         }
     }
 }
@@ -162,6 +253,21 @@ pub struct Invalidation {
 }
 
 /// The last outcomes, bounded: the oldest are forgotten first.
+///
+/// Outcomes are kept per (tenant, push id): push ids are chosen by callers, so two tenants may
+/// use the same one. [`get_for`](Self::get_for) answers for one tenant; [`get`](Self::get)
+/// for whichever tenant recorded an outcome under the id last.
+///
+/// ```
+/// use herald_actors::outcome::{Outcome, OutcomeStore, PushId};
+///
+/// let store = OutcomeStore::new(10);
+/// let id = PushId::from_u128(7);
+/// store.record_for("acme", id, Outcome::Expired);
+/// assert_eq!(store.get_for("acme", id), Some(Outcome::Expired));
+/// assert_eq!(store.get_for("globex", id), None);
+/// assert_eq!(store.get(id), Some(Outcome::Expired));
+/// ```
 #[derive(Debug)]
 pub struct OutcomeStore {
     kept_max: usize,
@@ -170,8 +276,10 @@ pub struct OutcomeStore {
 
 #[derive(Debug, Default)]
 struct StoreInner {
-    by_id: BTreeMap<PushId, Outcome>,
-    order: VecDeque<PushId>,
+    by_key: BTreeMap<(PushId, String), Outcome>,
+    /// The tenant that recorded an outcome under an id last.
+    latest: BTreeMap<PushId, String>,
+    order: VecDeque<(PushId, String)>,
 }
 
 impl OutcomeStore {
@@ -188,23 +296,48 @@ impl OutcomeStore {
         }
     }
 
-    /// Remember `outcome` for `id` (replacing an older one).
+    /// Remember `outcome` for `id` with no tenant (replacing an older one).
     pub fn record(&self, id: PushId, outcome: Outcome) {
+        self.record_for("", id, outcome);
+    }
+
+    /// Remember `outcome` for push `id` of `tenant` (replacing an older one).
+    pub fn record_for(&self, tenant: &str, id: PushId, outcome: Outcome) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if inner.by_id.insert(id, outcome).is_none() {
-            inner.order.push_back(id);
+        let key = (id, tenant.to_owned());
+        if inner.by_key.insert(key.clone(), outcome).is_none() {
+            inner.order.push_back(key);
         }
+        inner.latest.insert(id, tenant.to_owned());
         while inner.order.len() > self.kept_max {
             if let Some(old) = inner.order.pop_front() {
-                inner.by_id.remove(&old);
+                inner.by_key.remove(&old);
+                if inner.latest.get(&old.0) == Some(&old.1) {
+                    inner.latest.remove(&old.0);
+                }
             }
         }
     }
 
-    /// The outcome of `id`, if it is known and still kept.
+    /// The outcome of `id`, if it is known and still kept: the one recorded last if several
+    /// tenants used the id.
     pub fn get(&self, id: PushId) -> Option<Outcome> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.by_id.get(&id).cloned()
+        if let Some(tenant) = inner.latest.get(&id) {
+            return inner.by_key.get(&(id, tenant.clone())).cloned();
+        }
+        inner
+            .by_key
+            .range((id, String::new())..)
+            .take_while(|((i, _), _)| *i == id)
+            .map(|(_, o)| o.clone())
+            .next()
+    }
+
+    /// The outcome of push `id` of `tenant`, if it is known and still kept.
+    pub fn get_for(&self, tenant: &str, id: PushId) -> Option<Outcome> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.by_key.get(&(id, tenant.to_owned())).cloned()
     }
 
     /// How many outcomes are kept.
@@ -219,5 +352,44 @@ impl OutcomeStore {
     /// True when no outcome is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_keep_their_own_outcomes_under_one_id() {
+        let store = OutcomeStore::new(3);
+        let id = PushId::from_u128(9);
+        store.record_for("a", id, Outcome::Expired);
+        store.record_for("b", id, Outcome::Delivered { apns_id: None });
+        assert_eq!(store.get_for("a", id), Some(Outcome::Expired));
+        assert_eq!(
+            store.get(id),
+            Some(Outcome::Delivered { apns_id: None }),
+            "the latest"
+        );
+        // The oldest goes first: a's, then b's.
+        store.record_for("c", PushId::from_u128(1), Outcome::Expired);
+        store.record_for("c", PushId::from_u128(2), Outcome::Expired);
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.get_for("a", id), None);
+        assert_eq!(store.get(id), Some(Outcome::Delivered { apns_id: None }));
+        store.record_for("c", PushId::from_u128(3), Outcome::Expired);
+        assert_eq!(store.get(id), None);
+    }
+
+    #[test]
+    fn push_keys_separate_tenants_and_ids() {
+        let id = PushId::from_u128(5);
+        assert_eq!(PushKey::new("a", id), PushKey::new("a", id));
+        assert_ne!(PushKey::new("a", id), PushKey::new("b", id));
+        assert_ne!(
+            PushKey::new("a", id),
+            PushKey::new("a", PushId::from_u128(6))
+        );
+        assert_ne!(PushKey::new("a", id).as_u128(), id.as_u128());
     }
 }

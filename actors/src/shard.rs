@@ -12,7 +12,13 @@
 //!   retry is never scheduled past it.
 //! - **Coalescing**: a new push with the same collapse id to the same token (and tenant)
 //!   replaces a queued, unsent one, which ends `Coalesced { by }`.
-//! - **Dedupe**: a push id (= `apns-id`) already queued or recently finished is not queued again.
+//! - **Dedupe**: a push whose (tenant, push id) — its [`PushKey`] — is queued, being appended,
+//!   or finished within [`SHARD_DEDUPE_RETENTION`](limits::SHARD_DEDUPE_RETENTION) (at most
+//!   [`SHARD_DEDUPE_KEPT_MAX`](limits::SHARD_DEDUPE_KEPT_MAX) remembered) is not queued again:
+//!   `send` returns its id and nothing more is sent. The memory of finished pushes is durable: a
+//!   push completes in the WAL with a done marker ([`Wal::complete_at`](crate::wal::Wal)), and
+//!   a (re)starting shard rebuilds the memory from the markers. Every per-push map is keyed by
+//!   the [`PushKey`], so two tenants using the same `apns-id` never collide.
 //! - **Token validity**: a token already invalidated ends `Unregistered` without a send; a 410
 //!   records the invalidation (Apple's timestamp) and streams it.
 //! - **Retries** by [`Disposition`]: `RetryLater`, `Reconnect`, `RefreshToken`,
@@ -25,11 +31,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -41,8 +48,8 @@ use crate::backoff::{RetryDecision, retry_decision};
 use crate::connection::{Job, JobResult};
 use crate::engine::EngineShared;
 use crate::limits;
-use crate::outcome::{Failure, Invalidation, Outcome, OutcomeRecord, PushId};
-use crate::seams::DetRng;
+use crate::outcome::{Failure, Invalidation, Outcome, OutcomeRecord, PushId, PushKey};
+use crate::seams::{DetRng, Timestamp};
 use crate::tenant::TenantMsg;
 use crate::token_state::{TokenKey, TokenValidity};
 use crate::wal::{WalError, WalRecord};
@@ -56,17 +63,45 @@ pub(crate) struct Push {
     pub(crate) accepted_at_ms: u64,
 }
 
-/// An `Enqueue` whose WAL append is in progress.
+impl Push {
+    /// The push's engine-wide key (tenant, push id).
+    pub(crate) fn key(&self) -> PushKey {
+        PushKey::new(&self.tenant, PushId::from_u128(self.push_id))
+    }
+}
+
+/// [`EnqueueRequest::claim`]: nobody has decided yet.
+pub(crate) const CLAIM_OPEN: u8 = 0;
+/// [`EnqueueRequest::claim`]: the shard took the request (it will answer through `reply`).
+pub(crate) const CLAIM_TAKEN: u8 = 1;
+/// [`EnqueueRequest::claim`]: the caller stopped waiting first; the shard must drop it.
+pub(crate) const CLAIM_ABANDONED: u8 = 2;
+
+/// Pushes handed to a shard by `Herald::send_batch`.
+///
+/// The claim makes the answer exact: the shard swaps it `OPEN → TAKEN` before doing anything,
+/// the caller swaps it `OPEN → ABANDONED` when it stops waiting for the shard to take it. Exactly
+/// one wins, so either nothing is appended (the caller answers "not accepted") or the caller
+/// goes on waiting for the append's own answer on `reply`.
 #[derive(Debug)]
-pub(crate) struct Appending {
-    /// The pushes being appended, in order.
+pub(crate) struct EnqueueRequest {
+    pub(crate) pushes: Vec<Push>,
+    pub(crate) claim: Arc<AtomicU8>,
+    /// One answer per push, in order; sent when the WAL append finished.
+    pub(crate) reply: oneshot::Sender<Vec<Enqueued>>,
+}
+
+/// A WAL append that succeeded: its pushes are to be queued by the running shard.
+#[derive(Debug)]
+pub(crate) struct Appended {
+    /// The shard actor that started the append (its `appending` bookkeeping is cleared only
+    /// by itself; a restarted successor just queues the pushes).
+    started_by: ractor::ActorId,
+    /// The pushes appended, in order (empty if the append failed).
     fresh: Vec<Push>,
-    /// How many of them are in lanes 5 and 1.
+    /// The keys that were being appended, and how many were in lanes 5 and 1.
+    keys: Vec<PushKey>,
     fresh_low: usize,
-    /// One answer per push handed in: decided already (`Some`), or the append's verdict.
-    answers: Vec<Option<Enqueued>>,
-    result: Result<(), WalError>,
-    reply: RpcReplyPort<Vec<Enqueued>>,
 }
 
 /// What became of one push handed to [`ShardMsg::Enqueue`].
@@ -99,12 +134,13 @@ pub(crate) struct ShardArgs {
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
     /// Append to the WAL and queue these pushes.
-    Enqueue(Vec<Push>, RpcReplyPort<Vec<Enqueued>>),
+    Enqueue(Box<EnqueueRequest>),
     /// A WAL append started by `Enqueue` finished.
-    Appended(Box<Appending>),
+    Appended(Box<Appended>),
     /// A tenant or connection answers for a dispatched push.
     Answer {
-        push_id: PushId,
+        /// The push's key (named `push_id` for the connection's hand-off code).
+        push_id: PushKey,
         dispatch: u64,
         result: JobResult,
     },
@@ -124,6 +160,10 @@ enum Status {
 #[derive(Debug)]
 struct Entry {
     push: Push,
+    /// The push id (the `apns-id`).
+    id: PushId,
+    /// The id of its WAL record (its key; a record written before keys existed: its push id).
+    wal_id: u128,
     request: Arc<PreparedRequest>,
     seq: u64,
     lane: u8,
@@ -153,22 +193,23 @@ pub(crate) struct ShardState {
     engine: Arc<EngineShared>,
     load: Arc<AtomicUsize>,
     rng: DetRng,
-    entries: BTreeMap<PushId, Entry>,
-    ready: BTreeSet<(u8, u64, PushId)>,
-    delayed: BTreeSet<(Instant, u64, PushId)>,
-    in_flight: BTreeSet<(Instant, PushId)>,
-    collapse: BTreeMap<(String, DeviceToken, CollapseId), PushId>,
-    recent: VecDeque<PushId>,
-    recent_set: BTreeSet<PushId>,
+    entries: BTreeMap<PushKey, Entry>,
+    ready: BTreeSet<(u8, u64, PushKey)>,
+    delayed: BTreeSet<(Instant, u64, PushKey)>,
+    in_flight: BTreeSet<(Instant, PushKey)>,
+    collapse: BTreeMap<(String, DeviceToken, CollapseId), PushKey>,
+    /// Finished pushes remembered for dedupe, oldest first, with their finish time.
+    recent: VecDeque<(PushKey, Timestamp)>,
+    recent_set: BTreeSet<PushKey>,
     next_seq: u64,
     next_dispatch: u64,
     wake_at: Option<Instant>,
     /// Pushes held in lanes 5 and 1.
     low_lanes: usize,
     /// Pushes whose WAL append is in progress, and how many of them are in lanes 5 and 1.
-    appending: BTreeSet<PushId>,
+    appending: BTreeSet<PushKey>,
     appending_low: usize,
-    /// Push ids finished while handling the current message, to complete in the WAL.
+    /// WAL ids of the pushes finished while handling the current message, to complete.
     completed: Vec<u128>,
     shard_label: String,
     span: tracing::Span,
@@ -236,8 +277,8 @@ async fn on_message(
     state: &mut ShardState,
 ) -> Result<(), ActorProcessingErr> {
     match msg {
-        ShardMsg::Enqueue(pushes, reply) => state.enqueue(&myself, pushes, reply),
-        ShardMsg::Appended(appending) => state.appended(*appending),
+        ShardMsg::Enqueue(request) => state.enqueue(&myself, *request),
+        ShardMsg::Appended(appended) => state.appended(&myself, *appended),
         ShardMsg::Answer {
             push_id,
             dispatch,
@@ -263,26 +304,39 @@ impl ShardState {
             .replay()
             .await
             .map_err(|e| format!("shard {}: WAL replay failed: {e}", self.shard))?;
+        let finished =
+            self.engine.wal.finished().await.map_err(|e| {
+                format!("shard {}: reading WAL done markers failed: {e}", self.shard)
+            })?;
         let mut unreadable = Vec::new();
         let shard = self.shard;
+        // The dedupe memory first, so a pending record that was also finished (a completion
+        // lost in a crash) is still replayed: the WAL says it is pending.
+        let now = self.engine.clock.now();
+        for marker in finished.into_iter().filter(|m| m.shard == shard) {
+            self.remember(PushKey::from_u128(marker.id), marker.at, now);
+        }
         for record in records.into_iter().filter(|r| r.shard == shard) {
             match serde_json::from_slice::<Push>(&record.data) {
                 Ok(push) => {
-                    let id = PushId::from_u128(push.push_id);
-                    if !self.entries.contains_key(&id) {
-                        self.insert(push);
+                    if !self.entries.contains_key(&push.key()) {
+                        self.insert(push, record.id);
                     }
                 }
                 Err(e) => unreadable.push((record.id, e.to_string())),
             }
         }
-        for (id, error) in unreadable {
+        for (wal_id, error) in unreadable {
             tracing::error!(shard = self.shard, %error, "unreadable WAL record");
-            let _ = self.engine.wal.complete(vec![id]).await;
+            let _ = self.engine.wal.complete(vec![wal_id]).await;
             let outcome = Outcome::Failed {
                 reason: Failure::Unreadable(error),
             };
-            self.engine.outcomes.record(PushId::from_u128(id), outcome);
+            // The push id is inside the unreadable bytes: the outcome is kept under the
+            // record's id.
+            self.engine
+                .outcomes
+                .record(PushId::from_u128(wal_id), outcome);
         }
         self.load.store(self.entries.len(), Ordering::Release);
         if !self.entries.is_empty() {
@@ -296,30 +350,48 @@ impl ShardState {
         Ok(())
     }
 
-    /// Check `pushes` (duplicates, lane bounds) and append the new ones to the WAL in a task,
-    /// so the shard keeps working (and concurrent appends can share one commit, e.g. with a
-    /// group-commit WAL) while the write is in progress. [`ShardMsg::Appended`] finishes the job.
-    fn enqueue(
-        &mut self,
-        myself: &ActorRef<ShardMsg>,
-        pushes: Vec<Push>,
-        reply: RpcReplyPort<Vec<Enqueued>>,
-    ) {
+    /// Check the pushes of `request` (duplicates, lane bounds) and append the new ones to the
+    /// WAL in a task, so the shard keeps working (and concurrent appends can share one commit,
+    /// e.g. with a group-commit WAL) while the write is in progress.
+    ///
+    /// The task answers the caller with the append's own verdict (never a guess) and hands the
+    /// appended pushes to the running shard ([`ShardMsg::Appended`]).
+    fn enqueue(&mut self, myself: &ActorRef<ShardMsg>, request: EnqueueRequest) {
+        let EnqueueRequest {
+            pushes,
+            claim,
+            reply,
+        } = request;
+        if claim
+            .compare_exchange(CLAIM_OPEN, CLAIM_TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // The caller stopped waiting before the shard took the pushes, and answered that
+            // they were not accepted: keep it true by doing nothing.
+            return;
+        }
+        let now = self.engine.clock.now();
+        self.forget_expired(now);
         let mut answers = Vec::with_capacity(pushes.len());
+        let mut ids = Vec::with_capacity(pushes.len());
         let mut fresh = Vec::new();
+        let mut keys = Vec::new();
         let mut records = Vec::new();
-        let mut batch_ids = BTreeSet::new();
+        let mut batch_keys = BTreeSet::new();
         let low_max =
             (self.engine.tuning.shard_queue_max * limits::SHARD_LOW_LANES_PERCENT / 100).max(1);
         let mut low = self.low_lanes + self.appending_low;
         let mut fresh_low = 0;
+        let tenant = pushes.first().map(|p| p.tenant.clone()).unwrap_or_default();
         for push in pushes {
-            let id = PushId::from_u128(push.push_id);
-            if self.entries.contains_key(&id)
-                || self.recent_set.contains(&id)
-                || self.appending.contains(&id)
-                || !batch_ids.insert(id)
+            let key = push.key();
+            ids.push(PushId::from_u128(push.push_id));
+            if self.entries.contains_key(&key)
+                || self.recent_set.contains(&key)
+                || self.appending.contains(&key)
+                || !batch_keys.insert(key)
             {
+                metrics::counter!("herald_duplicates_total").increment(1);
                 answers.push(Some(Enqueued::Duplicate));
                 continue;
             }
@@ -334,7 +406,8 @@ impl ShardState {
                         low += 1;
                         fresh_low += 1;
                     }
-                    records.push(WalRecord::new(push.push_id, self.shard, data));
+                    records.push(WalRecord::new(key.as_u128(), self.shard, data));
+                    keys.push(key);
                     fresh.push(push);
                     answers.push(None);
                 }
@@ -347,65 +420,84 @@ impl ShardState {
                 .into_iter()
                 .map(|a| a.unwrap_or(Enqueued::Accepted))
                 .collect();
-            let _ = reply.send(answers);
+            answer_enqueue(&self.engine, self.shard, &tenant, &ids, reply, answers);
             return;
         }
-        for push in &fresh {
-            self.appending.insert(PushId::from_u128(push.push_id));
+        for key in &keys {
+            self.appending.insert(*key);
         }
         self.appending_low += fresh_low;
-        let wal = self.engine.wal.clone();
+        let engine = self.engine.clone();
+        let shard = self.shard;
+        let started_by = myself.get_id();
         let me = myself.clone();
         tokio::spawn(
             async move {
-                let result = wal.append(records).await;
-                // If the shard died meanwhile, the reply port is dropped with the message and
-                // the caller sees an error; the records, if appended, are replayed.
-                let _ = me.send_message(ShardMsg::Appended(Box::new(Appending {
-                    fresh,
+                let result = engine.wal.append(records).await;
+                let verdict = match result {
+                    Ok(()) => Enqueued::Accepted,
+                    Err(WalError::Full) => Enqueued::Full,
+                    Err(e) => Enqueued::WalFailed(e.to_string()),
+                };
+                let appended = Appended {
+                    started_by,
+                    fresh: if verdict == Enqueued::Accepted {
+                        fresh
+                    } else {
+                        Vec::new()
+                    },
+                    keys,
                     fresh_low,
-                    answers,
-                    result,
-                    reply,
-                })));
+                };
+                if appended.fresh.is_empty() {
+                    // Nothing to queue: only the starting shard's bookkeeping to clear.
+                    let _ = me.send_message(ShardMsg::Appended(Box::new(appended)));
+                } else {
+                    hand_over(&engine, shard, appended).await;
+                }
+                let answers = answers
+                    .into_iter()
+                    .map(|a| a.unwrap_or_else(|| verdict.clone()))
+                    .collect();
+                answer_enqueue(&engine, shard, &tenant, &ids, reply, answers);
             }
             .instrument(self.span.clone()),
         );
     }
 
-    /// The WAL append of an [`Appending`] finished: queue its pushes (if it succeeded) and answer.
-    fn appended(&mut self, appending: Appending) {
-        let Appending {
+    /// A WAL append finished: clear its bookkeeping (if this shard started it) and queue its
+    /// pushes, unless they are known already (a restarted shard may have replayed them).
+    fn appended(&mut self, myself: &ActorRef<ShardMsg>, appended: Appended) {
+        let Appended {
+            started_by,
             fresh,
+            keys,
             fresh_low,
-            answers,
-            result,
-            reply,
-        } = appending;
-        for push in &fresh {
-            self.appending.remove(&PushId::from_u128(push.push_id));
-        }
-        self.appending_low = self.appending_low.saturating_sub(fresh_low);
-        let verdict = match result {
-            Ok(()) => Enqueued::Accepted,
-            Err(WalError::Full) => Enqueued::Full,
-            Err(e) => Enqueued::WalFailed(e.to_string()),
-        };
-        if verdict == Enqueued::Accepted {
-            for push in fresh {
-                self.insert(push);
+        } = appended;
+        let mine = started_by == myself.get_id();
+        if mine {
+            for key in &keys {
+                self.appending.remove(key);
             }
+            self.appending_low = self.appending_low.saturating_sub(fresh_low);
+        }
+        for push in fresh {
+            let key = push.key();
+            if self.entries.contains_key(&key) || self.recent_set.contains(&key) {
+                continue;
+            }
+            if !mine {
+                // Its admission reservation was reset when this shard recovered: take it again.
+                self.load.fetch_add(1, Ordering::AcqRel);
+            }
+            self.insert(push, key.as_u128());
         }
         self.publish_gauges();
-        let answers = answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| verdict.clone()))
-            .collect();
-        let _ = reply.send(answers);
     }
 
     /// Queue `push`, coalescing an older unsent push with the same collapse key.
-    fn insert(&mut self, push: Push) {
+    fn insert(&mut self, push: Push, wal_id: u128) {
+        let key = push.key();
         let id = PushId::from_u128(push.push_id);
         let request = Arc::new(push.notification.prepare());
         let lane = lane_of(&push.notification);
@@ -413,6 +505,8 @@ impl ShardState {
         self.next_seq += 1;
         let entry = Entry {
             push,
+            id,
+            wal_id,
             request,
             seq,
             lane,
@@ -421,8 +515,8 @@ impl ShardState {
             unsent: 0,
             started: Instant::now(),
         };
-        if let Some(key) = entry.collapse_key()
-            && let Some(older) = self.collapse.insert(key, id)
+        if let Some(collapse) = entry.collapse_key()
+            && let Some(older) = self.collapse.insert(collapse, key)
         {
             let replaceable = self
                 .entries
@@ -430,14 +524,13 @@ impl ShardState {
                 .is_some_and(|e| !matches!(e.status, Status::InFlight { .. }));
             if replaceable {
                 self.finish_sync(older, Outcome::Coalesced { by: id });
-                self.complete_later(older);
             }
         }
         if lane > 0 {
             self.low_lanes += 1;
         }
-        self.ready.insert((lane, seq, id));
-        self.entries.insert(id, entry);
+        self.ready.insert((lane, seq, key));
+        self.entries.insert(key, entry);
     }
 
     /// Hand ready pushes to their tenants, most urgent first, up to the in-flight bound.
@@ -452,6 +545,7 @@ impl ShardState {
             let Some(entry) = self.entries.get(&id) else {
                 continue;
             };
+            // (`id` is the push's key from here on.)
             let notification = &entry.push.notification;
             let expired = notification.expiration().is_some_and(|e| e.is_expired(now));
             let tenant_id = entry.push.tenant.clone();
@@ -510,7 +604,7 @@ impl ShardState {
         self.schedule_wake(myself);
     }
 
-    async fn answer(&mut self, id: PushId, dispatch: u64, result: JobResult) {
+    async fn answer(&mut self, id: PushKey, dispatch: u64, result: JobResult) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -588,7 +682,7 @@ impl ShardState {
         }
     }
 
-    async fn send_failed(&mut self, id: PushId, error: &SendError) {
+    async fn send_failed(&mut self, id: PushKey, error: &SendError) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -616,7 +710,7 @@ impl ShardState {
     }
 
     /// Schedule another attempt after a failed one, or end the push.
-    async fn retry(&mut self, id: PushId, backoff: &crate::backoff::Backoff, last: &str) {
+    async fn retry(&mut self, id: PushKey, backoff: &crate::backoff::Backoff, last: &str) {
         let Some(entry) = self.entries.get(&id) else {
             return;
         };
@@ -641,7 +735,7 @@ impl ShardState {
         }
     }
 
-    fn delay(&mut self, id: PushId, delay: Duration) {
+    fn delay(&mut self, id: PushKey, delay: Duration) {
         if let Some(entry) = self.entries.get_mut(&id) {
             let due = Instant::now() + delay;
             entry.status = Status::Delayed(due);
@@ -669,7 +763,12 @@ impl ShardState {
                 break;
             }
             self.in_flight.remove(&(deadline, id));
-            tracing::warn!(shard = self.shard, push = %id, "no answer in time; presuming lost");
+            let push = self.entries.get(&id).map(|e| e.id.to_string());
+            tracing::warn!(
+                shard = self.shard,
+                push,
+                "no answer in time; presuming lost"
+            );
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.status = Status::Ready;
                 entry.attempts += 1;
@@ -697,16 +796,10 @@ impl ShardState {
         myself.send_after(delay, || ShardMsg::Wake);
     }
 
-    /// End push `id` with `outcome`: complete it in the write-ahead log, record and stream it.
-    async fn finish(&mut self, id: PushId, outcome: Outcome) {
-        if self.finish_sync(id, outcome) {
-            self.complete_later(id);
-        }
-    }
-
-    /// Complete `id` in the write-ahead log with the next batch (see [`Self::flush_completions`]).
-    fn complete_later(&mut self, id: PushId) {
-        self.completed.push(id.as_u128());
+    /// End push `id` with `outcome`: record and stream it, complete it in the write-ahead log
+    /// with the next batch (see [`Self::flush_completions`]).
+    async fn finish(&mut self, id: PushKey, outcome: Outcome) {
+        self.finish_sync(id, outcome);
     }
 
     /// Complete every push finished while handling this message, in one WAL operation (one
@@ -716,14 +809,17 @@ impl ShardState {
             return;
         }
         let ids = std::mem::take(&mut self.completed);
-        if let Err(error) = self.engine.wal.complete(ids).await {
+        // With done markers, so the dedupe memory survives a restart.
+        let now = self.engine.clock.now();
+        if let Err(error) = self.engine.wal.complete_at(ids, now).await {
             // The pushes will be replayed after a restart (at-least-once).
             tracing::warn!(shard = self.shard, %error, "WAL completion failed");
         }
     }
 
-    /// Everything of `finish` but the write-ahead log. Returns false if `id` was not queued.
-    fn finish_sync(&mut self, id: PushId, outcome: Outcome) -> bool {
+    /// `finish` without waiting: the write-ahead log completion is left for
+    /// [`Self::flush_completions`]. Returns false if `id` was not queued.
+    fn finish_sync(&mut self, id: PushKey, outcome: Outcome) -> bool {
         let Some(entry) = self.entries.remove(&id) else {
             return false;
         };
@@ -745,13 +841,9 @@ impl ShardState {
         {
             self.collapse.remove(&key);
         }
-        self.recent.push_back(id);
-        self.recent_set.insert(id);
-        while self.recent.len() > limits::SHARD_DEDUPE_KEPT_MAX {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_set.remove(&old);
-            }
-        }
+        self.completed.push(entry.wal_id);
+        let now = self.engine.clock.now();
+        self.remember(id, now, now);
         release(&self.load);
         self.engine.release_tenant(&entry.push.tenant);
         metrics::counter!(
@@ -763,7 +855,7 @@ impl ShardState {
         metrics::histogram!("herald_push_latency_seconds", "outcome" => outcome.label())
             .record(entry.started.elapsed().as_secs_f64());
         self.engine.publish(OutcomeRecord {
-            push_id: id,
+            push_id: entry.id,
             tenant: entry.push.tenant,
             device_token: entry.push.notification.device_token().clone(),
             outcome,
@@ -772,12 +864,97 @@ impl ShardState {
         true
     }
 
+    /// Remember `key`, finished at `at`, for dedupe (unless it is past the retention at `now`),
+    /// forgetting the oldest past [`SHARD_DEDUPE_KEPT_MAX`](limits::SHARD_DEDUPE_KEPT_MAX).
+    fn remember(&mut self, key: PushKey, at: Timestamp, now: Timestamp) {
+        if is_past_retention(at, now) || !self.recent_set.insert(key) {
+            return;
+        }
+        self.recent.push_back((key, at));
+        while self.recent.len() > limits::SHARD_DEDUPE_KEPT_MAX {
+            if let Some((old, _)) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+    }
+
+    /// Forget the finished pushes past the dedupe retention at `now`.
+    fn forget_expired(&mut self, now: Timestamp) {
+        while let Some(&(key, at)) = self.recent.front() {
+            if !is_past_retention(at, now) {
+                break;
+            }
+            self.recent.pop_front();
+            self.recent_set.remove(&key);
+        }
+    }
+
     fn publish_gauges(&self) {
         metrics::gauge!("herald_queue_depth", "shard" => self.shard_label.clone())
             .set(self.entries.len() as f64);
         metrics::gauge!("herald_inflight", "shard" => self.shard_label.clone())
             .set(self.in_flight.len() as f64);
     }
+}
+
+/// True if a push finished at `at` is no longer remembered at `now`.
+fn is_past_retention(at: Timestamp, now: Timestamp) -> bool {
+    at.saturating_add(limits::SHARD_DEDUPE_RETENTION) < now
+}
+
+/// Send the caller of an `Enqueue` its answers. If it stopped waiting (it answered
+/// `OutcomeUnknown`), do what it would have done for every push not accepted: release its
+/// admission reservations, and record for a push the WAL refused that it was not accepted,
+/// so the outcome lookup tells the truth.
+fn answer_enqueue(
+    engine: &EngineShared,
+    shard: u32,
+    tenant: &str,
+    ids: &[PushId],
+    reply: oneshot::Sender<Vec<Enqueued>>,
+    answers: Vec<Enqueued>,
+) {
+    let Err(answers) = reply.send(answers) else {
+        return;
+    };
+    for (id, answer) in ids.iter().zip(answers) {
+        let why = match answer {
+            Enqueued::Accepted => continue,
+            Enqueued::Duplicate => None,
+            Enqueued::Full => Some("write-ahead log or shard full".to_owned()),
+            Enqueued::WalFailed(e) => Some(e),
+        };
+        engine.release_reservation(tenant, shard);
+        if let Some(why) = why {
+            let outcome = Outcome::Failed {
+                reason: Failure::NotAccepted(why),
+            };
+            engine.outcomes.record_for(tenant, *id, outcome);
+        }
+    }
+}
+
+/// Hand the pushes of a successful append to the shard running now: the one that started it,
+/// or its successor if it crashed meanwhile. The successor may have replayed them already (it
+/// skips known pushes) or not (its replay ran before the append committed). If no shard takes
+/// them within [`SHARD_HANDOVER_ATTEMPTS_MAX`](limits::SHARD_HANDOVER_ATTEMPTS_MAX) tries (the
+/// engine is stopping), they stay in the WAL for the next start.
+async fn hand_over(engine: &EngineShared, shard: u32, appended: Appended) {
+    let mut message = ShardMsg::Appended(Box::new(appended));
+    for attempt in 0..limits::SHARD_HANDOVER_ATTEMPTS_MAX {
+        if let Some(actor) = engine.shard_actor(shard) {
+            match actor.send_message(message) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(back)) => message = back,
+                Err(_) => return,
+            }
+        }
+        tokio::time::sleep(limits::SHARD_HANDOVER_PAUSE * (attempt + 1)).await;
+    }
+    tracing::warn!(
+        shard,
+        "no running shard took appended pushes; they stay in the WAL for the next start"
+    );
 }
 
 /// The lane of a push: 0 for priority 10, 1 for 5, 2 for 1.

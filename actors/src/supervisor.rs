@@ -73,6 +73,7 @@ pub(crate) enum SupervisorMsg {
     /// Stop every child in order, then stop.
     Shutdown(RpcReplyPort<()>),
     /// Test hook: crash shard `n`.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))] // sent by `Herald`'s test hooks
     CrashShard(u32, RpcReplyPort<bool>),
 }
 

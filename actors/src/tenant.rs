@@ -199,6 +199,7 @@ pub(crate) enum TenantMsg {
     /// Report health.
     Status(RpcReplyPort<TenantStatus>),
     /// Test hook: crash one connection actor.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))] // sent by `Herald`'s test hooks
     CrashConnection(RpcReplyPort<bool>),
 }
 

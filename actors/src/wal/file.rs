@@ -7,25 +7,34 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
-use super::{PendingIndex, Wal, WalError, WalLimits, WalRecord};
-use crate::seams::BoxFuture;
+use super::{Finished, FinishedIndex, PendingIndex, Wal, WalError, WalLimits, WalRecord};
+use crate::seams::{BoxFuture, Timestamp};
 
-/// The on-disk layout version this code reads and writes.
-const FORMAT_VERSION: u64 = 1;
+/// The on-disk layout version this code writes. Version 1 (no done-marker table) is read and
+/// upgraded in place on open.
+const FORMAT_VERSION: u64 = 2;
 const FORMAT_KEY: &str = "format";
 const RECORDS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("herald_wal_records");
+const FINISHED: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("herald_wal_finished");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("herald_wal_meta");
 /// Bytes of an encoded record before its payload: id (16) + shard (4).
 const HEADER_BYTES: usize = 20;
+/// Bytes of an encoded done marker: id (16) + shard (4) + finish time in ms (8).
+const MARKER_BYTES: usize = 28;
 
 /// A durable write-ahead log stored in one redb file.
 ///
 /// # Layout
 ///
-/// One redb database holds two tables:
+/// One redb database holds three tables:
 /// - `herald_wal_records`: sequence number (`u64`, increasing in append order) → record,
 ///   encoded as `id (16 bytes, big-endian) ‖ shard (4 bytes, big-endian) ‖ payload`;
-/// - `herald_wal_meta`: `"format"` → the layout version (currently 1).
+/// - `herald_wal_finished`: sequence number (`u64`, increasing in finish order) → done marker,
+///   encoded as `id (16) ‖ shard (4) ‖ finish time in ms since the Unix epoch (8)`, all
+///   big-endian; written and trimmed by `complete_at` in the transaction that deletes the
+///   records;
+/// - `herald_wal_meta`: `"format"` → the layout version (currently 2; a version-1 file, which
+///   lacks the done-marker table, is upgraded on open).
 ///
 /// Replay is a scan of the records table in key order, which is append order. After every
 /// record has been completed the table is empty and numbering restarts at zero on the next open:
@@ -53,13 +62,19 @@ pub struct FileWal {
 struct Inner {
     path: PathBuf,
     db: Database,
-    /// Held for the whole of a write transaction, so the index always matches the store and
+    /// Held for the whole of a write transaction, so the indexes always match the store and
     /// sequence numbers are handed out in commit order.
-    index: Mutex<PendingIndex>,
+    index: Mutex<Indexes>,
     /// Mirrors of the index's counters, readable without waiting for a commit in progress.
     len: AtomicUsize,
     bytes: AtomicU64,
     commits: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Indexes {
+    pending: PendingIndex,
+    finished: FinishedIndex,
 }
 
 impl FileWal {
@@ -87,13 +102,19 @@ impl FileWal {
         let db = Database::create(&path).map_err(store_error)?;
         check_format(&db)?;
         let mut index = PendingIndex::new(limits);
+        let mut finished = FinishedIndex::new(limits);
         {
             let read = db.begin_read().map_err(store_error)?;
             let table = read.open_table(RECORDS).map_err(store_error)?;
             for entry in table.iter().map_err(store_error)? {
                 let (seq, value) = entry.map_err(store_error)?;
                 let record = decode(value.value())?;
-                index.restore(seq.value(), record.id, record.data.len());
+                index.restore(seq.value(), record.id, record.data.len(), record.shard);
+            }
+            let table = read.open_table(FINISHED).map_err(store_error)?;
+            for entry in table.iter().map_err(store_error)? {
+                let (seq, value) = entry.map_err(store_error)?;
+                finished.restore(seq.value(), decode_marker(value.value())?);
             }
         }
         tracing::debug!(path = %path.display(), pending = index.len(), "write-ahead log opened");
@@ -102,7 +123,10 @@ impl FileWal {
             db,
             len: AtomicUsize::new(index.len()),
             bytes: AtomicU64::new(index.bytes()),
-            index: Mutex::new(index),
+            index: Mutex::new(Indexes {
+                pending: index,
+                finished,
+            }),
             commits: AtomicU64::new(0),
         };
         Ok(FileWal {
@@ -146,7 +170,18 @@ impl Wal for FileWal {
         if ids.is_empty() {
             return Box::pin(async { Ok(()) });
         }
-        self.blocking(move |inner| inner.complete(&ids))
+        self.blocking(move |inner| inner.complete(&ids, None))
+    }
+
+    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+        if ids.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        self.blocking(move |inner| inner.complete(&ids, Some(at)))
+    }
+
+    fn finished(&self) -> BoxFuture<'_, Result<Vec<Finished>, WalError>> {
+        self.blocking(|inner| Ok(inner.lock().finished.list()))
     }
 
     fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
@@ -163,7 +198,7 @@ impl Wal for FileWal {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, PendingIndex> {
+    fn lock(&self) -> MutexGuard<'_, Indexes> {
         // The index changes only after a commit succeeded, by code that does not panic, so a
         // poisoned lock still guards an index that matches the store.
         self.index
@@ -177,7 +212,8 @@ impl Inner {
     }
 
     fn append(&self, batch: Vec<WalRecord>) -> Result<(), WalError> {
-        let mut index = self.lock();
+        let mut guard = self.lock();
+        let index = &mut guard.pending;
         let planned = index.plan_append(batch)?;
         if planned.is_empty() {
             return Ok(());
@@ -199,7 +235,7 @@ impl Inner {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 index.apply_append(&planned);
-                self.publish(&index);
+                self.publish(index);
                 Ok(())
             }
             Err(e) => {
@@ -211,12 +247,22 @@ impl Inner {
         }
     }
 
-    fn complete(&self, ids: &[u128]) -> Result<(), WalError> {
-        let mut index = self.lock();
-        let planned = index.plan_complete(ids);
+    /// Complete `ids`; with `at`, keep their done markers (and trim the old ones) in the same
+    /// transaction.
+    fn complete(&self, ids: &[u128], at: Option<Timestamp>) -> Result<(), WalError> {
+        let mut guard = self.lock();
+        let Indexes { pending, finished } = &mut *guard;
+        let planned = pending.plan_complete(ids);
         if planned.is_empty() {
             return Ok(());
         }
+        let markers = at.map(|at| {
+            let done: Vec<(u128, u32)> = planned
+                .iter()
+                .filter_map(|(id, _)| pending.shard_of(*id).map(|shard| (*id, shard)))
+                .collect();
+            finished.plan(&done, at)
+        });
         let written = (|| -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             {
@@ -225,14 +271,28 @@ impl Inner {
                     table.remove(*seq)?;
                 }
             }
+            if let Some(markers) = &markers {
+                let mut table = txn.open_table(FINISHED)?;
+                for seq in &markers.drop {
+                    table.remove(*seq)?;
+                }
+                let mut buf = [0u8; MARKER_BYTES];
+                for (seq, marker) in &markers.add {
+                    encode_marker(marker, &mut buf);
+                    table.insert(*seq, buf.as_slice())?;
+                }
+            }
             txn.commit()?;
             Ok(())
         })();
         match written {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
-                index.apply_complete(&planned);
-                self.publish(&index);
+                pending.apply_complete(&planned);
+                if let Some(markers) = &markers {
+                    finished.apply(markers);
+                }
+                self.publish(pending);
                 Ok(())
             }
             Err(e) => {
@@ -267,6 +327,11 @@ fn check_format(db: &Database) -> Result<(), WalError> {
             .map(|v| v.value());
         match found {
             Some(FORMAT_VERSION) => {}
+            Some(1) => {
+                // Version 1 lacks the done-marker table (created below): upgrade.
+                meta.insert(FORMAT_KEY, FORMAT_VERSION)
+                    .map_err(store_error)?;
+            }
             Some(other) => {
                 return Err(WalError::Corrupt(format!(
                     "unknown write-ahead log format {other} (this build reads {FORMAT_VERSION})"
@@ -277,8 +342,9 @@ fn check_format(db: &Database) -> Result<(), WalError> {
                     .map_err(store_error)?;
             }
         }
-        // Create the records table if it is missing.
+        // Create the tables if they are missing.
         txn.open_table(RECORDS).map_err(store_error)?;
+        txn.open_table(FINISHED).map_err(store_error)?;
     }
     txn.commit().map_err(store_error)
 }
@@ -306,6 +372,32 @@ fn decode(value: &[u8]) -> Result<WalRecord, WalError> {
         id: u128::from_be_bytes(id_bytes),
         shard: u32::from_be_bytes(shard_bytes),
         data: Bytes::copy_from_slice(&value[HEADER_BYTES..]),
+    })
+}
+
+fn encode_marker(marker: &Finished, buf: &mut [u8; MARKER_BYTES]) {
+    buf[..16].copy_from_slice(&marker.id.to_be_bytes());
+    buf[16..20].copy_from_slice(&marker.shard.to_be_bytes());
+    buf[20..].copy_from_slice(&marker.at.as_millis().to_be_bytes());
+}
+
+fn decode_marker(value: &[u8]) -> Result<Finished, WalError> {
+    let bytes: &[u8; MARKER_BYTES] = value.try_into().map_err(|_| {
+        WalError::Corrupt(format!(
+            "done marker of {} bytes; expected {MARKER_BYTES}",
+            value.len()
+        ))
+    })?;
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&bytes[..16]);
+    let mut shard = [0u8; 4];
+    shard.copy_from_slice(&bytes[16..20]);
+    let mut at = [0u8; 8];
+    at.copy_from_slice(&bytes[20..]);
+    Ok(Finished {
+        id: u128::from_be_bytes(id),
+        shard: u32::from_be_bytes(shard),
+        at: Timestamp::from_millis(u64::from_be_bytes(at)),
     })
 }
 

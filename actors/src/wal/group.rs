@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{SharedWal, Wal, WalError, WalRecord};
+use super::{Finished, SharedWal, Wal, WalError, WalRecord};
 use crate::limits::{WAL_GROUP_COMMIT_QUEUE_MAX, WAL_GROUP_COMMIT_RECORDS_MAX};
-use crate::seams::BoxFuture;
+use crate::seams::{BoxFuture, Timestamp};
 
 /// Settings of a [`GroupCommitWal`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,9 @@ impl Default for GroupCommitConfig {
 /// queue up and form the next group, so the commit rate adapts to the fsync latency by itself.
 ///
 /// Only consecutive requests of the same kind are merged (appends with appends, completions
-/// with completions), so the wrapped WAL sees operations in the order callers issued them.
+/// with completions, completions keeping done markers with their like), so the wrapped WAL sees
+/// operations in the order callers issued them. Merged `complete_at` calls keep their markers
+/// with the latest of their finish times.
 ///
 /// Each caller keeps its own answer: if the merged batch fails with [`WalError::Full`] or
 /// [`WalError::RecordTooLarge`], the writer retries each caller's batch on its own, so one
@@ -48,7 +50,8 @@ impl Default for GroupCommitConfig {
 /// When the queue holds [`WAL_GROUP_COMMIT_QUEUE_MAX`] requests, `append` and `complete` fail
 /// at once with [`WalError::Full`] (answer `Overloaded`) rather than wait.
 ///
-/// `replay`, `len` and `bytes` go straight to the wrapped WAL: replay before appending.
+/// `replay`, `finished`, `len` and `bytes` go straight to the wrapped WAL: replay before
+/// appending.
 /// The writer task ends when the last handle is dropped.
 ///
 /// ```
@@ -90,6 +93,8 @@ enum Request {
     },
     Complete {
         ids: Vec<u128>,
+        /// `Some` for `complete_at` (keep done markers finished then).
+        at: Option<Timestamp>,
         reply: oneshot::Sender<Result<(), WalError>>,
     },
 }
@@ -171,7 +176,29 @@ impl Wal for GroupCommitWal {
             return Box::pin(async { Ok(()) });
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Request::Complete { ids, reply }, answer)
+        let request = Request::Complete {
+            ids,
+            at: None,
+            reply,
+        };
+        self.submit(request, answer)
+    }
+
+    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+        if ids.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Complete {
+            ids,
+            at: Some(at),
+            reply,
+        };
+        self.submit(request, answer)
+    }
+
+    fn finished(&self) -> BoxFuture<'_, Result<Vec<Finished>, WalError>> {
+        self.inner.finished()
     }
 
     fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
@@ -198,6 +225,14 @@ struct Writer {
 
 type Reply = oneshot::Sender<Result<(), WalError>>;
 
+/// Completions merged into one operation of the wrapped WAL.
+struct Completions {
+    ids: Vec<u128>,
+    /// The latest finish time of merged `complete_at` calls (`None`: plain `complete`s).
+    at: Option<Timestamp>,
+    replies: Vec<Reply>,
+}
+
 impl Writer {
     async fn run(mut self) {
         loop {
@@ -213,8 +248,8 @@ impl Writer {
                     let group = self.drain_appends(batch, reply);
                     self.commit_appends(group).await;
                 }
-                Request::Complete { ids, reply } => {
-                    let group = self.drain_completions(ids, reply);
+                Request::Complete { ids, at, reply } => {
+                    let group = self.drain_completions(ids, at, reply);
                     self.commit_completions(group).await;
                 }
             }
@@ -244,13 +279,24 @@ impl Writer {
         group
     }
 
-    fn drain_completions(&mut self, ids: Vec<u128>, reply: Reply) -> (Vec<u128>, Vec<Reply>) {
+    fn drain_completions(
+        &mut self,
+        ids: Vec<u128>,
+        at: Option<Timestamp>,
+        reply: Reply,
+    ) -> Completions {
         let mut all = ids;
+        let mut latest = at;
         let mut replies = vec![reply];
         while all.len() < self.group_records_max {
             match self.requests.try_recv() {
-                Ok(Request::Complete { ids, reply }) => {
+                Ok(Request::Complete {
+                    ids,
+                    at: this,
+                    reply,
+                }) if this.is_some() == latest.is_some() => {
                     all.extend(ids);
+                    latest = latest.max(this);
                     replies.push(reply);
                 }
                 Ok(other) => {
@@ -260,7 +306,11 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        (all, replies)
+        Completions {
+            ids: all,
+            at: latest,
+            replies,
+        }
     }
 
     async fn commit_appends(&self, group: Vec<(Vec<WalRecord>, Reply)>) {
@@ -297,10 +347,13 @@ impl Writer {
         }
     }
 
-    async fn commit_completions(&self, (ids, replies): (Vec<u128>, Vec<Reply>)) {
+    async fn commit_completions(&self, group: Completions) {
         self.commits.fetch_add(1, Ordering::Relaxed);
-        let result = self.inner.complete(ids).await;
-        for reply in replies {
+        let result = match group.at {
+            Some(at) => self.inner.complete_at(group.ids, at).await,
+            None => self.inner.complete(group.ids).await,
+        };
+        for reply in group.replies {
             let _ = reply.send(result.clone());
         }
     }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{PendingIndex, Wal, WalError, WalLimits, WalRecord};
-use crate::seams::BoxFuture;
+use super::{Finished, FinishedIndex, PendingIndex, Wal, WalError, WalLimits, WalRecord};
+use crate::seams::{BoxFuture, Timestamp};
 
 /// A write-ahead log kept in this process's memory.
 ///
@@ -26,6 +26,7 @@ pub struct MemoryWal {
 struct State {
     index: PendingIndex,
     records: BTreeMap<u64, WalRecord>,
+    finished: FinishedIndex,
 }
 
 impl MemoryWal {
@@ -40,6 +41,7 @@ impl MemoryWal {
             state: Mutex::new(State {
                 index: PendingIndex::new(limits),
                 records: BTreeMap::new(),
+                finished: FinishedIndex::new(limits),
             }),
         }
     }
@@ -62,9 +64,17 @@ impl MemoryWal {
         Ok(())
     }
 
-    fn complete_now(&self, ids: &[u128]) {
+    fn complete_now(&self, ids: &[u128], at: Option<Timestamp>) {
         let mut state = self.lock();
         let planned = state.index.plan_complete(ids);
+        if let Some(at) = at {
+            let done: Vec<(u128, u32)> = planned
+                .iter()
+                .filter_map(|(id, _)| state.index.shard_of(*id).map(|shard| (*id, shard)))
+                .collect();
+            let markers = state.finished.plan(&done, at);
+            state.finished.apply(&markers);
+        }
         state.index.apply_complete(&planned);
         for (_, seq) in planned {
             state.records.remove(&seq);
@@ -85,9 +95,20 @@ impl Wal for MemoryWal {
 
     fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
         Box::pin(async move {
-            self.complete_now(&ids);
+            self.complete_now(&ids, None);
             Ok(())
         })
+    }
+
+    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+        Box::pin(async move {
+            self.complete_now(&ids, Some(at));
+            Ok(())
+        })
+    }
+
+    fn finished(&self) -> BoxFuture<'_, Result<Vec<Finished>, WalError>> {
+        Box::pin(async move { Ok(self.lock().finished.list()) })
     }
 
     fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {

@@ -21,12 +21,24 @@
 //! Appends are idempotent per id: appending an id that is already pending keeps the first
 //! record and drops the new one (so a caller that saw an error may safely retry the batch).
 //!
+//! # Done markers (the durable dedupe memory)
+//!
+//! [`Wal::complete_at`] completes records *and* keeps a done marker per completed record
+//! ([`Finished`]: id, shard, finish time) in the same commit, so a shard that restarts reads
+//! back with [`Wal::finished`] which push ids it finished recently and still refuses to queue
+//! them again. The markers are bounded by [`WalLimits`]: at most [`WAL_FINISHED_MAX`] of them
+//! (the oldest are dropped first) and none older than [`WAL_FINISHED_RETENTION`] before the
+//! newest completion's time (trimmed by each `complete_at`; the time comes from the caller's
+//! `Clock`, never from the WAL). [`Wal::complete`] completes without a marker. A WAL that keeps
+//! no markers (the trait's default methods) is still correct, only its dedupe does not survive
+//! a restart.
+//!
 //! # Bounds
 //!
 //! Every WAL is bounded by [`WalLimits`]: at most [`WAL_RECORDS_MAX`] pending records and
 //! [`WAL_BYTES_MAX`] pending payload bytes (past either, [`WalError::Full`]: answer
-//! `Overloaded`), and records of at most [`WAL_RECORD_BYTES_MAX`] bytes
-//! ([`WalError::RecordTooLarge`]: a request bug).
+//! `Overloaded`), records of at most [`WAL_RECORD_BYTES_MAX`] bytes
+//! ([`WalError::RecordTooLarge`]: a request bug), and done markers as above.
 //!
 //! # Why an async trait with boxed futures
 //!
@@ -45,15 +57,19 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use herald_actors::seams::Timestamp;
 //! use herald_actors::wal::{MemoryWal, Wal, WalRecord};
 //!
 //! let wal = MemoryWal::new();
 //! wal.append(vec![WalRecord::new(1, 7, &b"push one"[..]), WalRecord::new(2, 7, &b"push two"[..])])
 //!     .await?;
-//! wal.complete(vec![1]).await?;
+//! wal.complete_at(vec![1], Timestamp::from_secs(100)).await?;
 //! let pending = wal.replay().await?;
 //! assert_eq!(pending.len(), 1);
 //! assert_eq!(pending[0].id, 2);
+//! // Push 1 is remembered as finished (for dedupe after a restart).
+//! let done = wal.finished().await?;
+//! assert_eq!((done[0].id, done[0].shard, done[0].at), (1, 7, Timestamp::from_secs(100)));
 //! # Ok::<(), herald_actors::wal::WalError>(())
 //! # }).unwrap();
 //! ```
@@ -61,11 +77,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::limits::{WAL_BYTES_MAX, WAL_RECORD_BYTES_MAX, WAL_RECORDS_MAX};
-use crate::seams::BoxFuture;
+use crate::limits::{
+    WAL_BYTES_MAX, WAL_FINISHED_MAX, WAL_FINISHED_RETENTION, WAL_RECORD_BYTES_MAX, WAL_RECORDS_MAX,
+};
+use crate::seams::{BoxFuture, Timestamp};
 
 mod file;
 mod group;
@@ -95,6 +114,18 @@ impl WalRecord {
             data: data.into(),
         }
     }
+}
+
+/// A done marker: record `id` of shard `shard` was completed at `at` (see the
+/// [module docs](self#done-markers-the-durable-dedupe-memory)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// The completed record's id.
+    pub id: u128,
+    /// Its shard.
+    pub shard: u32,
+    /// When it was completed (the caller's clock).
+    pub at: Timestamp,
 }
 
 /// Why a WAL operation failed.
@@ -142,9 +173,27 @@ pub trait Wal: Send + Sync + fmt::Debug + 'static {
     /// Fails with [`WalError::Full`] or [`WalError::RecordTooLarge`] without appending anything.
     fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>>;
 
-    /// Mark the records named by `ids` done and reclaim their space. Ids that are not pending
-    /// are ignored, so completing twice is harmless.
+    /// Mark the records named by `ids` done and reclaim their space, keeping no done marker.
+    /// Ids that are not pending are ignored, so completing twice is harmless.
     fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>>;
+
+    /// As [`complete`](Self::complete), and in the same commit keep a done marker, finished at
+    /// `at`, for every record that was pending; then drop the markers past the bounds of
+    /// [`WalLimits`] (older than the retention before `at`, or beyond the count, oldest first).
+    ///
+    /// The default keeps no marker (it is [`complete`](Self::complete)): correct, but the
+    /// dedupe memory of such a WAL does not survive a restart. Every WAL of this crate
+    /// overrides it.
+    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+        let _ = at;
+        self.complete(ids)
+    }
+
+    /// The kept done markers, oldest first. Called by a shard when it (re)starts. The default
+    /// (a WAL that keeps none) is empty.
+    fn finished(&self) -> BoxFuture<'_, Result<Vec<Finished>, WalError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     /// Every pending record (appended, not completed), in append order. Called by a shard
     /// when it (re)starts, before it appends anything new.
@@ -162,13 +211,15 @@ pub trait Wal: Send + Sync + fmt::Debug + 'static {
     fn bytes(&self) -> u64;
 }
 
-/// The bounds of one WAL. The default is [`WAL_RECORDS_MAX`], [`WAL_BYTES_MAX`] and
-/// [`WAL_RECORD_BYTES_MAX`].
+/// The bounds of one WAL. The default is [`WAL_RECORDS_MAX`], [`WAL_BYTES_MAX`],
+/// [`WAL_RECORD_BYTES_MAX`], [`WAL_FINISHED_MAX`] and [`WAL_FINISHED_RETENTION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalLimits {
     records_max: usize,
     bytes_max: u64,
     record_bytes_max: usize,
+    finished_max: usize,
+    finished_retention: Duration,
 }
 
 impl WalLimits {
@@ -192,7 +243,28 @@ impl WalLimits {
             records_max,
             bytes_max,
             record_bytes_max,
+            finished_max: WAL_FINISHED_MAX,
+            finished_retention: WAL_FINISHED_RETENTION,
         }
+    }
+
+    /// These limits, keeping at most `finished_max` done markers for at most `retention`
+    /// each. `finished_max` may be zero (keep none). Defaults: [`WAL_FINISHED_MAX`],
+    /// [`WAL_FINISHED_RETENTION`].
+    pub fn with_finished(mut self, finished_max: usize, retention: Duration) -> Self {
+        self.finished_max = finished_max;
+        self.finished_retention = retention;
+        self
+    }
+
+    /// Most done markers kept.
+    pub fn finished_max(&self) -> usize {
+        self.finished_max
+    }
+
+    /// How long a done marker is kept.
+    pub fn finished_retention(&self) -> Duration {
+        self.finished_retention
     }
 
     /// Most pending records.
@@ -225,8 +297,8 @@ impl Default for WalLimits {
 #[derive(Debug)]
 pub(crate) struct PendingIndex {
     limits: WalLimits,
-    /// Pending id → (sequence number, payload bytes).
-    by_id: BTreeMap<u128, (u64, usize)>,
+    /// Pending id → (sequence number, payload bytes, shard).
+    by_id: BTreeMap<u128, (u64, usize, u32)>,
     bytes: u64,
     next_seq: u64,
 }
@@ -250,10 +322,10 @@ impl PendingIndex {
     }
 
     /// Restore one record found in the store at start-up. Records must come in sequence order.
-    pub(crate) fn restore(&mut self, seq: u64, id: u128, bytes: usize) {
+    pub(crate) fn restore(&mut self, seq: u64, id: u128, bytes: usize, shard: u32) {
         // A store written by a correct WAL holds each id once; if an id repeats, the later
         // copy wins the index and the earlier one is still replayed (at-least-once).
-        if let Some((_, old_bytes)) = self.by_id.insert(id, (seq, bytes)) {
+        if let Some((_, old_bytes, _)) = self.by_id.insert(id, (seq, bytes, shard)) {
             self.bytes = self.bytes.saturating_sub(old_bytes as u64);
         }
         self.bytes += bytes as u64;
@@ -296,7 +368,9 @@ impl PendingIndex {
     /// Record that `planned` (from [`Self::plan_append`]) is now in the store.
     pub(crate) fn apply_append(&mut self, planned: &[(u64, WalRecord)]) {
         for (seq, record) in planned {
-            let previous = self.by_id.insert(record.id, (*seq, record.data.len()));
+            let previous = self
+                .by_id
+                .insert(record.id, (*seq, record.data.len(), record.shard));
             debug_assert!(previous.is_none(), "planned append of a pending id");
             self.bytes += record.data.len() as u64;
             self.next_seq = self.next_seq.max(seq + 1);
@@ -315,7 +389,7 @@ impl PendingIndex {
     pub(crate) fn plan_complete(&self, ids: &[u128]) -> Vec<(u128, u64)> {
         let mut found: BTreeMap<u128, u64> = BTreeMap::new();
         for id in ids {
-            if let Some((seq, _)) = self.by_id.get(id) {
+            if let Some((seq, _, _)) = self.by_id.get(id) {
                 found.insert(*id, *seq);
             }
         }
@@ -325,9 +399,91 @@ impl PendingIndex {
     /// Record that the records of `planned` (from [`Self::plan_complete`]) left the store.
     pub(crate) fn apply_complete(&mut self, planned: &[(u128, u64)]) {
         for (id, _) in planned {
-            if let Some((_, bytes)) = self.by_id.remove(id) {
+            if let Some((_, bytes, _)) = self.by_id.remove(id) {
                 self.bytes = self.bytes.saturating_sub(bytes as u64);
             }
+        }
+    }
+
+    /// The shard of pending record `id`.
+    pub(crate) fn shard_of(&self, id: u128) -> Option<u32> {
+        self.by_id.get(&id).map(|(_, _, shard)| *shard)
+    }
+}
+
+/// The in-memory index of the done markers every implementation keeps, in finish order, with
+/// the same `plan_*`/`apply_*` split as [`PendingIndex`].
+#[derive(Debug)]
+pub(crate) struct FinishedIndex {
+    limits: WalLimits,
+    /// Marker sequence number (finish order) → marker.
+    by_seq: BTreeMap<u64, Finished>,
+    next_seq: u64,
+}
+
+/// The change one `complete_at` makes to the done markers.
+#[derive(Debug, Default)]
+pub(crate) struct FinishedPlan {
+    /// Markers to add, with their sequence numbers.
+    pub(crate) add: Vec<(u64, Finished)>,
+    /// Sequence numbers of kept markers to drop (too old, or beyond the count).
+    pub(crate) drop: Vec<u64>,
+}
+
+impl FinishedIndex {
+    pub(crate) fn new(limits: WalLimits) -> Self {
+        FinishedIndex {
+            limits,
+            by_seq: BTreeMap::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// Restore one marker found in the store at start-up.
+    pub(crate) fn restore(&mut self, seq: u64, marker: Finished) {
+        self.by_seq.insert(seq, marker);
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
+    /// Every kept marker, oldest first.
+    pub(crate) fn list(&self) -> Vec<Finished> {
+        self.by_seq.values().copied().collect()
+    }
+
+    /// Markers for `done` (id, shard) finished at `at`, and the kept markers to drop so that
+    /// none is older than the retention before `at` and at most `finished_max` remain.
+    pub(crate) fn plan(&self, done: &[(u128, u32)], at: Timestamp) -> FinishedPlan {
+        let retention_ms =
+            u64::try_from(self.limits.finished_retention.as_millis()).unwrap_or(u64::MAX);
+        let oldest_kept_ms = at.as_millis().saturating_sub(retention_ms);
+        let mut plan = FinishedPlan::default();
+        let mut kept = Vec::new();
+        for (seq, marker) in &self.by_seq {
+            if marker.at.as_millis() < oldest_kept_ms {
+                plan.drop.push(*seq);
+            } else {
+                kept.push(*seq);
+            }
+        }
+        // The newest `finished_max` of (kept ++ done) stay.
+        let mut excess = (kept.len() + done.len()).saturating_sub(self.limits.finished_max);
+        let old_dropped = excess.min(kept.len());
+        plan.drop.extend_from_slice(&kept[..old_dropped]);
+        excess -= old_dropped;
+        for (seq, &(id, shard)) in (self.next_seq..).zip(done.iter().skip(excess)) {
+            plan.add.push((seq, Finished { id, shard, at }));
+        }
+        plan
+    }
+
+    /// Record that `plan` (from [`Self::plan`]) is now in the store.
+    pub(crate) fn apply(&mut self, plan: &FinishedPlan) {
+        for seq in &plan.drop {
+            self.by_seq.remove(seq);
+        }
+        for (seq, marker) in &plan.add {
+            self.by_seq.insert(*seq, *marker);
+            self.next_seq = self.next_seq.max(seq + 1);
         }
     }
 }

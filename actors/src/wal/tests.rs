@@ -92,6 +92,57 @@ async fn suite(make: &dyn Fn(WalLimits) -> SharedWal) {
     );
     assert_eq!(wal.bytes(), 80);
     assert_eq!(ids(&wal.replay().await.unwrap()), vec![7, 8]);
+
+    finished_markers(make).await;
+}
+
+fn at(secs: u64) -> crate::seams::Timestamp {
+    crate::seams::Timestamp::from_secs(secs)
+}
+
+fn marker_ids(markers: &[Finished]) -> Vec<u128> {
+    markers.iter().map(|m| m.id).collect()
+}
+
+/// Done markers: kept by `complete_at` (not by `complete`), only for pending records, in
+/// finish order, trimmed by count and by age relative to the newest completion.
+async fn finished_markers(make: &dyn Fn(WalLimits) -> SharedWal) {
+    let limits = WalLimits::default().with_finished(3, std::time::Duration::from_secs(100));
+    let wal = make(limits);
+    assert!(wal.finished().await.unwrap().is_empty());
+    let batch: Vec<WalRecord> = (1..=6).map(|id| record(id, "p")).collect();
+    wal.append(batch).await.unwrap();
+    wal.complete(vec![1]).await.unwrap();
+    assert!(
+        wal.finished().await.unwrap().is_empty(),
+        "complete keeps no marker"
+    );
+    // 99 is not pending: no marker for it.
+    wal.complete_at(vec![2, 99], at(1_000)).await.unwrap();
+    assert_eq!(
+        wal.finished().await.unwrap(),
+        vec![Finished {
+            id: 2,
+            shard: 2,
+            at: at(1_000)
+        }]
+    );
+    assert_eq!(ids(&wal.replay().await.unwrap()), vec![3, 4, 5, 6]);
+    // Count bound: the oldest goes first.
+    wal.complete_at(vec![3, 4], at(1_010)).await.unwrap();
+    wal.complete_at(vec![5], at(1_020)).await.unwrap();
+    assert_eq!(marker_ids(&wal.finished().await.unwrap()), vec![3, 4, 5]);
+    // Age bound: markers finished more than 100 s before the newest completion go.
+    wal.complete_at(vec![6], at(1_115)).await.unwrap();
+    assert_eq!(marker_ids(&wal.finished().await.unwrap()), vec![5, 6]);
+    assert!(wal.is_empty());
+    // A batch larger than the bound keeps its newest.
+    let batch: Vec<WalRecord> = (10..15).map(|id| record(id, "q")).collect();
+    wal.append(batch).await.unwrap();
+    wal.complete_at((10..15).collect(), at(1_120))
+        .await
+        .unwrap();
+    assert_eq!(marker_ids(&wal.finished().await.unwrap()), vec![12, 13, 14]);
 }
 
 #[tokio::test]
@@ -385,6 +436,67 @@ fn file_wal_rejects_a_file_that_is_not_a_wal() {
 
     let missing_dir = dir.path().join("no/such/dir/wal.redb");
     assert!(matches!(FileWal::open(&missing_dir), Err(WalError::Io(_))));
+}
+
+#[tokio::test]
+async fn file_wal_keeps_done_markers_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    {
+        let wal = FileWal::open(&path).unwrap();
+        wal.append(vec![record(1, "a"), record(2, "b"), record(3, "c")])
+            .await
+            .unwrap();
+        wal.complete_at(vec![1, 3], at(50)).await.unwrap();
+    }
+    let wal = FileWal::open(&path).unwrap();
+    assert_eq!(
+        wal.finished().await.unwrap(),
+        vec![
+            Finished {
+                id: 1,
+                shard: 1,
+                at: at(50)
+            },
+            Finished {
+                id: 3,
+                shard: 3,
+                at: at(50)
+            }
+        ]
+    );
+    assert_eq!(ids(&wal.replay().await.unwrap()), vec![2]);
+    // Numbering continues after the restored markers: order holds.
+    wal.complete_at(vec![2], at(60)).await.unwrap();
+    assert_eq!(marker_ids(&wal.finished().await.unwrap()), vec![1, 3, 2]);
+}
+
+#[tokio::test]
+async fn file_wal_upgrades_a_version_1_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    {
+        // A version-1 store: format 1, one pending record, no done-marker table.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(file_tests::META).unwrap();
+            meta.insert("format", 1u64).unwrap();
+            let mut records = txn.open_table(file_tests::RECORDS).unwrap();
+            let mut value = 5u128.to_be_bytes().to_vec();
+            value.extend_from_slice(&1u32.to_be_bytes());
+            value.extend_from_slice(b"old");
+            records.insert(0u64, value.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let wal = FileWal::open(&path).unwrap();
+    assert_eq!(
+        wal.replay().await.unwrap(),
+        vec![WalRecord::new(5, 1, &b"old"[..])]
+    );
+    wal.complete_at(vec![5], at(7)).await.unwrap();
+    assert_eq!(marker_ids(&wal.finished().await.unwrap()), vec![5]);
 }
 
 #[test]

@@ -1,0 +1,156 @@
+//! `send` tells the truth when the write-ahead log is slow: it waits for the append's own
+//! answer past the actor call timeout, and when even that takes too long it answers
+//! `OutcomeUnknown { id }`, after which the outcome lookup settles what happened.
+
+mod engine_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use engine_support::*;
+use herald_actors::seams::{BoxFuture, Timestamp};
+use herald_actors::wal::{Finished, MemoryWal, Wal, WalError, WalRecord};
+use herald_actors::{Failure, Outcome, PushError, Tuning};
+
+/// A WAL whose appends take `delay` and then fail if `fail` is set.
+#[derive(Debug)]
+struct SlowWal {
+    inner: MemoryWal,
+    delay: Duration,
+    fail: AtomicBool,
+}
+
+impl SlowWal {
+    fn new(delay: Duration) -> Arc<Self> {
+        Arc::new(SlowWal {
+            inner: MemoryWal::new(),
+            delay,
+            fail: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Wal for SlowWal {
+    fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(WalError::Io("disk on fire".into()));
+            }
+            self.inner.append(batch).await
+        })
+    }
+    fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
+        self.inner.complete(ids)
+    }
+    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+        self.inner.complete_at(ids, at)
+    }
+    fn finished(&self) -> BoxFuture<'_, Result<Vec<Finished>, WalError>> {
+        self.inner.finished()
+    }
+    fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
+        self.inner.replay()
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn bytes(&self) -> u64 {
+        self.inner.bytes()
+    }
+}
+
+fn tuning(call_timeout_ms: u64, append_wait_max_ms: u64) -> Tuning {
+    let mut t = fast_tuning();
+    t.call_timeout = Duration::from_millis(call_timeout_ms);
+    t.append_wait_max = Duration::from_millis(append_wait_max_ms);
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_waits_for_a_slow_append_past_the_call_timeout() {
+    // The append takes 5× the call timeout: `send` still answers with the append's verdict.
+    let wal = SlowWal::new(Duration::from_millis(500));
+    let shared = wal.clone();
+    let env = start(
+        |_| {},
+        move |b| {
+            b.wal(shared).tuning(tuning(100, 30_000));
+        },
+    )
+    .await;
+    let id = env.herald.send(TENANT, alert(1)).await.unwrap();
+    let got = outcomes(&env.herald, &[id]).await;
+    assert!(delivered(&got[&id]));
+    // A failing slow append is a plain, exact refusal.
+    wal.fail.store(true, Ordering::SeqCst);
+    let err = env.herald.send(TENANT, alert(2)).await.unwrap_err();
+    assert!(matches!(err, PushError::Wal(_)), "{err:?}");
+    assert_eq!(env.herald.pending(), 0);
+    assert_eq!(env.emulator.accepted_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_outlasting_the_wait_is_outcome_unknown_then_settled_by_the_lookup() {
+    let wal = SlowWal::new(Duration::from_millis(800));
+    let shared = wal.clone();
+    let env = start(
+        |_| {},
+        move |b| {
+            b.wal(shared).tuning(tuning(50, 200));
+        },
+    )
+    .await;
+    // The append succeeds after `send` gave up: the push is accepted and delivered.
+    let err = env.herald.send(TENANT, alert(1)).await.unwrap_err();
+    let PushError::OutcomeUnknown { id } = err else {
+        panic!("expected OutcomeUnknown, got {err:?}");
+    };
+    assert_eq!(env.herald.outcome(id), None, "not settled yet");
+    let got = outcomes(&env.herald, &[id]).await;
+    assert!(delivered(&got[&id]), "{got:?}");
+    assert_eq!(env.emulator.accepted_count(), 1);
+    eventually("nothing pending", || env.herald.pending() == 0).await;
+
+    // The append fails after `send` gave up: the lookup says it was not accepted.
+    wal.fail.store(true, Ordering::SeqCst);
+    let err = env.herald.send(TENANT, alert(2)).await.unwrap_err();
+    let PushError::OutcomeUnknown { id } = err else {
+        panic!("expected OutcomeUnknown, got {err:?}");
+    };
+    let got = outcomes(&env.herald, &[id]).await;
+    assert!(
+        matches!(
+            &got[&id],
+            Outcome::Failed {
+                reason: Failure::NotAccepted(_)
+            }
+        ),
+        "{got:?}"
+    );
+    // Its admission places were given back.
+    eventually("nothing pending", || env.herald.pending() == 0).await;
+    assert_eq!(env.emulator.accepted_count(), 1);
+    // Sending it again once the WAL works is safe, and delivers it once.
+    wal.fail.store(false, Ordering::SeqCst);
+    let retry = alert(2).with_apns_id(id.apns_id());
+    let err = env.herald.send(TENANT, retry).await.unwrap_err();
+    assert_eq!(err, PushError::OutcomeUnknown { id });
+    eventually("delivered", || {
+        env.herald.outcome(id).as_ref().is_some_and(delivered)
+    })
+    .await;
+    assert_eq!(env.emulator.accepted_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_wait_shorter_than_the_call_timeout_is_refused() {
+    let mut builder = herald_actors::Herald::builder();
+    builder.tuning(tuning(1_000, 500));
+    let err = builder.build().await.unwrap_err();
+    assert!(
+        matches!(err, herald_actors::BuildError::Tuning(_)),
+        "{err:?}"
+    );
+}
