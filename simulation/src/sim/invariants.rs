@@ -90,8 +90,8 @@ impl Observations {
     }
 
     fn violation(&mut self, text: String) {
-        // Bounded: the first few violations tell the story.
-        if self.violations.len() < 32 {
+        // Bounded and without repeats: the first few violations tell the story.
+        if self.violations.len() < 32 && !self.violations.contains(&text) {
             self.violations.push(text);
         }
     }
