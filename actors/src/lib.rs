@@ -96,6 +96,8 @@ pub mod outcome;
 pub mod rate_limit;
 pub mod seams;
 mod shard;
+#[cfg(feature = "sim-bugs")]
+pub mod sim_bugs;
 mod supervisor;
 mod tenant;
 pub mod token_state;

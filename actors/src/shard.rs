@@ -308,6 +308,17 @@ impl ShardState {
             self.engine.wal.finished().await.map_err(|e| {
                 format!("shard {}: reading WAL done markers failed: {e}", self.shard)
             })?;
+        // sim-bugs: a deliberately re-introduced bug (forget the WAL's pending pushes on a
+        // restart), which the simulator must catch as accepted pushes lost in a crash.
+        #[cfg(feature = "sim-bugs")]
+        let records: Vec<WalRecord> =
+            if crate::sim_bugs::enabled(crate::sim_bugs::SimBug::ForgetWalOnRestart) {
+                let ids: Vec<u128> = records.iter().map(|r| r.id).collect();
+                let _ = self.engine.wal.complete(ids).await;
+                Vec::new()
+            } else {
+                records
+            };
         let mut unreadable = Vec::new();
         let shard = self.shard;
         // The dedupe memory first, so a pending record that was also finished (a completion
@@ -554,6 +565,11 @@ impl ShardState {
                 TokenValidity::Invalidated { at } => Some(at),
                 _ => None,
             };
+            // sim-bugs: a deliberately re-introduced bug (skip the token-validity check), which
+            // the simulator must catch as a send after the invalidation was applied.
+            #[cfg(feature = "sim-bugs")]
+            let invalidated = invalidated
+                .filter(|_| !crate::sim_bugs::enabled(crate::sim_bugs::SimBug::SkipTokenCheck));
             let request = entry.request.clone();
             if expired {
                 self.finish(id, Outcome::Expired).await;

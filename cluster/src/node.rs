@@ -84,7 +84,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use herald_actors::limits::TOKEN_INVALIDATIONS_CHANNEL_CAPACITY;
-use herald_actors::seams::{BoxFuture, DetRng, TcpConnector};
+use herald_actors::seams::{BoxFuture, DetRng, SharedConnector, TcpConnector};
 use herald_actors::token_state::{
     Invalidation, TokenEvent, TokenKey, TokenState, TokenStateError, TokenTable, TokenValidity,
 };
@@ -105,9 +105,10 @@ use crate::routing::{
 use crate::state::{
     ApplyResult, Command, CommandError, ShardMap, TOKEN_EVENTS_PER_COMMAND_MAX, TokenEventRecord,
 };
+use crate::transport::Acceptor;
 use crate::transport::{
     ClusterId, Inbound, InboundConfig, LinkSecurity, LinkTimings, Listener, NodeId, PeerLink,
-    PeerLinkArguments, PeerLinkConfig, PeerLinkMsg, PeerLinkSender, PeerMessage, spawn_listener,
+    PeerLinkArguments, PeerLinkConfig, PeerLinkMsg, PeerLinkSender, PeerMessage, spawn_acceptor,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -291,6 +292,21 @@ pub enum ClusterMsg {
     Flush,
     /// A membership request (status, admin operations); see [`crate::membership`].
     Membership(MembershipMsg),
+    /// Report what is applied here: the applied index and a snapshot of the state machine
+    /// (for the simulator's invariant checks and for diagnostics).
+    Inspect(RpcReplyPort<Inspection>),
+}
+
+/// A node's applied state, answered to [`ClusterMsg::Inspect`].
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The highest index applied to the state machine here.
+    pub applied_index: u64,
+    /// The current term.
+    pub term: u64,
+    /// The state machine at `applied_index`, as [`StateMachine::snapshot`](crate::state::StateMachine::snapshot)
+    /// bytes (equal states give equal bytes), or the encoding error's text.
+    pub snapshot: Result<Vec<u8>, String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,6 +491,14 @@ impl Actor for ClusterActor {
                 if state.membership.handle(message, &mut state.driver) {
                     state.schedule_flush(&myself)?;
                 }
+            }
+            ClusterMsg::Inspect(reply) => {
+                let machine = state.driver.machine();
+                let _ = reply.send(Inspection {
+                    applied_index: machine.applied_index(),
+                    term: state.driver.term(),
+                    snapshot: machine.snapshot().map_err(|e| e.to_string()),
+                });
             }
         }
         Ok(())
@@ -773,6 +797,22 @@ impl ClusterNode {
         config: ClusterConfig,
         listener: TcpListener,
     ) -> Result<ClusterNode, ClusterError> {
+        ClusterNode::start_with(config, listener, Arc::new(TcpConnector), None).await
+    }
+
+    /// Start a node on any inbound stream source and any [`Connector`](herald_actors::seams::Connector)
+    /// (the simulator's network), optionally on an already-open `storage` (the simulator's
+    /// disk, which outlives a simulated crash); `None` opens `config.storage`. Otherwise as
+    /// [`start`](Self::start).
+    ///
+    /// # Errors
+    /// [`ClusterError`] if the configuration is inconsistent or a part fails to start.
+    pub async fn start_with(
+        config: ClusterConfig,
+        acceptor: impl Acceptor,
+        connector: SharedConnector,
+        storage: Option<RaftStorage>,
+    ) -> Result<ClusterNode, ClusterError> {
         if config.id == 0 || config.driver.id != config.id {
             return Err(ClusterError::Config(
                 "id must be non-zero and equal driver.id".to_owned(),
@@ -783,9 +823,10 @@ impl ClusterNode {
                 "peers must include this node".to_owned(),
             ));
         }
-        let storage = match &config.storage {
-            StorageLocation::Path(path) => RaftStorage::open(path)?,
-            StorageLocation::InMemory => RaftStorage::in_memory(),
+        let storage = match (storage, &config.storage) {
+            (Some(storage), _) => storage,
+            (None, StorageLocation::Path(path)) => RaftStorage::open(path)?,
+            (None, StorageLocation::InMemory) => RaftStorage::in_memory(),
         };
         // A joining node starts empty and waits for the leader's snapshot.
         let initialized = match config.membership.start {
@@ -809,7 +850,7 @@ impl ClusterNode {
             config.security.clone(),
             deliver,
         ));
-        let listener = spawn_listener(listener, inbound_config)
+        let listener = spawn_acceptor(acceptor, inbound_config)
             .map_err(|e| ClusterError::Listener(e.to_string()))?;
 
         let mut peers = BTreeMap::new();
@@ -822,7 +863,7 @@ impl ClusterNode {
                 addr.ip().to_string(),
                 addr.port(),
                 config.security.clone(),
-                Arc::new(TcpConnector),
+                connector.clone(),
                 DetRng::from_seed(config.id.wrapping_mul(1_000_003) ^ peer),
             );
             link_config.timings = config.link_timings;
@@ -850,7 +891,7 @@ impl ClusterNode {
             inbound,
             routing,
             shared: shared.clone(),
-            membership: Membership::new(&config),
+            membership: Membership::new(&config, connector.clone()),
         };
         let (actor, actor_task) = Actor::spawn(None, ClusterActor, arguments)
             .await
@@ -927,6 +968,14 @@ impl ClusterNode {
         timeout: Duration,
     ) -> Result<ApplyResult, ProposeError> {
         propose(&self.actor, command, timeout).await
+    }
+
+    /// What this node has applied (see [`Inspection`]), or `None` if it did not answer
+    /// within `timeout` (stopped).
+    pub async fn inspect(&self, timeout: Duration) -> Option<Inspection> {
+        let (tx, rx) = oneshot::channel();
+        self.actor.cast(ClusterMsg::Inspect(tx.into())).ok()?;
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
     }
 
     /// The token state replicated through this node.
@@ -1121,7 +1170,7 @@ mod tests {
                 "eu",
                 StorageLocation::InMemory,
                 LinkSecurity::Plaintext,
-            )),
+            ), Arc::new(TcpConnector)),
             proposals: ProposalForwards::new(1, Duration::from_millis(100)),
         }
     }

@@ -52,7 +52,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_actors::seams::{DetRng, TcpConnector};
+use herald_actors::seams::{DetRng, SharedConnector};
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
@@ -516,6 +516,8 @@ pub(crate) struct Membership {
     cluster: ClusterId,
     security: LinkSecurity,
     link_timings: LinkTimings,
+    /// How links to newly learned members connect (TCP, or the simulator's network).
+    connector: SharedConnector,
     links: Vec<ActorRef<PeerLinkMsg>>,
     unreachable: BTreeMap<NodeId, String>,
     ticks: u64,
@@ -525,7 +527,7 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
-    pub(crate) fn new(config: &ClusterConfig) -> Self {
+    pub(crate) fn new(config: &ClusterConfig, connector: SharedConnector) -> Self {
         let founders = config
             .peers
             .iter()
@@ -546,6 +548,7 @@ impl Membership {
             cluster: config.cluster,
             security: config.security.clone(),
             link_timings: config.link_timings,
+            connector,
             links: Vec::new(),
             unreachable: BTreeMap::new(),
             ticks: 0,
@@ -630,7 +633,7 @@ impl Membership {
                 host,
                 port,
                 self.security.clone(),
-                Arc::new(TcpConnector),
+                self.connector.clone(),
                 DetRng::from_seed(self.me.wrapping_mul(1_000_003) ^ id),
             );
             config.timings = self.link_timings;

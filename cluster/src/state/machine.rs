@@ -462,7 +462,19 @@ impl StateMachine {
 
     fn assign_shards(&mut self, region: &str, epoch: u64, owners: &[NodeId]) -> ApplyResult {
         if let Some(map) = self.shards.get(region) {
-            if epoch <= map.epoch {
+            // sim-bugs: a deliberately re-introduced bug (accept a stale epoch), which the
+            // simulator must catch as two owner maps for one (region, epoch).
+            #[cfg(feature = "sim-bugs")]
+            let stale = if herald_actors::sim_bugs::enabled(
+                herald_actors::sim_bugs::SimBug::AcceptStaleEpoch,
+            ) {
+                epoch < map.epoch
+            } else {
+                epoch <= map.epoch
+            };
+            #[cfg(not(feature = "sim-bugs"))]
+            let stale = epoch <= map.epoch;
+            if stale {
                 return ApplyResult::Rejected(Rejection::StaleEpoch {
                     current: map.epoch,
                     proposed: epoch,

@@ -1,7 +1,8 @@
 //! The inbound side of node links: accept, authenticate, read, deliver.
 //!
-//! [`spawn_listener`] accepts TCP connections (production); [`serve_connection`] serves one
-//! already-accepted [`BoxStream`] (what the simulator calls with its own streams). Each link:
+//! [`spawn_listener`] accepts TCP connections (production), [`spawn_acceptor`] accepts from any
+//! [`Acceptor`] (the simulator's network); [`serve_connection`] serves one already-accepted
+//! [`BoxStream`]. Each link:
 //!
 //! 1. TLS handshake ([`LinkSecurity::MutualTls`]): the client's certificate must chain to the
 //!    cluster CA; its node id is read from the certificate.
@@ -24,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_actors::seams::BoxStream;
+use herald_actors::seams::{BoxFuture, BoxStream};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -252,26 +253,64 @@ impl Drop for Listener {
     }
 }
 
+/// A source of accepted inbound streams: a [`TcpListener`] in production, the simulator's
+/// network in simulation. [`spawn_acceptor`] serves whatever it yields.
+pub trait Acceptor: Send + 'static {
+    /// Wait for the next inbound stream and its remote address.
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, SocketAddr)>>;
+
+    /// The address inbound streams arrive at.
+    ///
+    /// # Errors
+    /// If the address cannot be read.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl Acceptor for TcpListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, remote) = TcpListener::accept(self).await?;
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, %remote, "set_nodelay failed");
+            }
+            Ok((Box::new(stream) as BoxStream, remote))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpListener::local_addr(self)
+    }
+}
+
 /// Serve inbound links accepted on `tcp`, at most [`INBOUND_LINKS_MAX`] at once.
 ///
 /// # Errors
 /// If `tcp`'s local address cannot be read.
 pub fn spawn_listener(tcp: TcpListener, config: Arc<InboundConfig>) -> io::Result<Listener> {
-    let local_addr = tcp.local_addr()?;
+    spawn_acceptor(tcp, config)
+}
+
+/// Serve inbound links from any [`Acceptor`] (the simulator's network, or a
+/// [`TcpListener`]), at most [`INBOUND_LINKS_MAX`] at once.
+///
+/// # Errors
+/// If the acceptor's local address cannot be read.
+pub fn spawn_acceptor(acceptor: impl Acceptor, config: Arc<InboundConfig>) -> io::Result<Listener> {
+    let local_addr = acceptor.local_addr()?;
     let span = tracing::info_span!("peer_listener", node = config.local.0, %local_addr);
-    let task = tokio::spawn(accept_loop(tcp, config).instrument(span));
+    let task = tokio::spawn(accept_loop(acceptor, config).instrument(span));
     Ok(Listener { local_addr, task })
 }
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-async fn accept_loop(tcp: TcpListener, config: Arc<InboundConfig>) {
+async fn accept_loop(mut acceptor: impl Acceptor, config: Arc<InboundConfig>) {
     // Dropped (aborting every link) when this task is aborted.
     let mut links = JoinSet::new();
     loop {
         while links.try_join_next().is_some() {}
-        let (stream, remote) = match tcp.accept().await {
+        let (stream, remote) = match acceptor.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -286,11 +325,8 @@ async fn accept_loop(tcp: TcpListener, config: Arc<InboundConfig>) {
             );
             continue;
         }
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, %remote, "set_nodelay failed");
-        }
         let span = tracing::info_span!("peer_inbound", %remote);
-        links.spawn(serve_connection(Box::new(stream), config.clone()).instrument(span));
+        links.spawn(serve_connection(stream, config.clone()).instrument(span));
     }
 }
 

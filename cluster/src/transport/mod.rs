@@ -44,7 +44,8 @@ pub use frame::{
     PushId, decode_frame, encode_frame, write_frame,
 };
 pub use listener::{
-    CloseReason, Inbound, InboundConfig, LinkClosed, Listener, serve_connection, spawn_listener,
+    Acceptor, CloseReason, Inbound, InboundConfig, LinkClosed, Listener, serve_connection,
+    spawn_acceptor, spawn_listener,
 };
 pub use peer_link::{
     LinkStatus, LinkTimings, PeerLink, PeerLinkArguments, PeerLinkConfig, PeerLinkMsg,
