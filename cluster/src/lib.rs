@@ -17,9 +17,11 @@
 //!   stops a node, and [`node::ReplicatedTokenState`], herald-actors' `TokenState` on the Raft
 //!   log (local reads at the applied index; see the module docs for their staleness).
 //!
+//! - [`provider_tokens`]: one provider token per signing key, cluster-wide: the leader mints
+//!   and replicates it every `M`, every node feeds it to its tenants' minters.
+//!
 //! Not yet here (issue "Cluster"): forwarding proposals from followers to the leader, routing
-//! of pushes to shard owners, membership operations (join, drain, remove) and provider-token
-//! minting by the leader.
+//! of pushes to shard owners and membership operations (join, drain, remove).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -27,6 +29,7 @@
 pub use herald_actors;
 
 pub mod node;
+pub mod provider_tokens;
 pub mod raft;
 pub mod state;
 pub mod transport;
