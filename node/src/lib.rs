@@ -8,7 +8,9 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_engine;
+pub mod certs_cmd;
 pub mod demo;
 pub mod emulator_cmd;
 pub mod pusher;
