@@ -25,7 +25,9 @@ const CLUSTER: ClusterId = ClusterId(11);
 const IDS: [u64; 3] = [1, 2, 3];
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(10);
-const TICK: Duration = Duration::from_millis(20);
+/// 50 ms ticks: election timeouts of 0.7–1.1 s, long enough that a loaded machine does not
+/// cause unplanned elections (the test checks who mints).
+const TICK: Duration = Duration::from_millis(50);
 const START: Timestamp = Timestamp::from_secs(1_700_000_000);
 const KEY_ID: &str = "ABC123DEFG";
 const TEAM_ID: &str = "TEAM123456";
