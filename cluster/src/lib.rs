@@ -22,8 +22,8 @@
 //! - [`routing`]: the [`routing::Router`] that sends each push to its shard's owner in this
 //!   region (fenced by the shard map's epoch, re-sent on refusal, outcomes sent back), and
 //!   forwarding of proposals from followers to the leader.
-//!
-//! Not yet here (issue "Cluster"): provider-token minting by the leader.
+//! - [`provider_tokens`]: one provider token per signing key, cluster-wide: the leader mints
+//!   and replicates it every `M`, every node feeds it to its tenants' minters.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -32,6 +32,7 @@ pub use herald_actors;
 
 pub mod membership;
 pub mod node;
+pub mod provider_tokens;
 pub mod raft;
 pub mod routing;
 pub mod state;

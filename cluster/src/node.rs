@@ -103,7 +103,8 @@ use crate::routing::{
     ProposalForwards, ROUTING_INBOUND_CAPACITY, answer_forwarded, is_routing_message,
 };
 use crate::state::{
-    ApplyResult, Command, CommandError, ShardMap, TOKEN_EVENTS_PER_COMMAND_MAX, TokenEventRecord,
+    ApplyResult, Command, CommandError, ProviderTokenRecord, ShardMap,
+    TOKEN_EVENTS_PER_COMMAND_MAX, TokenEventRecord,
 };
 use crate::transport::Acceptor;
 use crate::transport::{
@@ -336,9 +337,41 @@ struct Shared {
     invalidations: broadcast::Sender<Invalidation>,
     tokens: RwLock<TokenTable>,
     shard_maps: watch::Sender<ShardMaps>,
+    provider: watch::Sender<ProviderTokenView>,
+}
+
+/// The provider tokens applied on a node, for [`crate::provider_tokens`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ProviderTokenView {
+    /// The newest token per key id, as applied here.
+    pub(crate) tokens: BTreeMap<String, ProviderTokenRecord>,
+    /// The term of the last entry applied here. A leader whose current term equals it has
+    /// applied every entry committed before its term, so its view of the tokens is complete.
+    pub(crate) last_applied_term: u64,
 }
 
 impl Shared {
+    fn publish_provider_tokens(
+        &self,
+        machine: &crate::state::StateMachine,
+        last_term: Option<u64>,
+    ) {
+        self.provider.send_if_modified(|view| {
+            let mut changed = false;
+            if let Some(term) = last_term
+                && view.last_applied_term != term
+            {
+                view.last_applied_term = term;
+                changed = true;
+            }
+            if view.tokens != *machine.provider_tokens() {
+                view.tokens = machine.provider_tokens().clone();
+                changed = true;
+            }
+            changed
+        });
+    }
+
     fn tokens(&self) -> std::sync::RwLockReadGuard<'_, TokenTable> {
         // The table is replaced whole under the write lock; a poisoned lock still holds a
         // complete table.
@@ -451,6 +484,9 @@ impl Actor for ClusterActor {
                 break;
             }
         }
+        state
+            .shared
+            .publish_provider_tokens(state.driver.machine(), None);
         Ok(state)
     }
 
@@ -713,6 +749,12 @@ impl ClusterState {
             self.shared
                 .set_tokens(self.driver.machine().token_table().clone());
         }
+        if !out.committed.is_empty() || out.snapshot_restored.is_some() {
+            self.shared.publish_provider_tokens(
+                self.driver.machine(),
+                out.committed.last().map(|entry| entry.term),
+            );
+        }
         if out.term != self.term || self.driver.role() != Role::Leader {
             self.term = out.term;
             for (_, pending) in std::mem::take(&mut self.pending) {
@@ -881,6 +923,7 @@ impl ClusterNode {
             invalidations,
             tokens: RwLock::new(TokenTable::new()),
             shard_maps: watch::Sender::new(Arc::new(driver.machine().shard_maps().clone())),
+            provider: watch::Sender::new(ProviderTokenView::default()),
         });
         let (routing, routing_inbound) = mpsc::channel(ROUTING_INBOUND_CAPACITY);
         let peer_links = peers.clone();
@@ -983,6 +1026,11 @@ impl ClusterNode {
         self.token_state.clone()
     }
 
+    /// The provider tokens applied on this node (see [`crate::provider_tokens`]).
+    pub(crate) fn provider_token_view(&self) -> watch::Receiver<ProviderTokenView> {
+        self.shared.provider.subscribe()
+    }
+
     /// Stop the actor, the links and the listener, and wait until the storage is released.
     pub async fn stop(self) {
         self.actor.stop(Some("node stopped".to_owned()));
@@ -995,7 +1043,7 @@ impl ClusterNode {
     }
 }
 
-async fn propose(
+pub(crate) async fn propose(
     actor: &ActorRef<ClusterMsg>,
     command: Command,
     timeout: Duration,
@@ -1158,6 +1206,7 @@ mod tests {
                 invalidations,
                 tokens: RwLock::new(TokenTable::new()),
                 shard_maps: watch::Sender::new(Arc::new(BTreeMap::new())),
+                provider: watch::Sender::new(ProviderTokenView::default()),
             }),
             pending: BTreeMap::new(),
             next_proposal: 0,

@@ -42,6 +42,8 @@ pub enum BenchCommand {
     H2load(H2loadArgs),
     /// The actor engine → emulator: pushes/s, memory per connection, RSS under overload.
     Engine(crate::bench_engine::EngineArgs),
+    /// Three cluster nodes over loopback mutual TLS: token-state commits/s, leader failover.
+    Cluster(crate::bench_cluster::ClusterArgs),
 }
 
 /// Flags of `herald bench client`.
@@ -80,6 +82,10 @@ const BUNDLE_ID: &str = "com.example.herald";
 
 /// Run a benchmark command.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let BenchCommand::Cluster(cluster) = args.command {
+        // No emulator: the cluster benchmark does not talk to APNs.
+        return crate::bench_cluster::run(cluster);
+    }
     let teams = match &args.command {
         BenchCommand::Engine(engine) => engine.tenants.max(1),
         _ => 1,
@@ -89,6 +95,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Client(args) => client(&emulator, args),
         BenchCommand::H2load(args) => h2load(&emulator, args),
         BenchCommand::Engine(args) => crate::bench_engine::run(&emulator, args),
+        BenchCommand::Cluster(_) => unreachable!("handled above"),
     };
     emulator.stop();
     result

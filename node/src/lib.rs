@@ -9,7 +9,9 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_engine;
+pub mod certs_cmd;
 pub mod config;
 pub mod credentials;
 pub mod demo;

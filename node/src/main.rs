@@ -2,7 +2,7 @@
 //! HTTP API).
 
 use clap::{Parser, Subcommand};
-use herald_node::{bench, demo, emulator_cmd, server};
+use herald_node::{bench, certs_cmd, demo, emulator_cmd, server};
 
 /// Herald: a distributed APNs provider.
 #[derive(Debug, Parser)]
@@ -26,6 +26,8 @@ enum Command {
     Emulator(emulator_cmd::EmulatorArgs),
     /// Benchmarks against the emulator (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Generate a development cluster CA and node certificates (see docs/cluster.md).
+    Certs(certs_cmd::CertsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => runtime()?.block_on(demo::run(args)).map(drop),
         Command::Emulator(args) => runtime()?.block_on(emulator_cmd::run(args)),
         Command::Bench(args) => bench::run(args),
+        Command::Certs(args) => certs_cmd::run(args),
     }
 }
 

@@ -27,7 +27,9 @@ pub use payload::{
     Alert, AlertDictionary, Aps, CriticalSound, InterruptionLevel, LiveActivityEvent, Payload,
     PayloadError, Sound,
 };
-pub use provider_token::{ProviderToken, SigningKey, TokenConnectionAuth, TokenMinter};
+pub use provider_token::{
+    ProviderToken, SigningKey, TokenConnectionAuth, TokenMinter, TokenSource,
+};
 pub use push_type::{PushType, PushTypeError};
 pub use reason::{Disposition, Reason, UnknownReason};
 pub use request::PreparedRequest;

@@ -7,6 +7,8 @@
 //! * [`TokenMinter`] caches the newest token of one key and mints a new one every `M`
 //!   minutes (20 ≤ M ≤ 40, default 30). It is shared (cheap `Clone`) by every connection of
 //!   the key, and accepts tokens minted elsewhere (the cluster leader replicates one per key).
+//!   A [`replicated`](TokenMinter::replicated) minter takes its tokens from elsewhere and
+//!   signs one itself only as a fallback, so every node of a cluster presents one token per key.
 //! * [`TokenConnectionAuth`] applies APNs' per-connection rule: a connection keeps a token
 //!   at least 20 minutes and drops it before it is 60 minutes old.
 //!
@@ -240,8 +242,18 @@ impl fmt::Debug for ProviderToken {
 /// The newest provider token of one key, minted again every `M` minutes. Thread-safe;
 /// clones share one cache.
 ///
-/// `newest()` mints when there is no token yet or the cached one is at least `M` old, so a
-/// token handed out is always younger than `M` (by the minter's clock).
+/// Two sources of tokens ([`TokenSource`]):
+/// * [`Local`](TokenSource::Local) ([`new`](Self::new),
+///   [`with_default_interval`](Self::with_default_interval)): `newest()` mints when there is
+///   no token yet or the cached one is at least `M` old, so a token handed out is always
+///   younger than `M` (by the minter's clock). The default for embedded use.
+/// * [`Replicated`](TokenSource::Replicated) ([`replicated`](Self::replicated)): tokens
+///   arrive through [`install`](Self::install) (the cluster leader mints one per key every
+///   `M` and replicates it). `newest()` returns the installed token while it is younger than
+///   [`PROVIDER_TOKEN_MINT_INTERVAL_MAX`] (40 min), so a connection that starts on it can keep
+///   it 20 min and still drop it before 60. Only when there is no such token (before the
+///   first replicated token arrived, or no leader for 40 min) does it sign one itself, as a
+///   fallback; a replicated token replaces a fallback token as soon as it is installed.
 #[derive(Clone)]
 pub struct TokenMinter {
     inner: Arc<MinterInner>,
@@ -251,13 +263,27 @@ struct MinterInner {
     key: SigningKey,
     clock: SharedClock,
     interval: Duration,
+    source: TokenSource,
     state: Mutex<MinterState>,
 }
 
 #[derive(Default)]
 struct MinterState {
     cached: Option<ProviderToken>,
+    /// True when `cached` was signed here (always, for a local minter).
+    cached_is_local: bool,
     minted: u64,
+    installed: u64,
+}
+
+/// Where a [`TokenMinter`]'s tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenSource {
+    /// Signed here every `M` (embedded use).
+    Local,
+    /// Installed from elsewhere (the cluster); signed here only as a fallback.
+    Replicated,
 }
 
 impl TokenMinter {
@@ -281,39 +307,86 @@ impl TokenMinter {
             };
             return Err(AuthError::InvalidInterval { minutes });
         }
-        Ok(TokenMinter {
-            inner: Arc::new(MinterInner {
-                key,
-                clock,
-                interval,
-                state: Mutex::new(MinterState::default()),
-            }),
-        })
+        Ok(TokenMinter::build(key, clock, interval, TokenSource::Local))
     }
 
     /// A minter with the default interval, [`PROVIDER_TOKEN_MINT_INTERVAL_DEFAULT`] (30 min).
     pub fn with_default_interval(key: SigningKey, clock: SharedClock) -> Self {
+        TokenMinter::build(
+            key,
+            clock,
+            PROVIDER_TOKEN_MINT_INTERVAL_DEFAULT,
+            TokenSource::Local,
+        )
+    }
+
+    /// A minter whose tokens are [installed](Self::install) from elsewhere (the cluster
+    /// leader replicates one per key); it signs one itself only when it holds none younger
+    /// than [`PROVIDER_TOKEN_MINT_INTERVAL_MAX`]. `key` is still needed for that fallback.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use herald_actors::apns::{SigningKey, TokenMinter};
+    /// use herald_actors::seams::{ManualClock, Timestamp};
+    ///
+    /// # let p8 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
+    /// let key = SigningKey::from_p8_pem(p8.as_bytes(), "ABC123DEFG", "TEAM123456").unwrap();
+    /// let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_700_000_000)));
+    /// let minter = TokenMinter::replicated(key.clone(), clock);
+    /// // The leader's token, replicated to this node:
+    /// let token = key.sign(Timestamp::from_secs(1_700_000_000 - 60)).unwrap();
+    /// assert!(minter.install(token.clone()).unwrap());
+    /// assert_eq!(minter.newest().unwrap(), token);
+    /// assert_eq!(minter.minted_count(), 0);
+    /// ```
+    pub fn replicated(key: SigningKey, clock: SharedClock) -> Self {
+        TokenMinter::build(
+            key,
+            clock,
+            PROVIDER_TOKEN_MINT_INTERVAL_DEFAULT,
+            TokenSource::Replicated,
+        )
+    }
+
+    fn build(key: SigningKey, clock: SharedClock, interval: Duration, source: TokenSource) -> Self {
         TokenMinter {
             inner: Arc::new(MinterInner {
                 key,
                 clock,
-                interval: PROVIDER_TOKEN_MINT_INTERVAL_DEFAULT,
+                interval,
+                source,
                 state: Mutex::new(MinterState::default()),
             }),
         }
     }
 
-    /// The newest token, minting one first if there is none or the cached one is at least
-    /// the interval old.
+    /// The newest token. A local minter mints one first if there is none or the cached one
+    /// is at least the interval old; a replicated minter returns the installed token while
+    /// it is younger than [`PROVIDER_TOKEN_MINT_INTERVAL_MAX`] and signs a fallback token
+    /// otherwise.
     ///
     /// # Errors
     /// [`AuthError::Key`] if signing fails.
     pub fn newest(&self) -> Result<ProviderToken, AuthError> {
         let now = self.inner.clock.now();
         let mut state = self.lock();
+        let fresh_for = match self.inner.source {
+            TokenSource::Local => self.inner.interval,
+            TokenSource::Replicated => PROVIDER_TOKEN_MINT_INTERVAL_MAX,
+        };
         match &state.cached {
-            Some(token) if token.age(now) < self.inner.interval => Ok(token.clone()),
-            _ => self.mint_locked(&mut state, now),
+            Some(token) if token.age(now) < fresh_for => Ok(token.clone()),
+            _ => {
+                if self.inner.source == TokenSource::Replicated {
+                    metrics::counter!("herald_provider_token_fallback_mints_total", "key_id" => self.inner.key.key_id().to_owned())
+                        .increment(1);
+                    tracing::warn!(
+                        key_id = self.inner.key.key_id(),
+                        "no replicated provider token younger than 40 min; signing one locally"
+                    );
+                }
+                self.mint_locked(&mut state, now)
+            }
         }
     }
 
@@ -348,7 +421,10 @@ impl TokenMinter {
     }
 
     /// Take a token minted elsewhere (the cluster replicates one per key). It replaces the
-    /// cached token only if it was issued later; returns whether it did.
+    /// cached token if it was issued later, or, on a [replicated](Self::replicated) minter,
+    /// if the cached token is a locally signed fallback and this one differs and is younger
+    /// than [`PROVIDER_TOKEN_MINT_INTERVAL_MAX`] (the cluster's token wins, so every node
+    /// presents the same one); returns whether it did.
     ///
     /// # Errors
     /// [`AuthError::TokenKeyMismatch`] if the token's key id or team id is not this key's.
@@ -357,15 +433,34 @@ impl TokenMinter {
         {
             return Err(AuthError::TokenKeyMismatch);
         }
+        let now = self.inner.clock.now();
         let mut state = self.lock();
-        let newer = match &state.cached {
-            Some(cached) => token.issued_at > cached.issued_at,
+        let replace = match &state.cached {
+            Some(cached) => {
+                token.issued_at > cached.issued_at
+                    || (self.inner.source == TokenSource::Replicated
+                        && state.cached_is_local
+                        && token != *cached
+                        && token.age(now) < PROVIDER_TOKEN_MINT_INTERVAL_MAX)
+            }
             None => true,
         };
-        if newer {
+        if replace {
             state.cached = Some(token);
+            state.cached_is_local = false;
+            state.installed += 1;
         }
-        Ok(newer)
+        Ok(replace)
+    }
+
+    /// Where this minter's tokens come from.
+    pub fn source(&self) -> TokenSource {
+        self.inner.source
+    }
+
+    /// How many tokens [`install`](Self::install) has taken.
+    pub fn installed_count(&self) -> u64 {
+        self.lock().installed
     }
 
     /// How many tokens this minter has signed (installed tokens not counted).
@@ -409,6 +504,7 @@ impl TokenMinter {
     ) -> Result<ProviderToken, AuthError> {
         let token = self.inner.key.sign(now)?;
         state.cached = Some(token.clone());
+        state.cached_is_local = true;
         state.minted += 1;
         metrics::counter!("herald_provider_tokens_minted_total", "key_id" => self.inner.key.key_id().to_owned())
             .increment(1);
@@ -427,7 +523,8 @@ impl fmt::Debug for TokenMinter {
         let mut debug = f.debug_struct("TokenMinter");
         debug
             .field("key", &self.inner.key)
-            .field("interval", &self.inner.interval);
+            .field("interval", &self.inner.interval)
+            .field("source", &self.inner.source);
         // `try_lock`: formatting must never block or deadlock (e.g. inside a log line
         // written while the lock is held).
         match self.inner.state.try_lock() {

@@ -264,6 +264,63 @@ fn install_takes_only_newer_tokens_of_the_same_key() {
 }
 
 #[test]
+fn replicated_minter_serves_installed_tokens_until_forty_minutes() {
+    let clock = ManualClock::new(START);
+    let (key, _) = signing_key();
+    let minter = TokenMinter::replicated(key.clone(), Arc::new(clock.clone()));
+    assert_eq!(minter.source(), TokenSource::Replicated);
+    let leader_token = key.sign(START).unwrap();
+    assert!(minter.install(leader_token.clone()).unwrap());
+    // Installing the same token again changes nothing.
+    assert!(!minter.install(leader_token.clone()).unwrap());
+    // A local minter with M = 30 would mint at 30 min; the replicated one waits for the
+    // leader until the token is 40 min old.
+    clock.advance(minutes(39));
+    assert_eq!(minter.newest().unwrap(), leader_token);
+    assert_eq!(minter.minted_count(), 0);
+    assert_eq!(minter.installed_count(), 1);
+
+    // No leader for 40 min: a fallback token is signed here, once.
+    clock.advance(minutes(1));
+    let fallback = minter.newest().unwrap();
+    assert_eq!(fallback.issued_at(), clock.now());
+    assert_eq!(minter.newest().unwrap(), fallback);
+    assert_eq!(minter.minted_count(), 1);
+
+    // The cluster's token replaces the fallback even though it was issued a little earlier.
+    let replicated = key
+        .sign(clock.now().saturating_sub(Duration::from_secs(5)))
+        .unwrap();
+    assert!(minter.install(replicated.clone()).unwrap());
+    assert_eq!(minter.newest().unwrap(), replicated);
+    // But an old replicated token does not replace a fresh one.
+    assert!(!minter.install(leader_token).unwrap());
+    assert_eq!(minter.minted_count(), 1);
+}
+
+#[test]
+fn replicated_minter_signs_a_fallback_before_the_first_token_then_adopts_the_clusters() {
+    let clock = ManualClock::new(START);
+    let (key, _) = signing_key();
+    let minter = TokenMinter::replicated(key.clone(), Arc::new(clock.clone()));
+    let fallback = minter.newest().unwrap();
+    assert_eq!(minter.minted_count(), 1);
+    // A stale replicated token (40 min old) does not replace the fresh fallback…
+    let stale = key.sign(START.saturating_sub(minutes(40))).unwrap();
+    assert!(!minter.install(stale).unwrap());
+    assert_eq!(minter.newest().unwrap(), fallback);
+    // …a recent one does, although it is older than the fallback.
+    let recent = key.sign(START.saturating_sub(minutes(1))).unwrap();
+    assert!(minter.install(recent.clone()).unwrap());
+    assert_eq!(minter.newest().unwrap(), recent);
+    // A local minter keeps the newer of the two.
+    let local = TokenMinter::with_default_interval(key.clone(), Arc::new(clock.clone()));
+    let own = local.newest().unwrap();
+    assert!(!local.install(recent).unwrap());
+    assert_eq!(local.newest().unwrap(), own);
+}
+
+#[test]
 fn connection_starts_on_newest_and_waits_twenty_minutes_to_switch() {
     let (minter, clock) = minter(minutes(20));
     // The cluster's token is 10 minutes old when the connection opens.
