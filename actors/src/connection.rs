@@ -587,3 +587,44 @@ fn into_job_result(result: Result<Delivery, SendError>) -> JobResult {
         Err(error) => JobResult::Failed(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apns::{Reason, Rejection};
+
+    fn rejected(status: u16, reason: Reason) -> Result<Delivery, SendError> {
+        Ok(Delivery::Rejected(Rejection {
+            status,
+            reason,
+            timestamp: None,
+            apns_id: None,
+        }))
+    }
+
+    #[test]
+    fn only_answers_that_need_a_new_connection_reach_the_actor() {
+        let accepted = Ok(Delivery::Accepted { apns_id: None });
+        assert_eq!(assess(&accepted), (Signal::Success, FollowUp::Nothing));
+        assert_eq!(
+            assess(&rejected(400, Reason::BadDeviceToken)),
+            (Signal::Success, FollowUp::Nothing)
+        );
+        assert_eq!(
+            assess(&rejected(503, Reason::ServiceUnavailable)),
+            (Signal::ServerError, FollowUp::Nothing)
+        );
+        assert_eq!(
+            assess(&rejected(403, Reason::ExpiredProviderToken)),
+            (Signal::Success, FollowUp::RefreshToken)
+        );
+        assert_eq!(
+            assess(&Err(SendError::Auth(AuthError::TokenExhausted))),
+            (Signal::Unsent, FollowUp::Replace)
+        );
+        assert_eq!(
+            assess(&Err(SendError::Closed("closing".into()))),
+            (Signal::Unsent, FollowUp::Nothing)
+        );
+    }
+}
