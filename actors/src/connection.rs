@@ -1,13 +1,20 @@
 //! The connection actor: owns one HTTP/2 connection to APNs.
 //!
 //! It opens the connection (in a task, so the mailbox keeps moving), runs its driver, and
-//! sends each request in its own task; results come back to the actor as messages and go on
-//! to the shard that asked (and, as a health signal, to the tenant's breaker). Requests that
-//! arrive while (re)connecting wait in a bounded queue.
+//! publishes the open connection in its [`ConnectionLink`], which it shares with the tenant.
+//! Each request runs in its own task. While the connection is open and takes new streams,
+//! the tenant starts that task itself ([`ConnectionLink::try_send`]) and the actor never sees
+//! the push; otherwise the push goes to the actor ([`ConnectionMsg::Submit`]), which queues
+//! it (bounded) while it (re)connects. A request task settles its push itself: it reports the
+//! answer to the tenant's [`SharedBreaker`], releases the push from the connection's load and
+//! answers the shard that asked. So a push costs the shard's hand-off to the tenant, one task
+//! and the answer to the shard, and no other actor message. The actor hears from a request
+//! task only when the answer asks it to act (replace the connection for a new provider token
+//! or after APNs asked to reconnect) or while it drains.
 //!
 //! Nothing is lost: a request the connection could not send goes back to its shard as
 //! `Deferred`; one that failed in flight goes back as a `SendError` (the shard resends it).
-//! If the actor itself dies, the request tasks report straight to their shards, and the
+//! If the actor itself dies, the request tasks still report to their shards, and the
 //! shard's answer deadline covers anything else.
 //!
 //! Reconnects use exponential backoff with full jitter from the actor's [`DetRng`]; the
@@ -18,11 +25,11 @@
 //! restart-intensity limit); a connection that was draining is not restarted.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::Instrument as _;
 
 use crate::apns::http2::{
@@ -35,7 +42,7 @@ use crate::limits;
 use crate::outcome::PushKey;
 use crate::seams::{DetRng, SharedClock, SharedConnector};
 use crate::shard::ShardMsg;
-use crate::tenant::{Credentials, Signal, TenantMsg};
+use crate::tenant::{Credentials, SharedBreaker, Signal};
 
 /// One push handed from a shard to a tenant and on to a connection.
 #[derive(Debug)]
@@ -99,15 +106,87 @@ pub(crate) struct ConnectionActor;
 /// What a connection actor starts from.
 #[derive(Debug)]
 pub(crate) struct ConnectionArgs {
-    pub(crate) tenant: ActorRef<TenantMsg>,
     pub(crate) config: ConnectionConfig,
     pub(crate) connector: SharedConnector,
     pub(crate) credentials: Credentials,
     pub(crate) clock: SharedClock,
     pub(crate) rng: DetRng,
     pub(crate) reconnect_backoff: Backoff,
-    /// Requests the tenant handed to this connection and not yet answered (shared with it).
-    pub(crate) load: Arc<AtomicUsize>,
+    /// What the actor shares with the tenant and its request tasks.
+    pub(crate) link: Arc<ConnectionLink>,
+}
+
+/// What a connection actor shares with its tenant and its request tasks.
+#[derive(Debug)]
+pub(crate) struct ConnectionLink {
+    /// Requests handed to this connection and not yet answered (the tenant's load measure).
+    pub(crate) load: AtomicUsize,
+    breaker: Arc<SharedBreaker>,
+    /// Request tasks running.
+    running: AtomicUsize,
+    /// Set by the actor when it drains: finishing tasks then tell it (see [`ConnectionMsg::Finished`]).
+    draining: AtomicBool,
+    /// Set by a task when APNs answered a request: the actor's reconnect backoff starts over.
+    answered: AtomicBool,
+    /// The open connection and its generation, while it is the actor's current one.
+    open: Mutex<Option<(ApnsConnection, u64)>>,
+}
+
+impl ConnectionLink {
+    /// A link reporting to the tenant's `breaker`.
+    pub(crate) fn new(breaker: Arc<SharedBreaker>) -> Self {
+        ConnectionLink {
+            load: AtomicUsize::new(0),
+            breaker,
+            running: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
+            open: Mutex::new(None),
+        }
+    }
+
+    fn open(&self) -> MutexGuard<'_, Option<(ApnsConnection, u64)>> {
+        // Critical sections only replace or clone the value.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Send `job` on the open connection in a request task, without a message to `actor`;
+    /// gives the job back when the connection is not open or takes no new streams (the
+    /// caller then submits it to the actor, which connects). The caller has counted the job
+    /// in [`load`](Self::load).
+    pub(crate) fn try_send(
+        self: &Arc<Self>,
+        actor: &ActorRef<ConnectionMsg>,
+        job: Job,
+    ) -> Result<(), Job> {
+        let open = match &*self.open() {
+            Some((connection, generation)) if connection.accepts_new_streams() => {
+                // Counted under the lock: an actor that drains (clearing `open` under the
+                // same lock) then waits for this request.
+                self.running.fetch_add(1, Ordering::SeqCst);
+                Some((connection.clone(), *generation))
+            }
+            _ => None,
+        };
+        match open {
+            Some((connection, generation)) => {
+                spawn_request(self.clone(), actor.clone(), connection, generation, job);
+                Ok(())
+            }
+            None => Err(job),
+        }
+    }
+}
+
+/// What a request task's answer asks the connection actor to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FollowUp {
+    /// Nothing (a finished task of a draining actor still reports, so it can stop).
+    Nothing,
+    /// The provider token expired: mint a new one and replace the connection.
+    RefreshToken,
+    /// Replace the connection (APNs asked to reconnect, or its token may not be used any more).
+    Replace,
 }
 
 /// The connection actor's messages.
@@ -119,10 +198,11 @@ pub(crate) enum ConnectionMsg {
     Connect,
     /// The connect task finished.
     Connected(Result<(ApnsConnection, Box<ConnectionDriver>), ConnectError>),
-    /// A request task finished.
-    Done {
-        job: Job,
-        result: Result<Delivery, SendError>,
+    /// A request task of connection `generation` finished and its answer asks for `follow_up`
+    /// (sent only then, or while the actor drains).
+    Finished {
+        generation: u64,
+        follow_up: FollowUp,
     },
     /// The connection of `generation` closed.
     Closed {
@@ -145,7 +225,7 @@ pub(crate) struct ConnectionState {
     reconnect_scheduled: bool,
     failures: u32,
     pending: VecDeque<Job>,
-    in_flight: usize,
+    link: Arc<ConnectionLink>,
     draining: bool,
     span: tracing::Span,
 }
@@ -162,6 +242,7 @@ impl Actor for ConnectionActor {
     ) -> Result<ConnectionState, ActorProcessingErr> {
         myself.send_message(ConnectionMsg::Connect)?;
         let span = tracing::debug_span!("connection_actor", host = %args.config.host, number = args.config.number);
+        let link = args.link.clone();
         Ok(ConnectionState {
             span,
             args,
@@ -171,7 +252,7 @@ impl Actor for ConnectionActor {
             reconnect_scheduled: false,
             failures: 0,
             pending: VecDeque::new(),
-            in_flight: 0,
+            link,
             draining: false,
         })
     }
@@ -195,10 +276,7 @@ impl Drop for ConnectionState {
         while let Some(job) = self.pending.pop_front() {
             self.give_back(job, Duration::ZERO);
         }
-        if let Some(c) = self.connection.take() {
-            c.close();
-            metrics::gauge!("herald_connections").decrement(1.0);
-        }
+        self.retire_current();
     }
 }
 
@@ -219,6 +297,7 @@ async fn on_message(
         }
         ConnectionMsg::Connected(Err(error)) => {
             state.connecting = false;
+            state.note_answers();
             state.failures += 1;
             tracing::debug!(%error, failures = state.failures, "connect failed");
             let delay = state.reconnect_delay();
@@ -231,15 +310,18 @@ async fn on_message(
                 state.schedule_reconnect(&myself, delay);
             }
         }
-        ConnectionMsg::Done { job, result } => state.done(&myself, job, result),
+        ConnectionMsg::Finished {
+            generation,
+            follow_up,
+        } => state.finished(&myself, generation, follow_up),
         ConnectionMsg::Closed { generation, reason } => {
             if generation == state.generation && state.connection.is_some() {
                 tracing::debug!(%reason, "connection closed");
-                state.connection = None;
-                metrics::gauge!("herald_connections").decrement(1.0);
+                state.retire_current();
                 if state.draining {
                     state.stop_if_idle(&myself);
                 } else {
+                    state.note_answers();
                     state.failures += 1;
                     let delay = state.reconnect_delay();
                     state.schedule_reconnect(&myself, delay);
@@ -248,6 +330,8 @@ async fn on_message(
         }
         ConnectionMsg::Drain => {
             state.draining = true;
+            state.link.draining.store(true, Ordering::SeqCst);
+            *state.link.open() = None;
             while let Some(job) = state.pending.pop_front() {
                 state.give_back(job, Duration::ZERO);
             }
@@ -267,7 +351,7 @@ impl ConnectionState {
             return self.give_back(job, Duration::ZERO);
         }
         match &self.connection {
-            Some(c) if c.state().accepts_new_streams() => {
+            Some(c) if c.accepts_new_streams() => {
                 let c = c.clone();
                 self.start_send(myself, c, job);
             }
@@ -290,7 +374,7 @@ impl ConnectionState {
         if self
             .connection
             .as_ref()
-            .is_some_and(|c| !c.state().accepts_new_streams())
+            .is_some_and(|c| !c.accepts_new_streams())
         {
             self.retire_current();
         }
@@ -303,10 +387,8 @@ impl ConnectionState {
                 // The credentials cannot authenticate anything: keep pushes queued at their
                 // shards and try again later (an update may fix the credentials).
                 tracing::warn!(%error, "credentials unusable");
-                let _ = self.args.tenant.send_message(TenantMsg::Observed {
-                    probe: false,
-                    signal: Signal::Credentials,
-                });
+                self.link.breaker.observe(false, Signal::Credentials);
+                self.note_answers();
                 self.failures += 1;
                 let delay = self.reconnect_delay();
                 while let Some(job) = self.pending.pop_front() {
@@ -351,6 +433,8 @@ impl ConnectionState {
         });
         if self.draining {
             connection.close();
+        } else {
+            *self.link.open() = Some((connection.clone(), generation));
         }
         self.connection = Some(connection.clone());
         while let Some(job) = self.pending.pop_front() {
@@ -364,75 +448,48 @@ impl ConnectionState {
         connection: ApnsConnection,
         job: Job,
     ) {
-        self.in_flight += 1;
-        let me = myself.clone();
-        tokio::spawn(async move {
-            let result = connection.send(&job.request).await;
-            drop(connection);
-            if let Err(MessagingErr::SendErr(ConnectionMsg::Done { job, result })) =
-                me.send_message(ConnectionMsg::Done { job, result })
-            {
-                // The actor is gone: report straight to the shard.
-                job.reply(into_job_result(result));
-            }
-        });
+        self.link.running.fetch_add(1, Ordering::SeqCst);
+        spawn_request(
+            self.link.clone(),
+            myself.clone(),
+            connection,
+            self.generation,
+            job,
+        );
     }
 
-    fn done(
-        &mut self,
-        myself: &ActorRef<ConnectionMsg>,
-        job: Job,
-        result: Result<Delivery, SendError>,
-    ) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        release(&self.args.load);
-        let signal = match &result {
-            Ok(Delivery::Accepted { .. }) => {
-                self.failures = 0;
-                Signal::Success
-            }
-            Ok(Delivery::Rejected(rejection)) => {
-                self.failures = 0;
-                match rejection.reason.disposition() {
-                    Disposition::Credentials => Signal::Credentials,
-                    Disposition::RetryLater => Signal::ServerError,
-                    Disposition::RefreshToken => {
-                        self.args.credentials.refresh_token();
-                        self.retire_current();
-                        self.start_connect(myself);
-                        Signal::Success
-                    }
-                    Disposition::Reconnect => {
-                        self.retire_current();
-                        self.start_connect(myself);
-                        Signal::Success
-                    }
-                    _ => Signal::Success,
-                }
-            }
-            // The connection's token may not be used any more: replace the connection.
-            Err(SendError::Auth(AuthError::TokenExhausted)) => {
+    /// A request task's answer asked for `follow_up` (or the actor drains and a task finished).
+    fn finished(&mut self, myself: &ActorRef<ConnectionMsg>, generation: u64, follow_up: FollowUp) {
+        match follow_up {
+            FollowUp::Nothing => {}
+            // Only the connection that answered is replaced, once.
+            _ if generation != self.generation => {}
+            FollowUp::RefreshToken => {
+                self.args.credentials.refresh_token();
                 self.retire_current();
                 self.start_connect(myself);
-                Signal::Unsent
             }
-            // The credentials cannot sign: a credentials problem, like a 403.
-            Err(SendError::Auth(_)) => Signal::Credentials,
-            Err(_) => Signal::Unsent,
-        };
-        let _ = self.args.tenant.send_message(TenantMsg::Observed {
-            probe: job.probe,
-            signal,
-        });
-        job.reply(into_job_result(result));
+            FollowUp::Replace => {
+                self.retire_current();
+                self.start_connect(myself);
+            }
+        }
         if self.draining {
             self.stop_if_idle(myself);
+        }
+    }
+
+    /// If APNs answered a request since the last failure, the reconnect backoff starts over.
+    fn note_answers(&mut self) {
+        if self.link.answered.swap(false, Ordering::Relaxed) {
+            self.failures = 0;
         }
     }
 
     /// Close the current connection gracefully and forget it: its in-flight requests finish
     /// (their tasks hold it), the next request opens a new one.
     fn retire_current(&mut self) {
+        *self.link.open() = None;
         if let Some(c) = self.connection.take() {
             c.close();
             metrics::gauge!("herald_connections").decrement(1.0);
@@ -441,12 +498,9 @@ impl ConnectionState {
 
     /// Hand `job` back to its shard unsent.
     fn give_back(&mut self, job: Job, retry_in: Duration) {
-        release(&self.args.load);
+        release(&self.link.load);
         if job.probe {
-            let _ = self.args.tenant.send_message(TenantMsg::Observed {
-                probe: true,
-                signal: Signal::Unsent,
-            });
+            self.link.breaker.observe(true, Signal::Unsent);
         }
         job.reply(JobResult::Deferred { retry_in });
     }
@@ -467,19 +521,111 @@ impl ConnectionState {
     }
 
     fn stop_if_idle(&self, myself: &ActorRef<ConnectionMsg>) {
-        if self.in_flight == 0 && self.pending.is_empty() {
+        if self.link.running.load(Ordering::SeqCst) == 0 && self.pending.is_empty() {
             myself.stop(Some("drained".into()));
         }
     }
+}
+
+/// Send `job` on `connection` (of `generation`) in its own task, which settles the push: the
+/// breaker signal, the load, a follow-up for `actor` if the answer needs one, the shard's answer.
+/// The caller has counted the task in `link.running`.
+fn spawn_request(
+    link: Arc<ConnectionLink>,
+    actor: ActorRef<ConnectionMsg>,
+    connection: ApnsConnection,
+    generation: u64,
+    job: Job,
+) {
+    tokio::spawn(async move {
+        let result = connection.send(&job.request).await;
+        drop(connection);
+        let (signal, follow_up) = assess(&result);
+        if result.is_ok() {
+            link.answered.store(true, Ordering::Relaxed);
+        }
+        link.breaker.observe(job.probe, signal);
+        release(&link.load);
+        let running = link.running.fetch_sub(1, Ordering::SeqCst) - 1;
+        // The actor acts before the shard hears, so a resend finds the new connection.
+        if follow_up != FollowUp::Nothing || (running == 0 && link.draining.load(Ordering::SeqCst))
+        {
+            let _ = actor.send_message(ConnectionMsg::Finished {
+                generation,
+                follow_up,
+            });
+        }
+        job.reply(into_job_result(result));
+    });
 }
 
 fn release(load: &AtomicUsize) {
     let _ = load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
 }
 
+/// The breaker's signal for a request's result, and what the connection actor must do about it.
+fn assess(result: &Result<Delivery, SendError>) -> (Signal, FollowUp) {
+    match result {
+        Ok(Delivery::Accepted { .. }) => (Signal::Success, FollowUp::Nothing),
+        Ok(Delivery::Rejected(rejection)) => match rejection.reason.disposition() {
+            Disposition::Credentials => (Signal::Credentials, FollowUp::Nothing),
+            Disposition::RetryLater => (Signal::ServerError, FollowUp::Nothing),
+            Disposition::RefreshToken => (Signal::Success, FollowUp::RefreshToken),
+            Disposition::Reconnect => (Signal::Success, FollowUp::Replace),
+            _ => (Signal::Success, FollowUp::Nothing),
+        },
+        // The connection's token may not be used any more: replace the connection.
+        Err(SendError::Auth(AuthError::TokenExhausted)) => (Signal::Unsent, FollowUp::Replace),
+        // The credentials cannot sign: a credentials problem, like a 403.
+        Err(SendError::Auth(_)) => (Signal::Credentials, FollowUp::Nothing),
+        Err(_) => (Signal::Unsent, FollowUp::Nothing),
+    }
+}
+
 fn into_job_result(result: Result<Delivery, SendError>) -> JobResult {
     match result {
         Ok(delivery) => JobResult::Answered(delivery),
         Err(error) => JobResult::Failed(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apns::{Reason, Rejection};
+
+    fn rejected(status: u16, reason: Reason) -> Result<Delivery, SendError> {
+        Ok(Delivery::Rejected(Rejection {
+            status,
+            reason,
+            timestamp: None,
+            apns_id: None,
+        }))
+    }
+
+    #[test]
+    fn only_answers_that_need_a_new_connection_reach_the_actor() {
+        let accepted = Ok(Delivery::Accepted { apns_id: None });
+        assert_eq!(assess(&accepted), (Signal::Success, FollowUp::Nothing));
+        assert_eq!(
+            assess(&rejected(400, Reason::BadDeviceToken)),
+            (Signal::Success, FollowUp::Nothing)
+        );
+        assert_eq!(
+            assess(&rejected(503, Reason::ServiceUnavailable)),
+            (Signal::ServerError, FollowUp::Nothing)
+        );
+        assert_eq!(
+            assess(&rejected(403, Reason::ExpiredProviderToken)),
+            (Signal::Success, FollowUp::RefreshToken)
+        );
+        assert_eq!(
+            assess(&Err(SendError::Auth(AuthError::TokenExhausted))),
+            (Signal::Unsent, FollowUp::Replace)
+        );
+        assert_eq!(
+            assess(&Err(SendError::Closed("closing".into()))),
+            (Signal::Unsent, FollowUp::Nothing)
+        );
     }
 }

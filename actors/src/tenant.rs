@@ -19,8 +19,8 @@
 //! engine supervisor, which restarts the tenant with its latest configuration.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -30,7 +30,9 @@ use tracing::Instrument as _;
 use crate::apns::http2::{ConnectionConfig, TlsSettings};
 use crate::apns::{AuthError, ClientIdentity, ConnectionAuth, TokenConnectionAuth, TokenMinter};
 use crate::breaker::{Admission, Breaker, BreakerState};
-use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, Job, JobResult};
+use crate::connection::{
+    ConnectionActor, ConnectionArgs, ConnectionLink, ConnectionMsg, Job, JobResult,
+};
 use crate::engine::EngineShared;
 use crate::limits;
 use crate::rate_limit::{RateLimit, TokenBucket};
@@ -159,6 +161,57 @@ pub struct TenantStatus {
     pub connections: usize,
 }
 
+/// The tenant's circuit breaker, shared with its connections' request tasks: each reports
+/// its answer here directly (a short critical section under a std mutex, never held across
+/// an `.await`) instead of sending the tenant an actor message per push.
+#[derive(Debug)]
+pub(crate) struct SharedBreaker {
+    breaker: Mutex<Breaker>,
+    tenant: String,
+}
+
+impl SharedBreaker {
+    fn new(breaker: Breaker, tenant: String) -> Self {
+        SharedBreaker {
+            breaker: Mutex::new(breaker),
+            tenant,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Breaker> {
+        // Every critical section is one call on `Breaker`, which cannot panic halfway.
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection's health signal about one request (`probe`: it was the half-open probe).
+    pub(crate) fn observe(&self, probe: bool, signal: Signal) {
+        let now = tokio::time::Instant::now();
+        let (before, after) = {
+            let mut breaker = self.lock();
+            let before = breaker.state();
+            match signal {
+                Signal::Success => breaker.on_success(),
+                Signal::ServerError => breaker.on_server_error(now),
+                Signal::Credentials => breaker.on_credentials_error(now),
+                Signal::Unsent if probe => breaker.on_probe_unanswered(),
+                Signal::Unsent => {}
+            }
+            (before, breaker.state())
+        };
+        if before != after {
+            self.publish(after);
+        }
+    }
+
+    fn state(&self) -> BreakerState {
+        self.lock().state()
+    }
+
+    fn publish(&self, state: BreakerState) {
+        metrics::gauge!("herald_breaker_state", "tenant" => self.tenant.clone()).set(state.gauge());
+    }
+}
+
 /// A health signal from a connection about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
@@ -188,8 +241,6 @@ pub(crate) struct TenantArgs {
 pub(crate) enum TenantMsg {
     /// Send this push (or hand it back `Deferred`).
     Dispatch(Job),
-    /// A connection's health signal about one request.
-    Observed { probe: bool, signal: Signal },
     /// Housekeeping: shrink the pool, publish gauges.
     Tick,
     /// A rate-limit token is due for the first waiting job.
@@ -206,7 +257,7 @@ pub(crate) enum TenantMsg {
 #[derive(Debug)]
 struct PoolEntry {
     actor: ActorRef<ConnectionMsg>,
-    load: Arc<AtomicUsize>,
+    link: Arc<ConnectionLink>,
     draining: bool,
 }
 
@@ -216,7 +267,7 @@ pub(crate) struct TenantState {
     config: TenantConfig,
     engine: Arc<EngineShared>,
     tls: Option<TlsSettings>,
-    breaker: Breaker,
+    breaker: Arc<SharedBreaker>,
     bucket: Option<TokenBucket>,
     pool: BTreeMap<u64, PoolEntry>,
     next_number: u64,
@@ -247,11 +298,14 @@ impl Actor for TenantActor {
                 .config
                 .rate_limit
                 .map(|r| TokenBucket::from_limit(r, now)),
-            breaker: Breaker::new(
-                tuning.breaker_server_errors_max,
-                tuning.breaker_open_for,
-                tuning.breaker_probe_timeout,
-            ),
+            breaker: Arc::new(SharedBreaker::new(
+                Breaker::new(
+                    tuning.breaker_server_errors_max,
+                    tuning.breaker_open_for,
+                    tuning.breaker_probe_timeout,
+                ),
+                args.config.id.clone(),
+            )),
             minted_seen: args.config.credentials.minted(),
             waiting: VecDeque::new(),
             rate_wake_scheduled: false,
@@ -342,17 +396,6 @@ async fn on_message(
 ) -> Result<(), ActorProcessingErr> {
     match msg {
         TenantMsg::Dispatch(job) => state.dispatch(&myself, job).await?,
-        TenantMsg::Observed { probe, signal } => {
-            let now = tokio::time::Instant::now();
-            match signal {
-                Signal::Success => state.breaker.on_success(),
-                Signal::ServerError => state.breaker.on_server_error(now),
-                Signal::Credentials => state.breaker.on_credentials_error(now),
-                Signal::Unsent if probe => state.breaker.on_probe_unanswered(),
-                Signal::Unsent => {}
-            }
-            state.publish_breaker();
-        }
         TenantMsg::Tick => state.tick(&myself).await?,
         TenantMsg::RateWake => {
             state.rate_wake_scheduled = false;
@@ -391,7 +434,8 @@ impl TenantState {
         mut job: Job,
     ) -> Result<(), ActorProcessingErr> {
         let now = tokio::time::Instant::now();
-        match self.breaker.admit(now) {
+        let admission = self.breaker.lock().admit(now);
+        match admission {
             Admission::Denied { retry_in } => {
                 job.reply(JobResult::Deferred { retry_in });
                 return Ok(());
@@ -410,7 +454,7 @@ impl TenantState {
                 ((limit.per_second * limits::TENANT_RATE_WAIT_MAX.as_secs_f64()) as usize).max(1);
             if self.waiting.len() >= waiting_max {
                 if job.probe {
-                    self.breaker.on_probe_unanswered();
+                    self.breaker.lock().on_probe_unanswered();
                 }
                 job.reply(JobResult::Deferred {
                     retry_in: limits::TENANT_RATE_WAIT_MAX,
@@ -456,7 +500,7 @@ impl TenantState {
     fn give_back_waiting(&mut self, retry_in: Duration) {
         while let Some(job) = self.waiting.pop_front() {
             if job.probe {
-                self.breaker.on_probe_unanswered();
+                self.breaker.lock().on_probe_unanswered();
             }
             job.reply(JobResult::Deferred { retry_in });
         }
@@ -471,7 +515,8 @@ impl TenantState {
         let grow = match chosen {
             None => true,
             Some(number) => {
-                self.pool[&number].load.load(Ordering::Acquire) >= limits::POOL_GROW_AT_INFLIGHT
+                self.pool[&number].link.load.load(Ordering::Acquire)
+                    >= limits::POOL_GROW_AT_INFLIGHT
                     && self.live_connections() < self.config.connections_max
             }
         };
@@ -486,11 +531,15 @@ impl TenantState {
         };
         self.idle_ticks = 0;
         let entry = &self.pool[&number];
-        entry.load.fetch_add(1, Ordering::AcqRel);
+        entry.link.load.fetch_add(1, Ordering::AcqRel);
+        // On the open connection directly; through the actor while it (re)connects.
+        let Err(job) = entry.link.try_send(&entry.actor, job) else {
+            return Ok(());
+        };
         if let Err(ractor::MessagingErr::SendErr(ConnectionMsg::Submit(job))) =
             entry.actor.send_message(ConnectionMsg::Submit(job))
         {
-            entry.load.fetch_sub(1, Ordering::AcqRel);
+            entry.link.load.fetch_sub(1, Ordering::AcqRel);
             job.reply(JobResult::Deferred {
                 retry_in: self.engine.tuning.retry_backoff.ceiling(1),
             });
@@ -502,7 +551,7 @@ impl TenantState {
         self.pool
             .iter()
             .filter(|(_, e)| !e.draining)
-            .min_by_key(|(number, e)| (e.load.load(Ordering::Acquire), **number))
+            .min_by_key(|(number, e)| (e.link.load.load(Ordering::Acquire), **number))
             .map(|(number, _)| *number)
     }
 
@@ -520,16 +569,15 @@ impl TenantState {
         let mut config =
             ConnectionConfig::new(endpoint.host.clone(), endpoint.port, self.tls.clone());
         config.number = number;
-        let load = Arc::new(AtomicUsize::new(0));
+        let link = Arc::new(ConnectionLink::new(self.breaker.clone()));
         let args = ConnectionArgs {
-            tenant: myself.clone(),
             config,
             connector: self.engine.connector.clone(),
             credentials: self.config.credentials.clone(),
             clock: self.engine.clock.clone(),
             rng: self.engine.fork_rng(),
             reconnect_backoff: self.engine.tuning.reconnect_backoff,
-            load: load.clone(),
+            link: link.clone(),
         };
         let (actor, _) =
             Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await?;
@@ -537,7 +585,7 @@ impl TenantState {
             number,
             PoolEntry {
                 actor,
-                load,
+                link,
                 draining: false,
             },
         );
@@ -555,7 +603,7 @@ impl TenantState {
         let load: usize = self
             .pool
             .values()
-            .map(|e| e.load.load(Ordering::Acquire))
+            .map(|e| e.link.load.load(Ordering::Acquire))
             .sum();
         if load == 0 {
             self.idle_ticks += 1;
@@ -608,7 +656,7 @@ impl TenantState {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        self.breaker.reset();
+        self.breaker.lock().reset();
         self.publish_breaker();
         self.release_waiting(myself)
             .await
@@ -617,8 +665,7 @@ impl TenantState {
     }
 
     fn publish_breaker(&self) {
-        metrics::gauge!("herald_breaker_state", "tenant" => self.config.id.clone())
-            .set(self.breaker.state().gauge());
+        self.breaker.publish(self.breaker.state());
     }
 }
 

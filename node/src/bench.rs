@@ -90,11 +90,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Engine(engine) => engine.tenants.max(1),
         _ => 1,
     };
+    if let BenchCommand::Engine(engine) = &args.command
+        && engine.emulator_process
+    {
+        // The emulator in a child process: this process's RSS is the engine's alone.
+        let team_keys = (0..teams).map(team_names).collect();
+        let emulator =
+            crate::bench_engine::EmulatorProcess::start(args.emulator_threads.max(1), team_keys)?;
+        let target = emulator.target();
+        return crate::bench_engine::run(&target, engine.clone());
+    }
     let emulator = EmulatorThread::start(args.emulator_threads.max(1), teams)?;
     let result = match args.command {
         BenchCommand::Client(args) => client(&emulator, args),
         BenchCommand::H2load(args) => h2load(&emulator, args),
-        BenchCommand::Engine(args) => crate::bench_engine::run(&emulator, args),
+        BenchCommand::Engine(args) => crate::bench_engine::run(&emulator.target(), args),
         BenchCommand::Cluster(_) => unreachable!("handled above"),
     };
     emulator.stop();
@@ -110,8 +120,8 @@ fn client(emulator: &EmulatorThread, args: ClientArgs) -> anyhow::Result<()> {
         "client core → emulator over TLS: {} pushes per row, window {}",
         args.pushes, args.window
     );
-    println!("| connections | window | pushes/s | p50 | p99 | failed |");
-    println!("|---|---|---|---|---|---|");
+    println!("| connections | window | pushes/s | p50 | p99 | failed | CPU µs/push |");
+    println!("|---|---|---|---|---|---|---|");
     for &connections in &args.connections {
         let summary_row = runtime.block_on(async {
             let clock: SharedClock = Arc::new(SystemClock);
@@ -139,6 +149,7 @@ fn client(emulator: &EmulatorThread, args: ClientArgs) -> anyhow::Result<()> {
             let notifications = Arc::new(workload(args.pushes)?);
             let mut rng = DetRng::from_seed(1);
             let started = tokio::time::Instant::now();
+            let cpu_before = crate::bench_engine::load_cpu_ms();
             let summary = run_all(
                 &pusher,
                 notifications,
@@ -148,17 +159,19 @@ fn client(emulator: &EmulatorThread, args: ClientArgs) -> anyhow::Result<()> {
             )
             .await;
             let elapsed = started.elapsed();
+            let cpu_ms = crate::bench_engine::load_cpu_ms().saturating_sub(cpu_before);
             pusher.close().await;
-            anyhow::Ok((summary, elapsed))
+            anyhow::Ok((summary, elapsed, cpu_ms))
         })?;
-        let (summary, elapsed) = summary_row;
+        let (summary, elapsed, cpu_ms) = summary_row;
         println!(
-            "| {connections} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            "| {connections} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.1} |",
             args.window,
             summary.finished() as f64 / elapsed.as_secs_f64(),
             summary.latency_percentile(50.0).as_secs_f64() * 1000.0,
             summary.latency_percentile(99.0).as_secs_f64() * 1000.0,
             summary.failed.values().sum::<u64>(),
+            cpu_ms as f64 * 1000.0 / summary.finished().max(1) as f64,
         );
     }
     Ok(())
@@ -331,47 +344,51 @@ impl EmulatorThread {
     fn start(threads: usize, teams: usize) -> anyhow::Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow::Error::from(e)));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let started = async {
-                    let emulator = Emulator::start(EmulatorConfig::default()).await?;
-                    let mut keys = Vec::new();
-                    for t in 0..teams {
-                        let (team, bundle) = team_names(t);
-                        let key = emulator.core().generate_team_key(&team, &[&bundle])?;
-                        keys.push((key, bundle));
-                    }
-                    anyhow::Ok((emulator, keys))
-                }
-                .await;
-                match started {
-                    Ok((emulator, keys)) => {
-                        let _ = ready_tx.send(Ok((
-                            emulator.addr(),
-                            emulator.ca_pem().unwrap_or_default().to_owned(),
-                            keys,
-                            emulator.core().clone(),
-                        )));
-                        let _ = stop_rx.await;
-                        emulator.shutdown().await;
-                    }
+        // Named `emulator…` so that CPU time can be told apart (see `bench_engine::load_cpu_ms`).
+        let thread = std::thread::Builder::new()
+            .name("emulator".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .thread_name("emulator-worker")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+                        let _ = ready_tx.send(Err(anyhow::Error::from(e)));
+                        return;
                     }
-                }
-            });
-        });
+                };
+                runtime.block_on(async move {
+                    let started = async {
+                        let emulator = Emulator::start(EmulatorConfig::default()).await?;
+                        let mut keys = Vec::new();
+                        for t in 0..teams {
+                            let (team, bundle) = team_names(t);
+                            let key = emulator.core().generate_team_key(&team, &[&bundle])?;
+                            keys.push((key, bundle));
+                        }
+                        anyhow::Ok((emulator, keys))
+                    }
+                    .await;
+                    match started {
+                        Ok((emulator, keys)) => {
+                            let _ = ready_tx.send(Ok((
+                                emulator.addr(),
+                                emulator.ca_pem().unwrap_or_default().to_owned(),
+                                keys,
+                                emulator.core().clone(),
+                            )));
+                            let _ = stop_rx.await;
+                            emulator.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
         let (addr, ca_pem, teams, core) = ready_rx.recv().context("emulator thread died")??;
         let (first, _) = teams.first().context("no team")?;
         Ok(EmulatorThread {
@@ -386,6 +403,16 @@ impl EmulatorThread {
         })
     }
 
+    /// The emulator as `bench engine` sees it.
+    fn target(&self) -> crate::bench_engine::EmulatorTarget<'_> {
+        crate::bench_engine::EmulatorTarget {
+            addr: self.addr,
+            ca_pem: self.ca_pem.clone(),
+            teams: self.teams.clone(),
+            control: crate::bench_engine::EmulatorControl::InProcess(&self.core),
+        }
+    }
+
     fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.thread.join();
@@ -393,7 +420,7 @@ impl EmulatorThread {
 }
 
 /// Team id and bundle id of benchmark team `t` (team 0 is the client benchmark's).
-fn team_names(t: usize) -> (String, String) {
+pub(crate) fn team_names(t: usize) -> (String, String) {
     if t == 0 {
         (TEAM_ID.to_owned(), BUNDLE_ID.to_owned())
     } else {

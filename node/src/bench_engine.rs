@@ -6,12 +6,19 @@
 //!   connections → emulator and back to an outcome, with T tenants, S shards and C
 //!   connections per tenant; the submitters keep at most `window` pushes unfinished;
 //! - **memory per connection**: resident set size (`VmRSS` from `/proc/self/status`: Linux
-//!   only) of the process before and after T tenants open C connections each. The emulator
-//!   runs in the same process, so the figure covers both ends of a connection;
+//!   only) of the process before and after T tenants open C connections each, and its peak
+//!   during the throughput run. By default the emulator runs in the same process, so the
+//!   figure covers both ends of a connection; with `--emulator-process` the emulator runs as
+//!   `herald emulator` in a child process (driven through its admin endpoint), so the figure
+//!   is the engine's alone, and the emulator's own RSS is reported beside it;
 //! - **overload**: the emulator answers after a fixed delay, which bounds what the engine can
 //!   deliver; 10× that is offered for a while, without resubmitting refused pushes; RSS is
 //!   sampled every second and `Overloaded` answers are counted.
 
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,11 +29,10 @@ use herald_actors::apns::{
 };
 use herald_actors::seams::{DetRng, SharedClock, SystemClock};
 use herald_actors::{Credentials, Endpoint, Herald, PushError, TenantConfig, Tuning, limits};
-use herald_sim::emulator::{FaultProfile, Latency};
+use herald_sim::emulator::{EmulatorCore, FaultProfile, GeneratedKey, Latency, TeamConfig};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
-
-use crate::bench::EmulatorThread;
 
 /// Flags of `herald bench engine`.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,10 +61,192 @@ pub struct EngineArgs {
     /// The emulator's answer delay during the overload run (milliseconds).
     #[arg(long, default_value_t = 2_000)]
     pub overload_latency_ms: u64,
+    /// Run the emulator as `herald emulator` in a child process (so this process's RSS is
+    /// the engine's alone) instead of on a thread of this process.
+    #[arg(long)]
+    pub emulator_process: bool,
+}
+
+/// The emulator `bench engine` pushes to.
+#[derive(Debug)]
+pub(crate) struct EmulatorTarget<'a> {
+    pub(crate) addr: SocketAddr,
+    pub(crate) ca_pem: String,
+    /// Every team's key and bundle id.
+    pub(crate) teams: Vec<(GeneratedKey, String)>,
+    pub(crate) control: EmulatorControl<'a>,
+}
+
+/// How the bench sets the emulator's faults and reads its counters.
+#[derive(Debug)]
+pub(crate) enum EmulatorControl<'a> {
+    /// In this process.
+    InProcess(&'a EmulatorCore),
+    /// A child process, through its admin endpoint.
+    Process { admin: SocketAddr, pid: u32 },
+}
+
+impl EmulatorTarget<'_> {
+    async fn set_faults(&self, faults: FaultProfile) -> anyhow::Result<()> {
+        match &self.control {
+            EmulatorControl::InProcess(core) => Ok(core.set_faults(faults)?),
+            EmulatorControl::Process { admin, .. } => {
+                let body = serde_json::to_string(&faults)?;
+                admin_request(*admin, "PUT", "/faults", &body).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn accepted_count(&self) -> anyhow::Result<u64> {
+        match &self.control {
+            EmulatorControl::InProcess(core) => Ok(core.accepted_count()),
+            EmulatorControl::Process { admin, .. } => {
+                let body = admin_request(*admin, "GET", "/stats", "").await?;
+                let stats: serde_json::Value = serde_json::from_str(&body)?;
+                stats["accepted_total"]
+                    .as_u64()
+                    .context("/stats without accepted_total")
+            }
+        }
+    }
+
+    /// The emulator's own RSS, when it runs in another process.
+    fn emulator_rss_kb(&self) -> Option<u64> {
+        match &self.control {
+            EmulatorControl::InProcess(_) => None,
+            EmulatorControl::Process { pid, .. } => {
+                rss_kb_of(&PathBuf::from(format!("/proc/{pid}/status")))
+            }
+        }
+    }
+}
+
+/// `herald emulator` in a child process, with the benchmark's teams; killed on drop.
+#[derive(Debug)]
+pub(crate) struct EmulatorProcess {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    ca_pem: String,
+    teams: Vec<(GeneratedKey, String)>,
+    dir: PathBuf,
+}
+
+impl EmulatorProcess {
+    /// Start `herald emulator` (this executable) with one generated key per `(team, bundle)`,
+    /// on a runtime of `threads` workers, and wait until it listens.
+    pub(crate) fn start(threads: usize, teams: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("herald-bench-emu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut toml = String::from("bind = \"127.0.0.1:0\"\nadmin_bind = \"127.0.0.1:0\"\n");
+        let mut keys = Vec::new();
+        for (t, (team, bundle)) in teams.iter().enumerate() {
+            let key_id = format!("BENCHKEY{t:02}");
+            let (config, key) = TeamConfig::generate(team, &key_id, &[bundle.as_str()])?;
+            let public = config
+                .keys
+                .first()
+                .and_then(|k| k.public_key_pem.clone())
+                .context("generated key without a public key")?;
+            toml.push_str(&format!(
+                "\n[[teams]]\nteam_id = \"{team}\"\nbundle_ids = [\"{bundle}\"]\n\
+                 [[teams.keys]]\nkey_id = \"{key_id}\"\npublic_key_pem = '''\n{public}'''\n"
+            ));
+            keys.push((key, bundle.clone()));
+        }
+        let config = dir.join("emulator.toml");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&config, toml)?;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg("emulator")
+            .arg("--config")
+            .arg(&config)
+            .arg("--ca-out")
+            .arg(&ca)
+            .env("TOKIO_WORKER_THREADS", threads.to_string())
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting herald emulator")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut process = EmulatorProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ca_pem: String::new(),
+            teams: keys,
+            dir,
+        };
+        let (mut addr, mut admin) = (None, None);
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(a) = line.strip_prefix("APNs emulator listening on ") {
+                addr = Some(a.trim().parse()?);
+            } else if let Some(a) = line.strip_prefix("admin endpoint on http://") {
+                admin = Some(a.trim().parse()?);
+            } else if line.starts_with("CA certificate written") {
+                break;
+            }
+        }
+        process.addr = addr.context("the emulator did not say where it listens")?;
+        process.admin = admin.context("the emulator has no admin endpoint")?;
+        process.ca_pem = std::fs::read_to_string(&ca)?;
+        Ok(process)
+    }
+
+    /// The emulator as `bench engine` sees it.
+    pub(crate) fn target(&self) -> EmulatorTarget<'_> {
+        EmulatorTarget {
+            addr: self.addr,
+            ca_pem: self.ca_pem.clone(),
+            teams: self.teams.clone(),
+            control: EmulatorControl::Process {
+                admin: self.admin,
+                pid: self.child.id(),
+            },
+        }
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One HTTP/1.1 request to the emulator's admin endpoint; returns the body of a 2xx answer.
+async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {admin}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    anyhow::ensure!(
+        status.starts_with('2'),
+        "admin {method} {path}: {}",
+        answer.lines().next().unwrap_or_default()
+    );
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
 }
 
 /// Run `herald bench engine` against `emulator`.
-pub(crate) fn run(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()> {
+pub(crate) fn run(emulator: &EmulatorTarget<'_>, args: EngineArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -66,7 +254,7 @@ pub(crate) fn run(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result
     runtime.block_on(bench(emulator, args))
 }
 
-async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()> {
+async fn bench(emulator: &EmulatorTarget<'_>, args: EngineArgs) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let tenants = args.tenants.max(1);
     let connections = args.connections.clamp(1, limits::POOL_CONNECTIONS_MAX);
@@ -88,6 +276,7 @@ async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()
         .context("starting the engine")?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_kb();
+    let emulator_rss_before = emulator.emulator_rss_kb();
     let mut names = Vec::new();
     let mut workloads = Vec::new();
     for (t, (key, bundle)) in emulator.teams.iter().take(tenants).enumerate() {
@@ -100,6 +289,10 @@ async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()
         workloads.push(workload(bundle, t as u64)?);
         names.push(name);
     }
+    // Connected, nothing sent yet: the connections opened at once (the pool's minimum).
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let rss_connected = rss_kb();
+    let emulator_rss_connected = emulator.emulator_rss_kb();
     // Warm up: every connection carries requests (TLS and HTTP/2 set up, token accepted).
     let warm = (connections * 200).min(limits::SEND_BATCH_MAX);
     let done = Arc::new(AtomicU64::new(0));
@@ -117,10 +310,12 @@ async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_after = rss_kb();
+    let emulator_rss_after = emulator.emulator_rss_kb();
 
     // Throughput.
     let per_tenant = args.pushes / tenants;
     let started = Instant::now();
+    let cpu_before = load_cpu_ms();
     let base = done.load(Ordering::Relaxed);
     let submitted = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -147,6 +342,17 @@ async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()
             anyhow::Ok(overloaded)
         }));
     }
+    // RSS under load, sampled every 100 ms while the throughput run lasts.
+    let rss_peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let rss_peak = rss_peak.clone();
+        tokio::spawn(async move {
+            while let Some(rss) = rss_kb() {
+                rss_peak.fetch_max(rss, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let mut overloaded = 0;
     for task in tasks {
         overloaded += task.await??;
@@ -154,6 +360,8 @@ async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()
     let total = (per_tenant * tenants) as u64;
     wait_done(&done, base + total, Duration::from_secs(300)).await?;
     let elapsed = started.elapsed();
+    let cpu_ms = load_cpu_ms().saturating_sub(cpu_before);
+    sampler.abort();
     let rate = total as f64 / elapsed.as_secs_f64();
 
     println!(
@@ -161,19 +369,37 @@ async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()
          tenant ({open} open), MemoryWal, batches of {batch}, ≤ {} unfinished, 1 engine worker thread",
         args.shards, args.window
     );
-    println!("| pushes | elapsed | pushes/s | Overloaded answers |");
-    println!("|---|---|---|---|");
+    println!("| pushes | elapsed | pushes/s | Overloaded answers | engine CPU µs/push |");
+    println!("|---|---|---|---|---|");
     println!(
-        "| {total} | {:.2} s | {rate:.0} | {overloaded} |",
-        elapsed.as_secs_f64()
+        "| {total} | {:.2} s | {rate:.0} | {overloaded} | {:.1} |",
+        elapsed.as_secs_f64(),
+        cpu_ms as f64 * 1000.0 / total.max(1) as f64
     );
-    match (rss_engine, rss_before, rss_after) {
-        (Some(engine), Some(before), Some(after)) => println!(
+    let per = |before: u64, after: u64| (after as f64 - before as f64) / open.max(1) as f64;
+    let ends = match (
+        emulator_rss_before,
+        emulator_rss_connected,
+        emulator_rss_after,
+    ) {
+        (Some(before), Some(connected), Some(after)) => format!(
+            "the engine's end only; the emulator's process: {before} KB → {connected} KB connected \
+             ({:.0} KB per connection) → {after} KB warm ({:.0} KB per connection)",
+            per(before, connected),
+            per(before, after)
+        ),
+        _ => "both ends: the emulator is in this process".to_owned(),
+    };
+    match (rss_engine, rss_before, rss_connected, rss_after) {
+        (Some(engine), Some(before), Some(connected), Some(after)) => println!(
             "memory (VmRSS, Linux): {engine} KB before the engine, {before} KB with {} shards and \
-             no tenant, {after} KB with {open} open connections → {:.0} KB per connection \
-             (both ends: the emulator is in this process)",
+             no tenant, {connected} KB with {open} connections open and idle ({:.0} KB per \
+             connection), {after} KB after {warm} warm-up pushes per tenant ({:.0} KB per \
+             connection) ({ends}); peak under load {} KB",
             args.shards,
-            (after as f64 - before as f64) / open.max(1) as f64
+            per(before, connected),
+            per(before, after),
+            rss_peak.load(Ordering::Relaxed)
         ),
         _ => println!("memory: VmRSS not available (Linux only)"),
     }
@@ -181,17 +407,19 @@ async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()
     // Overload: bounded delivery, 10× offered.
     if args.overload_secs > 0 {
         let latency = Duration::from_millis(args.overload_latency_ms.max(1));
-        emulator.core.set_faults(FaultProfile {
-            latency: Latency::Fixed {
-                ms: args.overload_latency_ms.max(1),
-            },
-            ..FaultProfile::default()
-        })?;
+        emulator
+            .set_faults(FaultProfile {
+                latency: Latency::Fixed {
+                    ms: args.overload_latency_ms.max(1),
+                },
+                ..FaultProfile::default()
+            })
+            .await?;
         let inflight = (args.shards as usize * limits::SHARD_INFLIGHT_MAX)
             .min(open * limits::H2_STREAMS_MAX) as f64;
         let deliverable = inflight / latency.as_secs_f64();
         let offered_rate = deliverable * 10.0;
-        let accepted_before = emulator.core.accepted_count();
+        let accepted_before = emulator.accepted_count().await?;
         let started = Instant::now();
         let end = started + Duration::from_secs(args.overload_secs);
         let mut offered = 0u64;
@@ -240,8 +468,8 @@ async fn bench(emulator: &EmulatorThread, args: EngineArgs) -> anyhow::Result<()
             tokio::time::sleep_until(next_tick).await;
         }
         let secs = started.elapsed().as_secs_f64();
-        let delivered = emulator.core.accepted_count() - accepted_before;
-        emulator.core.set_faults(FaultProfile::default())?;
+        let delivered = emulator.accepted_count().await? - accepted_before;
+        emulator.set_faults(FaultProfile::default()).await?;
         println!(
             "overload: emulator answers after {} ms, so ≤ {deliverable:.0} pushes/s can be delivered \
              ({inflight:.0} in flight); offered {offered} pushes in {secs:.1} s ({:.0}/s, target \
@@ -387,9 +615,46 @@ fn workload(bundle: &str, seed: u64) -> anyhow::Result<Workload> {
     })
 }
 
+/// CPU time (user + system, ms) used so far by this process's threads, except the in-process
+/// emulator's (threads named `emulator…`): the load generator's CPU. Linux only (0 elsewhere);
+/// `/proc` counts in clock ticks, assumed to be 100 per second (Linux's `USER_HZ`), and
+/// threads that already exited are not counted.
+pub(crate) fn load_cpu_ms() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces, so split after its `)`.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if stat[open + 1..close].starts_with("emulator") {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after comm.
+        for i in [11, 12] {
+            ticks += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ticks * 10
+}
+
 /// This process's resident set size in KB (`VmRSS` in `/proc/self/status`; Linux only).
 pub fn rss_kb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_kb_of(std::path::Path::new("/proc/self/status"))
+}
+
+/// `VmRSS` in KB from a `/proc/<pid>/status` file.
+fn rss_kb_of(status: &std::path::Path) -> Option<u64> {
+    let status = std::fs::read_to_string(status).ok()?;
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))?

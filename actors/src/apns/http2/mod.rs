@@ -320,6 +320,12 @@ impl ApnsConnection {
         self.shared.lock().state.clone()
     }
 
+    /// Whether the connection takes new requests now (`state().accepts_new_streams()`
+    /// without copying the state).
+    pub fn accepts_new_streams(&self) -> bool {
+        self.shared.lock().state.accepts_new_streams()
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
         self.shared.lock().in_flight
@@ -435,12 +441,19 @@ struct StreamPermit<'a> {
 
 impl Drop for StreamPermit<'_> {
     fn drop(&mut self) {
-        {
+        let draining = {
             let mut inner = self.shared.lock();
             inner.in_flight = inner.in_flight.saturating_sub(1);
+            matches!(inner.state, ConnectionState::Draining(_))
+        };
+        // One slot freed: one waiter takes it (a woken waiter that gives up passes the
+        // notification on). State changes wake every waiter, see `Shared::transition`.
+        self.shared.slots.notify_one();
+        // Only a draining driver waits for the last stream to end; a state change to
+        // draining after this point wakes the driver itself.
+        if draining {
+            self.shared.driver_wake.notify_one();
         }
-        self.shared.slots.notify_waiters();
-        self.shared.driver_wake.notify_one();
     }
 }
 
