@@ -1212,14 +1212,17 @@ mod tests {
             next_proposal: 0,
             flush_scheduled: false,
             tasks: vec![],
-            membership: Membership::new(&ClusterConfig::new(
-                1,
-                ClusterId(1),
-                BTreeMap::from([(1, SocketAddr::from(([127, 0, 0, 1], 1)))]),
-                "eu",
-                StorageLocation::InMemory,
-                LinkSecurity::Plaintext,
-            ), Arc::new(TcpConnector)),
+            membership: Membership::new(
+                &ClusterConfig::new(
+                    1,
+                    ClusterId(1),
+                    BTreeMap::from([(1, SocketAddr::from(([127, 0, 0, 1], 1)))]),
+                    "eu",
+                    StorageLocation::InMemory,
+                    LinkSecurity::Plaintext,
+                ),
+                Arc::new(TcpConnector),
+            ),
             proposals: ProposalForwards::new(1, Duration::from_millis(100)),
         }
     }
