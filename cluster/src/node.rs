@@ -338,6 +338,8 @@ struct Shared {
     tokens: RwLock<TokenTable>,
     shard_maps: watch::Sender<ShardMaps>,
     provider: watch::Sender<ProviderTokenView>,
+    /// The node's current peer links (configured peers, then members opened by membership).
+    links: watch::Sender<BTreeMap<u64, PeerLinkSender>>,
 }
 
 /// The provider tokens applied on a node, for [`crate::provider_tokens`].
@@ -501,11 +503,15 @@ impl Actor for ClusterActor {
                 state.proposals.on_tick();
                 state.driver.tick();
                 state.handle_ready()?;
-                if state
+                let has_work = state
                     .membership
                     .on_tick(&mut state.driver, &mut state.peers)
-                    .await
-                {
+                    .await;
+                if state.peers.len() != state.shared.links.borrow().len() {
+                    // Membership opened links to new members: let the router see them.
+                    state.shared.links.send_replace(state.peers.clone());
+                }
+                if has_work {
                     state.schedule_flush(&myself)?;
                 }
             }
@@ -825,7 +831,6 @@ pub struct ClusterNode {
     shared: Arc<Shared>,
     token_state: Arc<ReplicatedTokenState>,
     region: String,
-    peer_links: BTreeMap<u64, PeerLinkSender>,
     routing_inbound: std::sync::Mutex<Option<mpsc::Receiver<Inbound>>>,
 }
 
@@ -924,9 +929,9 @@ impl ClusterNode {
             tokens: RwLock::new(TokenTable::new()),
             shard_maps: watch::Sender::new(Arc::new(driver.machine().shard_maps().clone())),
             provider: watch::Sender::new(ProviderTokenView::default()),
+            links: watch::Sender::new(peers.clone()),
         });
         let (routing, routing_inbound) = mpsc::channel(ROUTING_INBOUND_CAPACITY);
-        let peer_links = peers.clone();
         let arguments = ClusterArguments {
             driver,
             tick: config.tick,
@@ -950,7 +955,6 @@ impl ClusterNode {
             shared,
             token_state,
             region: config.region,
-            peer_links,
             routing_inbound: std::sync::Mutex::new(Some(routing_inbound)),
         })
     }
@@ -965,9 +969,15 @@ impl ClusterNode {
         self.shared.shard_maps.subscribe()
     }
 
-    /// The senders of this node's peer links, by peer id.
+    /// The senders of this node's current peer links, by peer id.
     pub fn peer_links(&self) -> BTreeMap<u64, PeerLinkSender> {
-        self.peer_links.clone()
+        self.shared.links.borrow().clone()
+    }
+
+    /// This node's peer links, updated when membership opens a link to a new member
+    /// (the [`Router`](crate::routing::Router) follows it).
+    pub fn peer_links_watch(&self) -> watch::Receiver<BTreeMap<u64, PeerLinkSender>> {
+        self.shared.links.subscribe()
     }
 
     /// The routing messages (forwarded pushes, acks, outcomes) peers send this node: the
@@ -1207,6 +1217,7 @@ mod tests {
                 tokens: RwLock::new(TokenTable::new()),
                 shard_maps: watch::Sender::new(Arc::new(BTreeMap::new())),
                 provider: watch::Sender::new(ProviderTokenView::default()),
+                links: watch::Sender::new(BTreeMap::new()),
             }),
             pending: BTreeMap::new(),
             next_proposal: 0,

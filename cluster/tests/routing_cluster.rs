@@ -523,16 +523,19 @@ async fn forged_forward_pushes_are_fenced_by_epoch_and_owner() {
             },
         )
     };
-    let ack = async |answers: &mut mpsc::Receiver<Inbound>, expected: transport::PushId| loop {
+    // Outcomes that arrive while waiting for an ack (node 1 may relay a push's outcome
+    // before its ack task sends the ack: no order is promised) are kept for later.
+    let mut early_outcomes: Vec<(transport::PushId, Vec<u8>)> = vec![];
+    let mut ack = async |answers: &mut mpsc::Receiver<Inbound>, expected: transport::PushId| loop {
         let inbound = tokio::time::timeout(WAIT, answers.recv())
             .await
             .expect("an ack from node 1")
             .unwrap();
         assert_eq!(inbound.from, NodeId(1));
-        if let PeerMessage::Ack { push_id, result } = inbound.msg
-            && push_id == expected
-        {
-            return result;
+        match inbound.msg {
+            PeerMessage::Ack { push_id, result } if push_id == expected => return result,
+            PeerMessage::Outcome { push_id, outcome } => early_outcomes.push((push_id, outcome)),
+            _ => {}
         }
     };
 
@@ -571,7 +574,14 @@ async fn forged_forward_pushes_are_fenced_by_epoch_and_owner() {
     let (good_id, push_id, message) = forge(current, 2);
     to_node1.try_send(message).unwrap();
     assert_eq!(ack(&mut answers, push_id).await, AckResult::Accepted);
+    let early = early_outcomes
+        .iter()
+        .find(|(id, _)| *id == push_id)
+        .map(|(_, outcome)| decode_outcome(outcome).unwrap());
     let outcome = loop {
+        if let Some(outcome) = early {
+            break outcome;
+        }
         let inbound = tokio::time::timeout(WAIT, answers.recv())
             .await
             .unwrap()

@@ -86,13 +86,15 @@ struct Inner {
     region: String,
     engine: Herald,
     maps: watch::Receiver<ShardMaps>,
-    links: BTreeMap<u64, PeerLinkSender>,
+    /// The node's current peer links (new members appear here once membership links them).
+    links: watch::Receiver<BTreeMap<u64, PeerLinkSender>>,
     config: RouterConfig,
     rng: Mutex<DetRng>,
     /// Origin side: who waits for which (push, owner) ack.
     waiters: Mutex<Waiters>,
     inflight_total: AtomicUsize,
-    inflight_per_peer: BTreeMap<u64, AtomicUsize>,
+    /// Forwards in flight per peer, an entry per peer ever forwarded to (members only).
+    inflight_per_peer: Mutex<BTreeMap<u64, Arc<AtomicUsize>>>,
     /// Owner side: forwarded pushes being served.
     serving: Arc<Semaphore>,
     /// Owner side: where to send outcomes of forwarded pushes.
@@ -172,7 +174,7 @@ impl Router {
         let inbound = node
             .take_routing_inbound()
             .ok_or(RouterError::AlreadyRouted)?;
-        let links = node.peer_links();
+        let links = node.peer_links_watch();
         let outcomes = engine.outcomes();
         let inner = Arc::new(Inner {
             id: node.id(),
@@ -180,7 +182,7 @@ impl Router {
             engine,
             maps: node.shard_maps(),
             inflight_total: AtomicUsize::new(0),
-            inflight_per_peer: links.keys().map(|&p| (p, AtomicUsize::new(0))).collect(),
+            inflight_per_peer: Mutex::new(BTreeMap::new()),
             links,
             rng: Mutex::new(DetRng::from_seed(config.seed)),
             config,
@@ -416,11 +418,14 @@ impl Inner {
         Ok((*owner, map.epoch))
     }
 
+    /// The current link to `peer`, if the node has one.
+    fn link(&self, peer: u64) -> Option<PeerLinkSender> {
+        self.links.borrow().get(&peer).cloned()
+    }
+
     /// Send `push` to `owner` once and wait for its ack.
     async fn forward_once(&self, owner: u64, push: &ForwardedPush) -> Result<(), Attempt> {
-        let (Some(link), Some(peer_load)) =
-            (self.links.get(&owner), self.inflight_per_peer.get(&owner))
-        else {
+        let Some(link) = self.link(owner) else {
             return Err(Attempt::Resend {
                 cause: "no_link",
                 catch_up: None,
@@ -437,7 +442,11 @@ impl Inner {
                 retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
             })
         })?;
-        let _peer = Slot::reserve(peer_load, FORWARDS_PER_PEER_MAX).ok_or_else(|| {
+        let peer_load = lock(&self.inflight_per_peer)
+            .entry(owner)
+            .or_default()
+            .clone();
+        let _peer = Slot::reserve(&peer_load, FORWARDS_PER_PEER_MAX).ok_or_else(|| {
             metrics::counter!("herald_routing_overloaded_total", "limit" => "peer").increment(1);
             Attempt::Final(PushError::Overloaded {
                 retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
@@ -625,7 +634,7 @@ async fn serve_inbound(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>) 
     while let Some(Inbound { from, msg }) = inbound.recv().await {
         match msg {
             PeerMessage::ForwardPush { push_id, push } => {
-                let Some(link) = inner.links.get(&from.0).cloned() else {
+                let Some(link) = inner.link(from.0) else {
                     tracing::warn!(from = from.0, "forwarded push from a node without a link");
                     continue;
                 };
@@ -676,7 +685,7 @@ async fn relay_outcomes(
         let Some(origin) = lock(&inner.origins).take(record.push_id.as_u128()) else {
             continue;
         };
-        let Some(link) = inner.links.get(&origin) else {
+        let Some(link) = inner.link(origin) else {
             continue;
         };
         match encode_outcome(&record.outcome) {
