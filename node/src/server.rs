@@ -19,14 +19,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::Router;
 use herald_actors::apns::ApnsTlsConfig;
 use herald_actors::seams::{SharedClock, SystemClock};
-use herald_actors::wal::{FileWal, GroupCommitWal};
+use herald_actors::wal::{FileWal, GroupCommitWal, WalClosed};
 use herald_actors::{Endpoint, Herald, ShutdownReport, Tuning};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::transport::tls::{LinkSecurity, MutualTls};
@@ -74,7 +74,7 @@ pub struct Node {
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
-    wal: Weak<FileWal>,
+    wal: WalClosed,
 }
 
 /// What a shutdown achieved.
@@ -85,7 +85,7 @@ pub struct ShutdownSummary {
     /// The HTTP server finished its open requests within [`HTTP_SHUTDOWN_GRACE`].
     pub http_clean: bool,
     /// The write-ahead log file was closed within [`WAL_RELEASE_WAIT`] (false while someone
-    /// still holds a clone of the engine handle).
+    /// still holds a clone of the engine handle, or a WAL operation is still running).
     pub wal_released: bool,
 }
 
@@ -124,7 +124,7 @@ impl Node {
                 bail!("opening the write-ahead log {}: {e}", wal_path.display());
             }
         };
-        let wal_weak = Arc::downgrade(&wal);
+        let wal_closed = wal.closed();
         let mut tuning = Tuning::default();
         tuning.shard_queue_max = config.limits.shard_queue_max;
         tuning.shard_inflight_max = config.limits.shard_inflight_max;
@@ -208,7 +208,7 @@ impl Node {
             stop,
             http,
             background,
-            wal: wal_weak,
+            wal: wal_closed,
         })
     }
 
@@ -276,11 +276,12 @@ impl Node {
         };
         drop(self.engine);
         drop(self.reloader);
-        let until = tokio::time::Instant::now() + WAL_RELEASE_WAIT;
-        while self.wal.strong_count() > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let wal_released = self.wal.strong_count() == 0;
+        // Waits for the store itself (redb's file lock), not just the handles: an operation
+        // still running on the blocking pool keeps the file open after the last handle is gone.
+        let mut closed = self.wal;
+        let wal_released = tokio::time::timeout(WAL_RELEASE_WAIT, closed.wait())
+            .await
+            .is_ok();
         if !wal_released {
             tracing::warn!("the write-ahead log is still open: an engine handle is still held");
         }

@@ -69,6 +69,30 @@ struct Inner {
     len: AtomicUsize,
     bytes: AtomicU64,
     commits: AtomicU64,
+    /// Dropped after `db` (fields drop in declaration order), so its receivers see the close
+    /// only once redb has released the file. Keep it the last field.
+    closed: tokio::sync::watch::Sender<()>,
+}
+
+/// Reports when a [`FileWal`]'s store is closed: every handle, and every operation still running
+/// on the blocking pool, has dropped it, and redb has released the file (so it can be opened
+/// again). Get one from [`FileWal::closed`].
+#[derive(Debug, Clone)]
+pub struct WalClosed {
+    rx: tokio::sync::watch::Receiver<()>,
+}
+
+impl WalClosed {
+    /// True once the store is closed.
+    pub fn is_closed(&self) -> bool {
+        self.rx.has_changed().is_err()
+    }
+
+    /// Wait until the store is closed.
+    pub async fn wait(&mut self) {
+        // `changed` fails only once the sender (the store's last field) is dropped.
+        while self.rx.changed().await.is_ok() {}
+    }
 }
 
 #[derive(Debug)]
@@ -128,6 +152,7 @@ impl FileWal {
                 finished,
             }),
             commits: AtomicU64::new(0),
+            closed: tokio::sync::watch::Sender::new(()),
         };
         Ok(FileWal {
             inner: Arc::new(inner),
@@ -142,6 +167,14 @@ impl FileWal {
     /// How many write transactions (each one fsync) this handle committed since it was opened.
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// A probe that reports when the store is closed: unlike dropping the last `FileWal`
+    /// handle, this also waits for operations still running on the blocking pool.
+    pub fn closed(&self) -> WalClosed {
+        WalClosed {
+            rx: self.inner.closed.subscribe(),
+        }
     }
 
     fn blocking<T, F>(&self, work: F) -> BoxFuture<'static, Result<T, WalError>>
@@ -413,5 +446,33 @@ fn store_error(e: impl Into<redb::Error>) -> WalError {
         | redb::Error::TypeDefinitionChanged { .. }
         | redb::Error::LockProtocolMismatch) => WalError::Corrupt(e.to_string()),
         e => WalError::Io(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The close probe waits for an operation still holding the store after the last handle
+    /// is dropped; once it reports closed, the file opens again.
+    #[tokio::test]
+    async fn closed_probe_waits_for_operations_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let wal = FileWal::open(&path).unwrap();
+        let mut closed = wal.closed();
+        let batch = vec![WalRecord::new(1, 0, b"push".to_vec())];
+        let append = wal.blocking(move |inner| inner.append(batch));
+        drop(wal);
+        assert!(
+            !closed.is_closed(),
+            "an operation in flight keeps the store open"
+        );
+        assert!(matches!(FileWal::open(&path), Err(WalError::Locked)));
+        append.await.unwrap();
+        closed.wait().await;
+        assert!(closed.is_closed());
+        let reopened = FileWal::open(&path).unwrap();
+        assert_eq!(reopened.inner.len.load(Ordering::Relaxed), 1);
     }
 }

@@ -90,7 +90,7 @@ mod file;
 mod group;
 mod memory;
 
-pub use file::FileWal;
+pub use file::{FileWal, WalClosed};
 pub use group::{GroupCommitConfig, GroupCommitWal};
 pub use memory::MemoryWal;
 
