@@ -10,15 +10,17 @@
 //!   [`FSYNC_LATENCY`] of simulated time and only then makes the batch durable and answers
 //!   `Ok`; a crash during that time drops the future, so the unsynced batch is lost and was
 //!   never acknowledged. Completions are made durable the same way (a lost completion means
-//!   a resend, which at-least-once allows).
+//!   a resend, which at-least-once allows). `complete_at` keeps a done marker per completed
+//!   record in the same commit, bounded like the production WAL (retention and count of
+//!   [`WalLimits`]), so a shard's durable dedupe survives a simulated crash.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_actors::seams::BoxFuture;
-use herald_actors::wal::{Wal, WalError, WalLimits, WalRecord};
+use herald_actors::seams::{BoxFuture, Timestamp};
+use herald_actors::wal::{Finished, Wal, WalError, WalLimits, WalRecord};
 use herald_cluster::raft::RaftStorage;
 
 /// Simulated time one WAL write + fsync takes.
@@ -73,6 +75,9 @@ struct DurableWal {
     by_id: BTreeMap<u128, u64>,
     bytes: u64,
     next_seq: u64,
+    /// Done markers in finish order (marker sequence number → marker).
+    finished: BTreeMap<u64, Finished>,
+    next_finished: u64,
 }
 
 /// A [`Wal`] on the simulated disk. See the [module docs](self).
@@ -124,6 +129,38 @@ impl SimWal {
     }
 }
 
+impl SimWal {
+    /// Remove the pending records named by `ids` (after the fsync); return the (id, shard) of
+    /// those that were pending.
+    fn complete_now(wal: &mut DurableWal, ids: Vec<u128>) -> Vec<(u128, u32)> {
+        let mut done = Vec::new();
+        for id in ids {
+            if let Some(seq) = wal.by_id.remove(&id)
+                && let Some(record) = wal.records.remove(&seq)
+            {
+                wal.bytes -= record.data.len() as u64;
+                done.push((id, record.shard));
+            }
+        }
+        done
+    }
+
+    /// Keep a marker for each of `done` finished at `at`, then drop the markers older than the
+    /// retention before `at` and the oldest beyond the count bound.
+    fn keep_markers(&self, wal: &mut DurableWal, done: Vec<(u128, u32)>, at: Timestamp) {
+        for (id, shard) in done {
+            let seq = wal.next_finished;
+            wal.next_finished += 1;
+            wal.finished.insert(seq, Finished { id, shard, at });
+        }
+        let oldest_kept = at.saturating_sub(self.limits.finished_retention());
+        wal.finished.retain(|_, marker| marker.at >= oldest_kept);
+        while wal.finished.len() > self.limits.finished_max() {
+            wal.finished.pop_first();
+        }
+    }
+}
+
 impl Wal for SimWal {
     fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>> {
         Box::pin(async move {
@@ -139,16 +176,24 @@ impl Wal for SimWal {
     fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
         Box::pin(async move {
             tokio::time::sleep(FSYNC_LATENCY).await;
-            let mut wal = self.lock();
-            for id in ids {
-                if let Some(seq) = wal.by_id.remove(&id)
-                    && let Some(record) = wal.records.remove(&seq)
-                {
-                    wal.bytes -= record.data.len() as u64;
-                }
-            }
+            Self::complete_now(&mut self.lock(), ids);
             Ok(())
         })
+    }
+
+    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+        Box::pin(async move {
+            // Write + fsync; a crash now loses the completion and its markers together.
+            tokio::time::sleep(FSYNC_LATENCY).await;
+            let mut wal = self.lock();
+            let done = Self::complete_now(&mut wal, ids);
+            self.keep_markers(&mut wal, done, at);
+            Ok(())
+        })
+    }
+
+    fn finished(&self) -> BoxFuture<'_, Result<Vec<Finished>, WalError>> {
+        Box::pin(async move { Ok(self.lock().finished.values().copied().collect()) })
     }
 
     fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
@@ -201,5 +246,35 @@ mod tests {
         wal.complete(vec![1, 4, 99]).await.unwrap();
         assert!(wal.is_empty());
         assert_eq!(wal.bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn done_markers_survive_a_crash_within_their_bounds() {
+        let disk = SimDisk::default();
+        let limits = WalLimits::new(8, 1024, 64).with_finished(2, Duration::from_secs(10));
+        let wal = disk.wal("n1", limits);
+        let batch = (1..=3).map(|id| WalRecord::new(id, id as u32, &b"x"[..]));
+        wal.append(batch.collect()).await.unwrap();
+        wal.complete_at(vec![1, 2], Timestamp::from_secs(1))
+            .await
+            .unwrap();
+        // A crash mid-completion loses record 3's completion and marker together.
+        let crashed = wal.complete_at(vec![3], Timestamp::from_secs(2));
+        let _ = tokio::time::timeout(FSYNC_LATENCY / 2, crashed).await;
+        let next = disk.wal("n1", limits);
+        let ids =
+            |markers: Vec<Finished>| markers.iter().map(|m| (m.id, m.shard)).collect::<Vec<_>>();
+        assert_eq!(ids(next.finished().await.unwrap()), vec![(1, 1), (2, 2)]);
+        assert_eq!(next.len(), 1);
+        // Count bound: the oldest marker goes. Unknown ids keep no marker.
+        next.complete_at(vec![3, 99], Timestamp::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(ids(next.finished().await.unwrap()), vec![(2, 2), (3, 3)]);
+        // Retention bound: markers older than 10 s before `at` go.
+        next.complete_at(vec![], Timestamp::from_secs(12))
+            .await
+            .unwrap();
+        assert_eq!(ids(next.finished().await.unwrap()), vec![(3, 3)]);
     }
 }
