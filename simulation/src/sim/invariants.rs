@@ -24,6 +24,10 @@ pub struct AcceptedPush {
     pub boot: u64,
     /// The device token.
     pub token: String,
+    /// Simulated time the workload's call began (ms): a lower bound on any dispatch of the
+    /// push. (The acknowledgement can come later than a dispatch: a batch is answered when
+    /// every shard's WAL append finished, and one shard may already have sent its part.)
+    pub requested_ms: u64,
     /// Simulated time of the acknowledgement (ms).
     pub accepted_ms: u64,
 }
@@ -157,15 +161,15 @@ impl Observations {
                 accepted.boot,
                 accepted.token.clone(),
             ))
-            && accepted.accepted_ms > seen
+            && accepted.requested_ms > seen
         {
             let text = format!(
-                "sent after invalidation: push {} to token {} accepted by {} at {} ms, \
+                "sent after invalidation: push {} to token {} requested of {} at {} ms, \
                  its invalidation applied there by {seen} ms, yet sent ({} attempts, outcome {})",
                 uuid_text(push),
                 accepted.token,
                 accepted.node,
-                accepted.accepted_ms,
+                accepted.requested_ms,
                 outcome.attempts,
                 outcome.label
             );
@@ -295,6 +299,7 @@ mod tests {
                 node: "n1".into(),
                 boot: 0,
                 token: "ab".into(),
+                requested_ms: 90,
                 accepted_ms: 100,
             },
         );
@@ -317,6 +322,7 @@ mod tests {
                 node: "n2".into(),
                 boot: 0,
                 token: "cd".into(),
+                requested_ms: 90,
                 accepted_ms: 100,
             },
         );

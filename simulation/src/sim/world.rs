@@ -764,6 +764,7 @@ async fn serve_request(
     clock: &SimClock,
     request: ApiRequest,
 ) -> ApiResponse {
+    let requested_ms = now_ms();
     let accepted = |id: herald_actors::PushId, token: &str| {
         world.trace.record(
             name,
@@ -779,6 +780,7 @@ async fn serve_request(
                 node: name.to_owned(),
                 boot,
                 token: token.to_owned(),
+                requested_ms,
                 accepted_ms: now_ms(),
             },
         );
