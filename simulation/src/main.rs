@@ -4,20 +4,29 @@
 //! herald-sim --seed 7 --trace             # one run; write trace-7.txt
 //! herald-sim twice --seed 7               # run a seed twice, compare trace hashes
 //! herald-sim sweep --from 0 --count 200   # many seeds; failures print their replay command
+//! ```
+//!
+//! `twice` and `sweep` run every seed in a fresh child process (`herald-sim run`), as a replay
+//! does: tokio's task ids are process-wide, and the order in which a crashed host's tasks are
+//! dropped follows them, so two runs of one seed *in one process* can order simultaneous
+//! events differently. A fresh process per run makes a sweep's failure replay exactly.
+//!
+//! ```text
 //! herald-sim diff-traces a.txt b.txt      # first divergence of two traces
 //! herald-sim speed --nodes 5              # simulated seconds per wall second
 //! ```
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use herald_sim::sim::trace::first_divergence;
-use herald_sim::sim::{RunReport, SimConfig, run};
+use herald_sim::sim::{SimConfig, run};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
 #[command(name = "herald-sim", about = "Herald's deterministic simulator")]
@@ -98,7 +107,72 @@ struct RunArgs {
     /// Log the stack's tracing output (RUST_LOG filters it) to stderr.
     #[arg(long)]
     verbose: bool,
+    /// Write a JSON summary of the run here (how `twice` and `sweep` read their children).
+    #[arg(long, hide = true)]
+    summary: Option<PathBuf>,
 }
+
+/// What a child run reports to its parent (`run --summary PATH`).
+#[derive(Debug, Serialize, Deserialize)]
+struct ChildSummary {
+    passed: bool,
+    hash: String,
+    events: usize,
+    sim_secs: f64,
+    coverage: BTreeMap<String, u64>,
+    /// The human report (with the replay command when it failed).
+    report: String,
+}
+
+/// The command-line arguments that give a child run `shape`.
+fn shape_args(shape: &Shape) -> Vec<String> {
+    let mut args = vec![
+        format!("--nodes={}", shape.nodes),
+        format!("--regions={}", shape.regions),
+        format!("--active-secs={}", shape.active_secs),
+        format!("--heal-secs={}", shape.heal_secs),
+    ];
+    if shape.no_faults {
+        args.push("--no-faults".into());
+    }
+    #[cfg(feature = "sim-bugs")]
+    for bug in &shape.bugs {
+        args.push(format!("--bug={bug}"));
+    }
+    args
+}
+
+/// Run `seed` in a fresh `herald-sim run` process (see the module docs for why); its trace
+/// goes to `trace` when given.
+fn run_in_child(seed: u64, shape: &Shape, trace: Option<&Path>) -> anyhow::Result<ChildSummary> {
+    let exe = std::env::current_exe().context("locating the herald-sim binary")?;
+    let summary = std::env::temp_dir().join(format!(
+        "herald-sim-{}-{seed}-{}.json",
+        std::process::id(),
+        CHILD_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("run")
+        .arg(format!("--seed={seed}"))
+        .args(shape_args(shape))
+        .arg("--summary")
+        .arg(&summary)
+        .stdout(std::process::Stdio::null());
+    if let Some(trace) = trace {
+        command.arg(format!("--trace={}", trace.display()));
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("running seed {seed} in a child process"))?;
+    let text = std::fs::read_to_string(&summary);
+    let _ = std::fs::remove_file(&summary);
+    let text =
+        text.with_context(|| format!("seed {seed}: the child run ({status}) left no summary"))?;
+    serde_json::from_str(&text).with_context(|| format!("seed {seed}: unreadable child summary"))
+}
+
+static CHILD_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn config(seed: u64, shape: &Shape) -> SimConfig {
     let mut c = SimConfig::new(seed);
@@ -141,6 +215,18 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             let report = run(&config(args.seed, &args.shape)).map_err(anyhow::Error::msg)?;
             print!("{report}");
+            if let Some(path) = &args.summary {
+                let summary = ChildSummary {
+                    passed: report.passed(),
+                    hash: report.hash.clone(),
+                    events: report.trace.len(),
+                    sim_secs: report.sim_elapsed.as_secs_f64(),
+                    coverage: report.coverage.clone(),
+                    report: report.to_string(),
+                };
+                std::fs::write(path, serde_json::to_vec(&summary)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             if let Some(path) = args.trace {
                 let path = if path.is_empty() {
                     format!("trace-{}.txt", args.seed)
@@ -154,15 +240,31 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(exit(report.passed()))
         }
         Command::Twice(args) => {
-            let c = config(args.seed, &args.shape);
-            let a = run(&c).map_err(anyhow::Error::msg)?;
-            let b = run(&c).map_err(anyhow::Error::msg)?;
-            println!("run 1: hash={} events={}", a.hash, a.trace.len());
-            println!("run 2: hash={} events={}", b.hash, b.trace.len());
-            match first_divergence(&a.trace, &b.trace) {
-                None => {
+            let dir = std::env::temp_dir();
+            let pid = std::process::id();
+            let paths = [1, 2].map(|n| dir.join(format!("herald-sim-twice-{pid}-{n}.txt")));
+            let a = run_in_child(args.seed, &args.shape, Some(&paths[0]))?;
+            let b = run_in_child(args.seed, &args.shape, Some(&paths[1]))?;
+            let read = |p: &PathBuf| -> anyhow::Result<Vec<String>> {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let _ = std::fs::remove_file(p);
+                Ok(text.lines().map(str::to_owned).collect())
+            };
+            let (trace_a, trace_b) = (read(&paths[0])?, read(&paths[1])?);
+            println!("run 1: hash={} events={}", a.hash, a.events);
+            println!("run 2: hash={} events={}", b.hash, b.events);
+            match first_divergence(&trace_a, &trace_b) {
+                None if a.hash == b.hash => {
                     println!("identical");
-                    Ok(exit(a.passed() && b.passed()))
+                    if !a.passed {
+                        print!("{}", a.report);
+                    }
+                    Ok(exit(a.passed && b.passed))
+                }
+                None => {
+                    println!("NOT deterministic: equal traces, different hashes");
+                    Ok(ExitCode::FAILURE)
                 }
                 Some(d) => {
                     println!("NOT deterministic: {d}");
@@ -176,13 +278,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let mut coverage: BTreeMap<String, u64> = BTreeMap::new();
             let mut sim_secs = 0.0;
             for seed in from..from + count {
-                let report: RunReport = run(&config(seed, &shape)).map_err(anyhow::Error::msg)?;
-                sim_secs += report.sim_elapsed.as_secs_f64();
+                let report = run_in_child(seed, &shape, None)?;
+                sim_secs += report.sim_secs;
                 for (k, v) in &report.coverage {
                     *coverage.entry(k.clone()).or_default() += v;
                 }
-                if !report.passed() {
-                    print!("{report}");
+                if !report.passed {
+                    print!("{}", report.report);
                     failed.push(seed);
                 }
             }

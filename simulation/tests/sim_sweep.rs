@@ -42,6 +42,7 @@ fn a_sweep_passes_and_reaches_every_fault() {
         "admin:stale_assignment_refused",
         "outcome:delivered",
         "outcome:unregistered",
+        "routing:finished_elsewhere",
     ] {
         assert!(
             coverage.get(label).copied().unwrap_or(0) > 0,

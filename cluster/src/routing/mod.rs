@@ -56,6 +56,8 @@ pub const RESEND_BACKOFF_DEFAULT: Duration = Duration::from_millis(20);
 pub const RESEND_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long an origin waits for its own shard map to reach the epoch an owner reported.
 pub const MAP_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a push waiting for this node's map to catch up looks at it again.
+pub const MAP_CATCH_UP_POLL: Duration = Duration::from_millis(10);
 /// `retry_after` of the `Overloaded` answered when forwarding limits are reached.
 pub const FORWARD_OVERLOAD_RETRY_AFTER: Duration = Duration::from_millis(100);
 /// Most (push → origin node) records an owner keeps to send outcomes back; the oldest go.

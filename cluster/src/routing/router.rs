@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 use super::wire::{ForwardedPush, decode_outcome, decode_push, encode_outcome, encode_push};
 use super::{
     FORWARD_ACK_TIMEOUT_DEFAULT, FORWARD_ATTEMPTS_DEFAULT, FORWARD_ATTEMPTS_MAX,
-    FORWARD_OVERLOAD_RETRY_AFTER, FORWARDS_PER_PEER_MAX, FORWARDS_TOTAL_MAX, MAP_CATCH_UP_TIMEOUT,
-    ORIGINS_KEPT_MAX, REMOTE_OUTCOMES_KEPT_MAX, RESEND_BACKOFF_DEFAULT, RESEND_BACKOFF_MAX,
-    SERVED_FORWARDS_MAX,
+    FORWARD_OVERLOAD_RETRY_AFTER, FORWARDS_PER_PEER_MAX, FORWARDS_TOTAL_MAX, MAP_CATCH_UP_POLL,
+    MAP_CATCH_UP_TIMEOUT, ORIGINS_KEPT_MAX, REMOTE_OUTCOMES_KEPT_MAX, RESEND_BACKOFF_DEFAULT,
+    RESEND_BACKOFF_MAX, SERVED_FORWARDS_MAX,
 };
 use crate::node::{ClusterNode, ShardMaps};
 use crate::transport::{self, AckResult, Inbound, PeerLinkSender, PeerMessage};
@@ -385,13 +385,7 @@ impl Inner {
                     last = format!("{cause} (owner {owner}, epoch {epoch})");
                     if let Some(epoch) = catch_up {
                         // The owner has a newer map: wait for ours to reach it.
-                        let mut maps = self.maps.clone();
-                        let region = self.region.clone();
-                        let _ = tokio::time::timeout(
-                            MAP_CATCH_UP_TIMEOUT,
-                            maps.wait_for(|m| m.get(&region).is_some_and(|map| map.epoch >= epoch)),
-                        )
-                        .await;
+                        self.catch_up(epoch).await;
                     }
                 }
             }
@@ -401,6 +395,28 @@ impl Inner {
             "push {id} not taken by its shard's owner after {} sends; last: {last}",
             self.config.attempts
         )))
+    }
+
+    /// Wait (at most [`MAP_CATCH_UP_TIMEOUT`]) until this node's map of its region reaches
+    /// `epoch`.
+    ///
+    /// Polls every [`MAP_CATCH_UP_POLL`] instead of waiting on the watch channel: tokio's
+    /// `watch` spreads its waiters over several notifiers picked by the runtime's RNG, so
+    /// pushes waiting for the same map would resume in a different order from run to run
+    /// (the simulator's determinism check caught it). Timers fire in a fixed order.
+    async fn catch_up(&self, epoch: u64) {
+        let deadline = tokio::time::Instant::now() + MAP_CATCH_UP_TIMEOUT;
+        loop {
+            let reached = self
+                .maps
+                .borrow()
+                .get(&self.region)
+                .is_some_and(|map| map.epoch >= epoch);
+            if reached || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(MAP_CATCH_UP_POLL).await;
+        }
     }
 
     /// The owner of `shard` in this region and the map's epoch.

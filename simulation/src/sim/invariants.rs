@@ -152,24 +152,37 @@ impl Observations {
     /// A node reports an outcome; checks the send-after-invalidation rule.
     pub fn outcome(&mut self, push: u128, outcome: ObservedOutcome) {
         self.reached(format!("outcome:{}", outcome.label));
+        if self
+            .accepted
+            .get(&push)
+            .is_some_and(|accepted| accepted.node != outcome.node)
+        {
+            // Accepted on one node, finished by another: the push was forwarded to its
+            // shard's owner (or the owner changed and it was re-sent).
+            self.reached("routing:finished_elsewhere");
+        }
+        // The sender is the node (and incarnation) reporting the send: the accepting node, or
+        // the shard's owner it forwarded the push to, or a later incarnation replaying its
+        // WAL. Each dispatches after the request began, so a request that began after the
+        // sender was seen with the invalidation applied must not be sent.
         if let Some(accepted) = self.accepted.get(&push).cloned()
-            && accepted.node == outcome.node
-            && accepted.boot == outcome.boot
             && outcome.attempts > 0
             && let Some(&seen) = self.invalidation_seen.get(&(
-                accepted.node.clone(),
-                accepted.boot,
+                outcome.node.clone(),
+                outcome.boot,
                 accepted.token.clone(),
             ))
             && accepted.requested_ms > seen
         {
             let text = format!(
                 "sent after invalidation: push {} to token {} requested of {} at {} ms, \
-                 its invalidation applied there by {seen} ms, yet sent ({} attempts, outcome {})",
+                 its invalidation applied on the sender {} by {seen} ms, yet sent ({} attempts, \
+                 outcome {})",
                 uuid_text(push),
                 accepted.token,
                 accepted.node,
                 accepted.requested_ms,
+                outcome.node,
                 outcome.attempts,
                 outcome.label
             );

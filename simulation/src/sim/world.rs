@@ -3,14 +3,16 @@
 //! checks the invariants.
 //!
 //! ```text
-//!  client (workload) ──JSON lines──▶ n1..nN: API ─▶ Herald engine ─h2c─▶ apns (EmulatorCore)
+//!  client (workload) ──JSON lines──▶ n1..nN: API ─▶ Router ─▶ Herald engine ─h2c─▶ apns
+//!                                     │                └─ forward to the shard's owner ─▶ other nodes
 //!                                     │ ClusterNode (Raft, peer links) ◀─▶ other nodes
 //!                                     │ ReplicatedTokenState = the engine's token state
 //!                                     └ SimWal + RaftStorage on the SimDisk (outside the host)
 //! ```
 //!
 //! Each node host runs the real stack: [`ClusterNode::start_with`] on a [`SimAcceptor`] and
-//! [`SimConnector`] over turmoil TCP, its [`Herald`] engine whose connector reaches the
+//! [`SimConnector`] over turmoil TCP, a [`Router`] as its intake (pushes go to their shard's
+//! owner in the region), and its [`Herald`] engine whose connector reaches the
 //! emulator host over turmoil TCP (plaintext HTTP/2), with the node's
 //! [`ReplicatedTokenState`](herald_cluster::node::ReplicatedTokenState) as its token state,
 //! the [`SimWal`](super::disk::SimWal) as its WAL and a skewable [`SimClock`]. A small admin
@@ -34,6 +36,7 @@ use herald_actors::token_state::{TokenEvent, TokenKey, TokenState, TokenValidity
 use herald_actors::wal::WalLimits;
 use herald_actors::{Credentials, Endpoint, Herald, TenantConfig, Tuning};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+use herald_cluster::routing::{Router, RouterConfig};
 use herald_cluster::state::{ApplyResult, Command, MemberState, StateMachine};
 use herald_cluster::transport::{ClusterId, LinkSecurity};
 use sha2::{Digest, Sha256};
@@ -641,6 +644,13 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
         .tenant(TenantConfig::new(TENANT, Credentials::Token(minter)))
         .build()
         .await?;
+    // The intake routes each push to its shard's owner in this region (forwarding over the
+    // peer links when another node owns it), as `herald node` does.
+    let router = Arc::new(Router::start(
+        &node,
+        herald.clone(),
+        RouterConfig::new(world.seed ^ 0x7e57 ^ (id << 44) ^ (boot << 24)),
+    )?);
 
     // Outcomes, as a tenant's webhook would see them.
     {
@@ -680,13 +690,13 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
     {
         let world = world.clone();
         let node = node.clone();
-        let herald = herald.clone();
+        let router = router.clone();
         let name = name.clone();
         tokio::spawn(async move {
             let mut last_leader = None;
             loop {
                 tokio::time::sleep(OBSERVE_EVERY).await;
-                observe(&world, &name, boot, &node, &herald, &mut last_leader).await;
+                observe(&world, &name, boot, &node, &router, &mut last_leader).await;
             }
         });
     }
@@ -707,7 +717,7 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
     loop {
         let (stream, _) = listener.accept().await?;
         let world = world.clone();
-        let herald = herald.clone();
+        let router = router.clone();
         let node = node.clone();
         let clock = clock.clone();
         let name = name.clone();
@@ -719,7 +729,7 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
             };
             let response = match serde_json::from_str::<ApiRequest>(&line) {
                 Ok(request) => {
-                    serve_request(&world, &name, boot, &herald, &node, &clock, request).await
+                    serve_request(&world, &name, boot, &router, &node, &clock, request).await
                 }
                 Err(e) => ApiResponse {
                     results: vec![Err(format!("bad request: {e}"))],
@@ -759,7 +769,7 @@ async fn serve_request(
     world: &World,
     name: &str,
     boot: u64,
-    herald: &Herald,
+    router: &Router,
     node: &ClusterNode,
     clock: &SimClock,
     request: ApiRequest,
@@ -795,7 +805,7 @@ async fn serve_request(
             let expires =
                 expires_in_ms.map(|ms| clock.now().saturating_add(Duration::from_millis(ms)));
             match notification(&token, priority, expires) {
-                Ok(n) => match herald.send(TENANT, n).await {
+                Ok(n) => match router.send(TENANT, n).await {
                     Ok(id) => vec![accepted(id, &token)],
                     Err(e) => vec![Err(e.to_string())],
                 },
@@ -806,7 +816,7 @@ async fn serve_request(
             let built: Result<Vec<Notification>, String> =
                 tokens.iter().map(|t| notification(t, 10, None)).collect();
             match built {
-                Ok(batch) => match herald.send_batch(TENANT, batch).await {
+                Ok(batch) => match router.send_batch(TENANT, batch).await {
                     Ok(results) => results
                         .into_iter()
                         .zip(&tokens)
@@ -840,7 +850,7 @@ async fn observe(
     name: &str,
     boot: u64,
     node: &ClusterNode,
-    herald: &Herald,
+    router: &Router,
     last_leader: &mut Option<(u64, u64)>,
 ) {
     let applied = *node.applied().borrow();
@@ -888,16 +898,20 @@ async fn observe(
             obs.reached("invalidation_applied");
         }
     }
-    // Outcomes the stream dropped (it lags only under overload): read them from the engine.
+    // Outcomes not seen on an engine's stream: it lags under overload, and a restarted
+    // owner replays its WAL before the observer subscribes. Ask this node's router (its own
+    // engine, or an outcome an owner relayed back) about every push still without one,
+    // whichever node accepted it: the owner that finished a forwarded push may not have
+    // relayed it (its record of the origin is not durable).
     let missing: Vec<u128> = obs
         .accepted
-        .iter()
-        .filter(|(id, a)| a.node == name && !obs.outcomes.contains_key(id))
-        .map(|(id, _)| *id)
+        .keys()
+        .filter(|id| !obs.outcomes.contains_key(id))
+        .copied()
         .take(256)
         .collect();
     for id in missing {
-        if let Some(outcome) = herald.outcome(herald_actors::PushId::from_u128(id)) {
+        if let Some(outcome) = router.outcome(herald_actors::PushId::from_u128(id)) {
             let observed = ObservedOutcome {
                 node: name.to_owned(),
                 boot,
