@@ -88,6 +88,9 @@ struct Shape {
     /// No faults.
     #[arg(long)]
     no_faults: bool,
+    /// Simulated milliseconds per step (and the least message latency).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    tick_ms: u64,
     /// Turn on a deliberately re-introduced bug: skip-token-check, forget-wal, stale-epoch.
     #[cfg(feature = "sim-bugs")]
     #[arg(long = "bug")]
@@ -131,6 +134,7 @@ fn shape_args(shape: &Shape) -> Vec<String> {
         format!("--regions={}", shape.regions),
         format!("--active-secs={}", shape.active_secs),
         format!("--heal-secs={}", shape.heal_secs),
+        format!("--tick-ms={}", shape.tick_ms),
     ];
     if shape.no_faults {
         args.push("--no-faults".into());
@@ -181,6 +185,7 @@ fn config(seed: u64, shape: &Shape) -> SimConfig {
     c.active = Duration::from_secs(shape.active_secs);
     c.faults = !shape.no_faults;
     c.heal_bound = Duration::from_secs(shape.heal_secs);
+    c.tick = Duration::from_millis(shape.tick_ms);
     #[cfg(feature = "sim-bugs")]
     {
         c.bugs = shape
