@@ -171,6 +171,12 @@ impl ConnectionLink {
         match open {
             Some((connection, generation)) => {
                 spawn_request(self.clone(), actor.clone(), connection, generation, job);
+                if crate::buggify::fire("connection_crash_after_send", 0.005) {
+                    // The actor crashes with this request in flight: its supervisor restarts
+                    // it, and the request still answers its shard (or the shard's deadline
+                    // resends it).
+                    let _ = actor.send_message(ConnectionMsg::Crash);
+                }
                 Ok(())
             }
             None => Err(job),

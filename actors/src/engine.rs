@@ -181,6 +181,17 @@ pub enum PushError {
     /// The batch is larger than [`SEND_BATCH_MAX`](limits::SEND_BATCH_MAX).
     #[error("batch of {0} pushes exceeds the limit")]
     BatchTooLarge(usize),
+    /// A push with the same id is being appended to the write-ahead log right now (an
+    /// earlier send of it, still in progress). Its fate is that append's: send it again after
+    /// `retry_after` — the dedupe then answers it (accepted if the append succeeded, appended
+    /// afresh if it failed). Answering "accepted" now could lie: the append may still fail.
+    #[error("push {id} is being accepted by an earlier send; retry after {retry_after:?}")]
+    InProgress {
+        /// The push's id.
+        id: PushId,
+        /// When sending it again will find the earlier append finished.
+        retry_after: Duration,
+    },
 }
 
 /// Why a tenant operation failed.
@@ -599,7 +610,7 @@ impl Herald {
                         // (`answer_enqueue`).
                         answer.close();
                         if let Ok(answers) = answer.try_recv() {
-                            return self.settle(shard, &tenant, answers);
+                            return self.settle(shard, &tenant, &ids, answers);
                         }
                         metrics::counter!("herald_send_outcome_unknown_total").increment(n as u64);
                         return ids
@@ -616,7 +627,7 @@ impl Herald {
                 // (it answers every push it takes, from the append task).
                 not_taken(format!("shard {shard} stopped"))
             }
-            Ok(answers) => self.settle(shard, &tenant, answers),
+            Ok(answers) => self.settle(shard, &tenant, &ids, answers),
         }
     }
 
@@ -626,17 +637,23 @@ impl Herald {
         &self,
         shard: u32,
         tenant: &str,
+        ids: &[PushId],
         answers: Vec<Enqueued>,
     ) -> Vec<Result<(), PushError>> {
         let engine = &self.inner.engine;
         answers
             .into_iter()
-            .map(|a| {
+            .zip(ids)
+            .map(|(a, id)| {
                 if a != Enqueued::Accepted {
                     engine.release_reservation(tenant, shard);
                 }
                 match a {
                     Enqueued::Accepted | Enqueued::Duplicate => Ok(()),
+                    Enqueued::InProgress => Err(PushError::InProgress {
+                        id: *id,
+                        retry_after: limits::IN_PROGRESS_RETRY_AFTER,
+                    }),
                     Enqueued::Full => Err(overloaded()),
                     Enqueued::WalFailed(e) => Err(PushError::Wal(e)),
                 }

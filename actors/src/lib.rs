@@ -89,6 +89,7 @@
 pub mod apns;
 pub mod backoff;
 pub mod breaker;
+pub mod buggify;
 mod connection;
 mod engine;
 pub mod limits;

@@ -82,6 +82,10 @@ pub const SHARDS_MAX: u32 = 1024;
 pub const SHARDS_DEFAULT: u32 = 4;
 /// Pushes one shard holds (queued, delayed or in flight) before `send` answers `Overloaded`.
 pub const SHARD_QUEUE_MAX: usize = 10_000;
+/// `retry_after` of [`PushError::InProgress`](crate::PushError::InProgress): about one WAL
+/// group commit, after which the earlier append has its answer.
+pub const IN_PROGRESS_RETRY_AFTER: Duration = Duration::from_millis(50);
+
 /// Priority 5 and 1 pushes may fill at most this share of a shard (percent), so priority 10
 /// pushes always find room.
 pub const SHARD_LOW_LANES_PERCENT: usize = 80;

@@ -111,6 +111,9 @@ pub(crate) enum Enqueued {
     Accepted,
     /// Already queued or recently finished: not queued again.
     Duplicate,
+    /// The same push is being appended by an earlier request: its fate is that append's,
+    /// unknown yet (answering `Duplicate` would claim an acceptance the append may not make).
+    InProgress,
     /// The WAL is full.
     Full,
     /// The WAL failed.
@@ -388,7 +391,11 @@ impl ShardState {
         let mut fresh = Vec::new();
         let mut keys = Vec::new();
         let mut records = Vec::new();
-        let mut batch_keys = BTreeSet::new();
+        // Each push's answer: decided now, or the verdict of this request's append (`None`),
+        // or — a second copy of a push in this very batch — its first copy's answer.
+        let mut first_in_batch: BTreeMap<PushKey, usize> = BTreeMap::new();
+        // Second copies of pushes whose first copy is appended here.
+        let mut record_copies: Vec<usize> = Vec::new();
         let low_max =
             (self.engine.tuning.shard_queue_max * limits::SHARD_LOW_LANES_PERCENT / 100).max(1);
         let mut low = self.low_lanes + self.appending_low;
@@ -397,15 +404,33 @@ impl ShardState {
         for push in pushes {
             let key = push.key();
             ids.push(PushId::from_u128(push.push_id));
-            if self.entries.contains_key(&key)
-                || self.recent_set.contains(&key)
-                || self.appending.contains(&key)
-                || !batch_keys.insert(key)
-            {
+            if self.entries.contains_key(&key) || self.recent_set.contains(&key) {
                 metrics::counter!("herald_duplicates_total").increment(1);
+                tracing::trace!(push = %PushId::from_u128(push.push_id), "duplicate");
                 answers.push(Some(Enqueued::Duplicate));
                 continue;
             }
+            if self.appending.contains(&key) {
+                metrics::counter!("herald_duplicates_total").increment(1);
+                tracing::trace!(push = %PushId::from_u128(push.push_id), "in progress");
+                answers.push(Some(Enqueued::InProgress));
+                continue;
+            }
+            if let Some(&first) = first_in_batch.get(&key) {
+                metrics::counter!("herald_duplicates_total").increment(1);
+                let answer = match &answers[first] {
+                    // The first copy is appended: this one shares the append's fate.
+                    None => {
+                        record_copies.push(answers.len());
+                        Enqueued::Duplicate
+                    }
+                    // The first copy was refused: so is this one.
+                    Some(decided) => decided.clone(),
+                };
+                answers.push(Some(answer));
+                continue;
+            }
+            first_in_batch.insert(key, answers.len());
             let is_low = lane_of(&push.notification) > 0;
             if is_low && low >= low_max {
                 answers.push(Some(Enqueued::Full));
@@ -444,7 +469,12 @@ impl ShardState {
         let me = myself.clone();
         tokio::spawn(
             async move {
-                let result = engine.wal.append(records).await;
+                let result = if crate::buggify::fire("wal_append_fails", 0.02) {
+                    Err(WalError::Io("buggify: injected append failure".into()))
+                } else {
+                    engine.wal.append(records).await
+                };
+                tracing::trace!(pushes = ?ids, ok = result.is_ok(), "WAL append finished");
                 let verdict = match result {
                     Ok(()) => Enqueued::Accepted,
                     Err(WalError::Full) => Enqueued::Full,
@@ -466,10 +496,15 @@ impl ShardState {
                 } else {
                     hand_over(&engine, shard, appended).await;
                 }
-                let answers = answers
+                let mut answers: Vec<Enqueued> = answers
                     .into_iter()
                     .map(|a| a.unwrap_or_else(|| verdict.clone()))
                     .collect();
+                if verdict != Enqueued::Accepted {
+                    for copy in record_copies {
+                        answers[copy] = verdict.clone();
+                    }
+                }
                 answer_enqueue(&engine, shard, &tenant, &ids, reply, answers);
             }
             .instrument(self.span.clone()),
@@ -495,8 +530,10 @@ impl ShardState {
         for push in fresh {
             let key = push.key();
             if self.entries.contains_key(&key) || self.recent_set.contains(&key) {
+                tracing::trace!(push = %PushId::from_u128(push.push_id), "appended: known already");
                 continue;
             }
+            tracing::trace!(push = %PushId::from_u128(push.push_id), mine, "appended: queued");
             if !mine {
                 // Its admission reservation was reset when this shard recovered: take it again.
                 self.load.fetch_add(1, Ordering::AcqRel);
@@ -839,6 +876,7 @@ impl ShardState {
         let Some(entry) = self.entries.remove(&id) else {
             return false;
         };
+        tracing::trace!(push = %entry.id, outcome = outcome.label(), "finished");
         self.ready.remove(&(entry.lane, entry.seq, id));
         if entry.lane > 0 {
             self.low_lanes = self.low_lanes.saturating_sub(1);
@@ -936,7 +974,7 @@ fn answer_enqueue(
     for (id, answer) in ids.iter().zip(answers) {
         let why = match answer {
             Enqueued::Accepted => continue,
-            Enqueued::Duplicate => None,
+            Enqueued::Duplicate | Enqueued::InProgress => None,
             Enqueued::Full => Some("write-ahead log or shard full".to_owned()),
             Enqueued::WalFailed(e) => Some(e),
         };

@@ -154,3 +154,59 @@ async fn an_append_wait_shorter_than_the_call_timeout_is_refused() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_during_the_first_append_shares_its_fate() {
+    // Found by the simulator (a BUGGIFY'd WAL failure): a push sent again while its first
+    // append was in progress was answered "accepted" as a duplicate; the append then failed
+    // and the push was in no queue. Now the resend is told to retry, and the retry decides.
+    let wal = SlowWal::new(Duration::from_millis(300));
+    wal.fail.store(true, Ordering::SeqCst);
+    let shared = wal.clone();
+    let env = start(
+        |_| {},
+        move |b| {
+            b.wal(shared).tuning(tuning(1_000, 30_000));
+        },
+    )
+    .await;
+    let id = herald_actors::PushId::from_u128(0x5eed);
+    let push = move || alert(3).with_apns_id(id.apns_id());
+    let herald = env.herald.clone();
+    let first = tokio::spawn(async move { herald.send(TENANT, push()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = env.herald.send(TENANT, push()).await.unwrap_err();
+    assert!(
+        matches!(err, PushError::InProgress { id: got, .. } if got == id),
+        "{err:?}"
+    );
+    let first = first.await.unwrap().unwrap_err();
+    assert!(matches!(first, PushError::Wal(_)), "{first:?}");
+    assert_eq!(env.herald.outcome(id), None, "never accepted");
+    assert_eq!(env.herald.pending(), 0);
+
+    // Two copies of one push in one batch share the append's fate too.
+    let results = env
+        .herald
+        .send_batch(TENANT, vec![push(), push()])
+        .await
+        .unwrap();
+    assert!(
+        results.iter().all(|r| matches!(r, Err(PushError::Wal(_)))),
+        "{results:?}"
+    );
+    assert_eq!(env.herald.pending(), 0);
+
+    // With the WAL healthy: both copies accepted, delivered once, no admission place kept.
+    wal.fail.store(false, Ordering::SeqCst);
+    let results = env
+        .herald
+        .send_batch(TENANT, vec![push(), push()])
+        .await
+        .unwrap();
+    assert_eq!(results, vec![Ok(id), Ok(id)]);
+    let got = outcomes(&env.herald, &[id]).await;
+    assert!(delivered(&got[&id]), "{got:?}");
+    eventually("nothing pending", || env.herald.pending() == 0).await;
+    assert_eq!(env.emulator.accepted_count(), 1);
+}

@@ -43,6 +43,9 @@ fn a_sweep_passes_and_reaches_every_fault() {
         "outcome:delivered",
         "outcome:unregistered",
         "routing:finished_elsewhere",
+        "buggify:wal_append_fails",
+        "buggify:connection_crash_after_send",
+        "buggify:router_ack_lost",
     ] {
         assert!(
             coverage.get(label).copied().unwrap_or(0) > 0,

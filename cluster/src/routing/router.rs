@@ -530,6 +530,10 @@ impl Inner {
                 catch_up: Some(push.epoch + 1),
             }),
             AckResult::Overloaded => Err(overloaded()),
+            AckResult::InProgress => Err(Attempt::Resend {
+                cause: "in_progress",
+                catch_up: None,
+            }),
             AckResult::UnknownTenant => Err(Attempt::Final(PushError::UnknownTenant(
                 push.tenant.clone(),
             ))),
@@ -610,6 +614,7 @@ impl Inner {
             ),
             Err(PushError::UnknownTenant(_)) => refuse("unknown_tenant", AckResult::UnknownTenant),
             Err(PushError::Overloaded { .. }) => refuse("overloaded", AckResult::Overloaded),
+            Err(PushError::InProgress { .. }) => refuse("in_progress", AckResult::InProgress),
             Err(e) => refuse(
                 "engine",
                 AckResult::Refused {
@@ -663,6 +668,12 @@ async fn serve_inbound(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>) 
                 tokio::spawn(async move {
                     let result = inner.serve(from.0, push_id, &push).await;
                     drop(permit);
+                    if result == AckResult::Accepted
+                        && herald_actors::buggify::fire("router_ack_lost", 0.03)
+                    {
+                        // The origin's ack timeout re-sends; this engine's dedupe answers.
+                        return;
+                    }
                     if let Err(e) = link.try_send(PeerMessage::Ack { push_id, result }) {
                         tracing::debug!(to = from.0, error = %e, "ack not sent");
                     }

@@ -181,6 +181,10 @@ pub enum AckResult {
     },
     /// The receiver's engine has no such tenant.
     UnknownTenant,
+    /// The push is being appended by an earlier send of it (the origin's re-send overtook
+    /// its first send): its fate is that append's. Re-send after a pause; the owner's dedupe
+    /// then answers `Accepted` (the append succeeded) or appends it afresh (it failed).
+    InProgress,
 }
 
 /// The leader's answer to a forwarded proposal. Success carries nothing: the follower answers

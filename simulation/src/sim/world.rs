@@ -318,11 +318,29 @@ fn now_ms() -> u64 {
 pub fn run(config: &SimConfig) -> Result<RunReport, String> {
     #[cfg(feature = "sim-bugs")]
     herald_actors::sim_bugs::set(&config.bugs);
+    // BUGGIFY fault points in production code: on with the swarm's faults.
+    if config.faults {
+        herald_actors::buggify::enable(config.seed ^ BUGGIFY_SEED);
+    }
     let report = run_world(config);
+    let fired = herald_actors::buggify::disable();
     #[cfg(feature = "sim-bugs")]
     herald_actors::sim_bugs::set(&[]);
-    report
+    report.map(|mut report| {
+        for (point, count) in fired {
+            if count > 0 {
+                *report
+                    .coverage
+                    .entry(format!("buggify:{point}"))
+                    .or_default() += count;
+            }
+        }
+        report
+    })
 }
+
+/// Mixed into the run's seed for the BUGGIFY draws.
+const BUGGIFY_SEED: u64 = 0xb466_1f7a;
 
 fn run_world(config: &SimConfig) -> Result<RunReport, String> {
     if config.nodes == 0 || config.nodes > NODES_MAX || config.regions == 0 {
@@ -629,6 +647,12 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
         LinkSecurity::Plaintext,
     );
     config.tick = Duration::from_millis(50);
+    // Every founder's region (else a founder is taken to be in this node's region, and the
+    // first leader's planner files the others there: a region without members has no map).
+    config.membership.founder_regions = (0..world.nodes.len())
+        .map(|i| (i as u64 + 1, world.region(i)))
+        .collect();
+    config.membership.shard_count = world.shards as usize;
     config
         .driver
         .fixed_election_timeout(world.election_ticks[index]);
