@@ -62,6 +62,17 @@ pub const MAP_CATCH_UP_POLL: Duration = Duration::from_millis(10);
 pub const FORWARD_OVERLOAD_RETRY_AFTER: Duration = Duration::from_millis(100);
 /// Most (push → origin node) records an owner keeps to send outcomes back; the oldest go.
 pub const ORIGINS_KEPT_MAX: usize = 100_000;
+/// Most forwarded pushes an origin tracks while it waits for their outcomes (the oldest are
+/// forgotten: their outcome, if it never comes back, stays on the owner).
+pub const AWAITED_OUTCOMES_MAX: usize = 100_000;
+/// A forwarded push without an outcome this long after its owner took it is asked about
+/// ([`PeerMessage::OutcomeQuery`](crate::transport::PeerMessage::OutcomeQuery)), and again
+/// every such period while it has none.
+pub const OUTCOME_QUERY_AFTER: Duration = Duration::from_secs(30);
+/// How often the origin looks for pushes to ask about.
+pub const OUTCOME_QUERY_EVERY: Duration = Duration::from_secs(5);
+/// Most outcome queries an origin sends per round.
+pub const OUTCOME_QUERIES_PER_ROUND: usize = 256;
 /// Most outcomes of forwarded pushes an origin keeps for `Router::outcome`; the oldest go.
 pub const REMOTE_OUTCOMES_KEPT_MAX: usize = OUTCOMES_KEPT_MAX;
 /// Capacity of the channel from the node's inbound dispatch to its router, in messages. A

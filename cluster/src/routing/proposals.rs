@@ -34,7 +34,10 @@ const FORWARDED_CONTEXT_BYTES: usize = 24;
 pub(crate) fn is_routing_message(message: &PeerMessage) -> bool {
     matches!(
         message,
-        PeerMessage::ForwardPush { .. } | PeerMessage::Ack { .. } | PeerMessage::Outcome { .. }
+        PeerMessage::ForwardPush { .. }
+            | PeerMessage::Ack { .. }
+            | PeerMessage::Outcome { .. }
+            | PeerMessage::OutcomeQuery { .. }
     )
 }
 

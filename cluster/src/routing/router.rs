@@ -16,9 +16,10 @@ use tokio::task::JoinHandle;
 
 use super::wire::{ForwardedPush, decode_outcome, decode_push, encode_outcome, encode_push};
 use super::{
-    FORWARD_ACK_TIMEOUT_DEFAULT, FORWARD_ATTEMPTS_DEFAULT, FORWARD_ATTEMPTS_MAX,
-    FORWARD_OVERLOAD_RETRY_AFTER, FORWARDS_PER_PEER_MAX, FORWARDS_TOTAL_MAX, MAP_CATCH_UP_POLL,
-    MAP_CATCH_UP_TIMEOUT, ORIGINS_KEPT_MAX, REMOTE_OUTCOMES_KEPT_MAX, RESEND_BACKOFF_DEFAULT,
+    AWAITED_OUTCOMES_MAX, FORWARD_ACK_TIMEOUT_DEFAULT, FORWARD_ATTEMPTS_DEFAULT,
+    FORWARD_ATTEMPTS_MAX, FORWARD_OVERLOAD_RETRY_AFTER, FORWARDS_PER_PEER_MAX, FORWARDS_TOTAL_MAX,
+    MAP_CATCH_UP_POLL, MAP_CATCH_UP_TIMEOUT, ORIGINS_KEPT_MAX, OUTCOME_QUERIES_PER_ROUND,
+    OUTCOME_QUERY_AFTER, OUTCOME_QUERY_EVERY, REMOTE_OUTCOMES_KEPT_MAX, RESEND_BACKOFF_DEFAULT,
     RESEND_BACKOFF_MAX, SERVED_FORWARDS_MAX,
 };
 use crate::node::{ClusterNode, ShardMaps};
@@ -101,6 +102,52 @@ struct Inner {
     origins: Mutex<Origins>,
     /// Origin side: outcomes of pushes forwarded from here.
     remote_outcomes: OutcomeStore,
+    /// Origin side: pushes an owner took whose outcome has not come back yet.
+    awaited: Mutex<Awaited>,
+}
+
+/// Forwarded pushes awaiting their outcome: push → owner, and a queue in the order they are
+/// next due to be asked about (the map is the truth; stale queue entries are skipped).
+#[derive(Default)]
+struct Awaited {
+    owners: BTreeMap<u128, u64>,
+    due: VecDeque<(tokio::time::Instant, u128)>,
+}
+
+impl Awaited {
+    fn insert(&mut self, push: u128, owner: u64) {
+        if self.owners.insert(push, owner).is_none() {
+            self.due
+                .push_back((tokio::time::Instant::now() + OUTCOME_QUERY_AFTER, push));
+        }
+        while self.owners.len() > AWAITED_OUTCOMES_MAX {
+            match self.due.pop_front() {
+                Some((_, oldest)) => {
+                    self.owners.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Up to `max` (push, owner) pairs due now; each is due again a period later.
+    fn due_now(&mut self, max: usize) -> Vec<(u128, u64)> {
+        let now = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.due.front() {
+                Some(&(at, push)) if at <= now => {
+                    self.due.pop_front();
+                    if let Some(&owner) = self.owners.get(&push) {
+                        out.push((push, owner));
+                        self.due.push_back((now + OUTCOME_QUERY_AFTER, push));
+                    }
+                }
+                _ => break,
+            }
+        }
+        out
+    }
 }
 
 type AckWaiter = oneshot::Sender<AckResult>;
@@ -190,10 +237,12 @@ impl Router {
             serving: Arc::new(Semaphore::new(SERVED_FORWARDS_MAX)),
             origins: Mutex::new(Origins::default()),
             remote_outcomes: OutcomeStore::new(REMOTE_OUTCOMES_KEPT_MAX),
+            awaited: Mutex::new(Awaited::default()),
         });
         let tasks = vec![
             tokio::spawn(serve_inbound(inner.clone(), inbound)),
             tokio::spawn(relay_outcomes(inner.clone(), outcomes)),
+            tokio::spawn(query_outcomes(inner.clone())),
         ];
         Ok(Router { inner, tasks })
     }
@@ -520,7 +569,10 @@ impl Inner {
             }
         }
         match answer? {
-            AckResult::Accepted => Ok(()),
+            AckResult::Accepted => {
+                lock(&self.awaited).insert(push.id().as_u128(), owner);
+                Ok(())
+            }
             AckResult::StaleEpoch { epoch } => Err(Attempt::Resend {
                 cause: "stale_epoch",
                 catch_up: (epoch > push.epoch).then_some(epoch),
@@ -681,12 +733,50 @@ async fn serve_inbound(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>) 
             }
             PeerMessage::Ack { push_id, result } => inner.on_ack(from.0, push_id, result),
             PeerMessage::Outcome { push_id, outcome } => match decode_outcome(&outcome) {
-                Ok(outcome) => inner
-                    .remote_outcomes
-                    .record(PushId::from_u128(u128::from_be_bytes(push_id.0)), outcome),
+                Ok(outcome) => {
+                    let id = u128::from_be_bytes(push_id.0);
+                    lock(&inner.awaited).owners.remove(&id);
+                    inner.remote_outcomes.record(PushId::from_u128(id), outcome);
+                }
                 Err(e) => tracing::warn!(from = from.0, error = %e, "undecodable outcome"),
             },
+            PeerMessage::OutcomeQuery { push_id } => {
+                let id = PushId::from_u128(u128::from_be_bytes(push_id.0));
+                let answer = inner
+                    .engine
+                    .outcome(id)
+                    .and_then(|o| encode_outcome(&o).ok());
+                if let (Some(outcome), Some(link)) = (answer, inner.link(from.0)) {
+                    metrics::counter!("herald_routing_outcome_queries_total", "side" => "answered")
+                        .increment(1);
+                    let _ = link.try_send(PeerMessage::Outcome { push_id, outcome });
+                }
+            }
             other => tracing::debug!(from = from.0, kind = other.kind(), "not a routing message"),
+        }
+    }
+}
+
+/// Origin side: ask owners about forwarded pushes whose outcome has not come back within
+/// [`OUTCOME_QUERY_AFTER`] (the owner's relay can miss one: it lagged, or the owner restarted
+/// and replayed the push from its WAL without knowing where it came from).
+async fn query_outcomes(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(OUTCOME_QUERY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let due = lock(&inner.awaited).due_now(OUTCOME_QUERIES_PER_ROUND);
+        for (push, owner) in due {
+            let Some(link) = inner.link(owner) else {
+                continue;
+            };
+            let query = PeerMessage::OutcomeQuery {
+                push_id: transport::PushId(push.to_be_bytes()),
+            };
+            if link.try_send(query).is_ok() {
+                metrics::counter!("herald_routing_outcome_queries_total", "side" => "asked")
+                    .increment(1);
+            }
         }
     }
 }

@@ -114,6 +114,13 @@ pub enum PeerMessage {
         #[serde(with = "binary")]
         outcome: Vec<u8>,
     },
+    /// The origin of a forwarded push asks its owner for the push's outcome (the owner's
+    /// relay missed it, e.g. the owner restarted before finishing it). The owner answers with
+    /// an [`Outcome`](PeerMessage::Outcome) if it knows one; else nothing (asked again later).
+    OutcomeQuery {
+        /// The push id.
+        push_id: PushId,
+    },
     /// A follower's proposal, forwarded to the leader it knows.
     ProposeForward {
         /// The follower's id for this forward (echoed in the answer).
@@ -150,6 +157,7 @@ impl PeerMessage {
             PeerMessage::ForwardPush { .. } => "forward_push",
             PeerMessage::Ack { .. } => "ack",
             PeerMessage::Outcome { .. } => "outcome",
+            PeerMessage::OutcomeQuery { .. } => "outcome_query",
             PeerMessage::ProposeForward { .. } => "propose_forward",
             PeerMessage::ProposeAnswer { .. } => "propose_answer",
             PeerMessage::Ping { .. } => "ping",
@@ -503,6 +511,9 @@ mod tests {
             }),
             (push_id.clone(), bytes.clone())
                 .prop_map(|(push_id, outcome)| PeerMessage::Outcome { push_id, outcome }),
+            push_id
+                .clone()
+                .prop_map(|push_id| PeerMessage::OutcomeQuery { push_id }),
             (push_id, any::<u64>()).prop_map(|(push_id, epoch)| PeerMessage::Ack {
                 push_id,
                 result: AckResult::StaleEpoch { epoch }

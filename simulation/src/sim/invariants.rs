@@ -71,6 +71,9 @@ pub struct Observations {
     pub accepted: BTreeMap<u128, AcceptedPush>,
     /// Final outcomes by push id (the first reported).
     pub outcomes: BTreeMap<u128, ObservedOutcome>,
+    /// Pushes whose outcome the accepting node's router knows (what `GET /v1/pushes/{id}`
+    /// on that node answers from).
+    pub known_at_origin: BTreeSet<u128>,
     /// (node, boot, token) → when the node was first seen with the token invalidated (ms).
     pub invalidation_seen: BTreeMap<(String, u64, String), u64>,
     /// Term → the nodes seen leading it.
@@ -257,6 +260,27 @@ impl Observations {
             .count();
         if backlog > 0 {
             return Err(format!("{backlog} accepted pushes without an outcome"));
+        }
+        // The node that accepted a push learns its outcome (from its engine, the owner's
+        // relay, or by asking the owner) — unless that incarnation is gone, or the one that
+        // finished the push is (outcomes are kept in memory: a restarted owner cannot answer).
+        let alive = |node: &str, boot: u64| self.views.get(node).is_some_and(|v| v.boot == boot);
+        let unknown = self
+            .accepted
+            .iter()
+            .filter(|(id, a)| {
+                alive(&a.node, a.boot)
+                    && self
+                        .outcomes
+                        .get(id)
+                        .is_some_and(|o| alive(&o.node, o.boot))
+                    && !self.known_at_origin.contains(id)
+            })
+            .count();
+        if unknown > 0 {
+            return Err(format!(
+                "{unknown} outcomes not yet known at the node that accepted the push"
+            ));
         }
         Ok(())
     }

@@ -942,6 +942,22 @@ async fn observe(
         .copied()
         .take(256)
         .collect();
+    // What this incarnation's router knows of the pushes it accepted.
+    let unknown: Vec<u128> = obs
+        .accepted
+        .iter()
+        .filter(|(id, a)| a.node == name && a.boot == boot && !obs.known_at_origin.contains(id))
+        .map(|(id, _)| *id)
+        .take(512)
+        .collect();
+    for id in unknown {
+        if router
+            .outcome(herald_actors::PushId::from_u128(id))
+            .is_some()
+        {
+            obs.known_at_origin.insert(id);
+        }
+    }
     for id in missing {
         if let Some(outcome) = router.outcome(herald_actors::PushId::from_u128(id)) {
             let observed = ObservedOutcome {
