@@ -1024,7 +1024,8 @@ fn release(load: &AtomicUsize) {
     let _ = load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
 }
 
-/// Stable shard of a device token: FNV-1a (64-bit) of the token's bytes, modulo `shards`.
+/// Stable shard of a device token: FNV-1a (64-bit) of the token's bytes, mixed by fmix64,
+/// modulo `shards`.
 ///
 /// Never std's `RandomState`, so every process and run agrees.
 pub(crate) fn shard_of(token: &DeviceToken, shards: u32) -> u32 {
@@ -1033,6 +1034,14 @@ pub(crate) fn shard_of(token: &DeviceToken, shards: u32) -> u32 {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    // FNV-1a's low bits depend only on the inputs' low bits (a token of one repeated byte
+    // lands in the same shard of 4 whatever the byte): finish with MurmurHash3's fmix64 so
+    // every bit of the token moves every bit of the hash before the modulo.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
     (hash % u64::from(shards.max(1))) as u32
 }
 
@@ -1053,5 +1062,12 @@ mod tests {
             counts[shard_of(&DeviceToken::from_bytes(&bytes).unwrap(), 8) as usize] += 1;
         }
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+        // Low-entropy tokens spread too (plain FNV-1a put every one-byte-repeated token of
+        // 32 bytes in one shard of 4).
+        let mut hit = [0u32; 4];
+        for b in 0..=255u8 {
+            hit[shard_of(&DeviceToken::from_bytes(&[b; 32]).unwrap(), 4) as usize] += 1;
+        }
+        assert!(hit.iter().all(|c| (32..96).contains(c)), "{hit:?}");
     }
 }

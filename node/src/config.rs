@@ -138,6 +138,10 @@ pub struct ClusterSection {
     /// Empty: a single-node cluster on `cluster_listen`.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
+    /// The region of each founding peer, by node id (`{ 1 = "eu", 3 = "us" }`); a peer not
+    /// listed is in this node's region. Must be the same on every node.
+    #[serde(default)]
+    pub regions: BTreeMap<String, String>,
     /// `host:port` of a member of a running cluster to join instead of listing peers.
     #[serde(default)]
     pub join: Option<String>,
@@ -152,6 +156,7 @@ impl Default for ClusterSection {
         ClusterSection {
             id: default_cluster_id(),
             peers: BTreeMap::new(),
+            regions: BTreeMap::new(),
             join: None,
             tls: None,
         }
@@ -758,6 +763,25 @@ impl NodeConfig {
                     format!("{addr:?} is not host:port"),
                 );
             }
+        }
+        for (id, region) in &c.regions {
+            if !c.peers.contains_key(id) {
+                p.add(
+                    format!("cluster.regions.{id}"),
+                    "names no node of cluster.peers",
+                );
+            }
+            if region.is_empty() || region.len() > 64 {
+                p.add(format!("cluster.regions.{id}"), "a region is 1 to 64 bytes");
+            }
+        }
+        if let Some(mine) = c.regions.get(&self.node.id.to_string())
+            && *mine != self.node.region
+        {
+            p.add(
+                format!("cluster.regions.{}", self.node.id),
+                format!("says {mine:?}, but node.region is {:?}", self.node.region),
+            );
         }
         if !c.peers.is_empty() && !ids.contains(&self.node.id) {
             p.add(

@@ -6,9 +6,13 @@
 //!    single-node cluster);
 //! 2. the engine ([`Herald`]): the write-ahead log `data_dir/wal.redb` ([`FileWal`] behind a
 //!    [`GroupCommitWal`]), the replicated token state, the tenants from the configuration;
-//! 3. the credential reloader ([`CredentialReloader`]: file poll and `SIGHUP`);
-//! 4. the HTTP server (axum): [`ops::router`] merged with the router the caller builds from
-//!    a [`NodeContext`] (the HTTP API).
+//! 3. the cluster [`Router`]: every push goes to its shard's owner in this node's region
+//!    (the local engine, or forwarded over the peer links);
+//! 4. the credential reloader ([`CredentialReloader`]: file poll and `SIGHUP`);
+//! 5. the HTTP server (axum): [`ops::router`] merged with the HTTP API ([`api_router`]: keys
+//!    signed with `node.api_key_secret_file`, pushes through the router, webhooks from the
+//!    tenants' sections) — or with the router a caller of [`Node::start_with`] builds from a
+//!    [`NodeContext`].
 //!
 //! [`Node::shutdown`] (what `SIGTERM` and `SIGINT` run, see [`run`]) stops in the reverse
 //! order: `/readyz` turns 503 (load balancers stop sending), the engine stops taking
@@ -25,17 +29,22 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use axum::Router;
 use herald_actors::apns::ApnsTlsConfig;
-use herald_actors::seams::{SharedClock, SystemClock};
+use herald_actors::seams::{DetRng, SharedClock, SystemClock, TcpConnector};
 use herald_actors::wal::{FileWal, GroupCommitWal, WalClosed};
 use herald_actors::{Endpoint, Herald, ShutdownReport, Tuning};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+use herald_cluster::routing::{Router as ClusterRouter, RouterConfig};
 use herald_cluster::transport::tls::{LinkSecurity, MutualTls};
 use herald_cluster::transport::{ClusterId, NodeId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{ApnsEnvironment, NodeConfig, Overrides};
+use crate::api::{
+    ApiKeys, ApiState, Backends, LocalBackend, MemoryRevocations, TenantInfo, WebhookTarget,
+    Webhooks,
+};
+use crate::config::{ApnsEnvironment, NodeConfig, Overrides, read_secret_line};
 use crate::credentials::{CredentialReloader, load_tenants};
 use crate::ops::{self, ClusterProbe, DrainProbe, EngineProbe, METRICS_UPKEEP_PERIOD, OpsState};
 
@@ -60,6 +69,12 @@ pub struct NodeContext<'a> {
     pub cluster: &'a ClusterNode,
     /// The credential reloader (the tenants' sections: topics, webhooks).
     pub reloader: &'a Arc<CredentialReloader>,
+    /// The cluster router over `engine`.
+    pub router: &'a Arc<ClusterRouter>,
+    /// The clock.
+    pub clock: &'a SharedClock,
+    /// Turns true when the node stops (end background tasks then).
+    pub stop: &'a watch::Receiver<bool>,
 }
 
 /// A running node. Stop it with [`shutdown`](Self::shutdown).
@@ -69,6 +84,7 @@ pub struct Node {
     engine: Herald,
     cluster: ClusterNode,
     reloader: Arc<CredentialReloader>,
+    router: Arc<ClusterRouter>,
     drain: DrainProbe,
     api_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -90,12 +106,24 @@ pub struct ShutdownSummary {
 }
 
 impl Node {
-    /// Start a node with the ops endpoints only.
+    /// Start a node: the ops endpoints and the HTTP API ([`api_router`]).
     ///
     /// # Errors
     /// Any part that does not start (the message names it).
     pub async fn start(config_path: &Path, overrides: Overrides) -> anyhow::Result<Node> {
-        Node::start_with(config_path, overrides, |_| Router::new()).await
+        let mut failure = None;
+        let node = Node::start_with(config_path, overrides, |context| {
+            api_router(context).unwrap_or_else(|e| {
+                failure = Some(e);
+                Router::new()
+            })
+        })
+        .await?;
+        if let Some(e) = failure {
+            node.shutdown().await;
+            return Err(e.context("starting the HTTP API"));
+        }
+        Ok(node)
     }
 
     /// Start a node, merging `api(&context)` into the HTTP server next to the ops routes.
@@ -147,13 +175,26 @@ impl Node {
             }
         };
 
+        let router = match ClusterRouter::start(
+            &cluster,
+            engine.clone(),
+            RouterConfig::new(DetRng::from_os().next_u64()),
+        ) {
+            Ok(router) => Arc::new(router),
+            Err(e) => {
+                engine.shutdown(Duration::ZERO).await;
+                cluster.stop().await;
+                bail!("starting the cluster router: {e}");
+            }
+        };
+
         let reloader = Arc::new(CredentialReloader::new(
             config_path.to_owned(),
             overrides,
             &config,
             &tenants,
             engine.clone(),
-            clock,
+            clock.clone(),
         ));
         let (stop, stop_rx) = watch::channel(false);
         let mut background = vec![
@@ -174,6 +215,9 @@ impl Node {
             engine: &engine,
             cluster: &cluster,
             reloader: &reloader,
+            router: &router,
+            clock: &clock,
+            stop: &stop_rx,
         };
         let app = ops::router(state).merge(api(&context));
         let listener = match TcpListener::bind(config.node.api_listen).await {
@@ -203,6 +247,7 @@ impl Node {
             engine,
             cluster,
             reloader,
+            router,
             drain,
             api_addr,
             stop,
@@ -225,6 +270,11 @@ impl Node {
     /// The engine.
     pub fn engine(&self) -> &Herald {
         &self.engine
+    }
+
+    /// The cluster node (membership, shard maps, token state).
+    pub fn cluster(&self) -> &ClusterNode {
+        &self.cluster
     }
 
     /// The configuration in force at start.
@@ -259,6 +309,8 @@ impl Node {
         for task in self.background {
             let _ = task.await;
         }
+        // No more forwarded pushes taken (the HTTP API's handle goes with the server).
+        drop(self.router);
         self.cluster.stop().await;
         let mut http = self.http;
         let http_clean = match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, &mut http).await {
@@ -402,7 +454,7 @@ async fn start_cluster(config: &NodeConfig) -> anyhow::Result<ClusterNode> {
     let listener = TcpListener::bind(config.node.cluster_listen)
         .await
         .with_context(|| format!("binding node.cluster_listen {}", config.node.cluster_listen))?;
-    let cluster = ClusterConfig::new(
+    let mut cluster = ClusterConfig::new(
         config.node.id,
         ClusterId(config.cluster.id),
         peers,
@@ -410,6 +462,15 @@ async fn start_cluster(config: &NodeConfig) -> anyhow::Result<ClusterNode> {
         StorageLocation::Path(config.node.data_dir.join(RAFT_FILE)),
         security,
     );
+    // The shard map has one entry per engine shard (the router maps each push's engine
+    // shard to its owner), and the planner files each founder in its configured region.
+    cluster.membership.shard_count = config.limits.shards as usize;
+    cluster.membership.founder_regions = config
+        .cluster
+        .regions
+        .iter()
+        .filter_map(|(id, region)| Some((id.parse().ok()?, region.clone())))
+        .collect();
     ClusterNode::start(cluster, listener)
         .await
         .context("starting the cluster node")
@@ -501,4 +562,77 @@ pub fn check_config(config: &NodeConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The HTTP API of a node (`docs/api.md`): keys verified with the secret in
+/// `node.api_key_secret_file`, revocations kept in memory, pushes through the cluster router,
+/// the configured tenants known, webhooks from their `webhook_url` / `webhook_secret_file`.
+/// Tenants added later by a reload become known to the API within a reload poll.
+///
+/// # Errors
+/// An unreadable or too short API-key secret, or a webhook that does not load.
+pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
+    let config = context.config;
+    let secret = config
+        .api_key_secret()
+        .map_err(|e| anyhow::anyhow!("node.api_key_secret_file: {e}"))?;
+    let keys = ApiKeys::hs256(secret.expose(), context.clock.clone())
+        .context("node.api_key_secret_file")?;
+    let backend = LocalBackend::routed(context.router.clone(), context.clock.clone());
+    let mut seeds = DetRng::from_os();
+    let webhooks = Webhooks::start(
+        context.engine.outcomes(),
+        Arc::new(TcpConnector),
+        seeds.next_u64(),
+    );
+    for tenant in &config.tenants {
+        adopt(&backend, tenant);
+        if let (Some(url), Some(file)) = (&tenant.webhook_url, &tenant.webhook_secret_file) {
+            let secret = read_secret_line(file)
+                .map_err(|e| anyhow::anyhow!("tenants.{}.webhook_secret_file: {e}", tenant.id))?;
+            let secret = std::str::from_utf8(secret.expose()).map_err(|_| {
+                anyhow::anyhow!("tenants.{}.webhook_secret_file: not UTF-8", tenant.id)
+            })?;
+            let target = WebhookTarget::new(url, secret)
+                .map_err(|e| anyhow::anyhow!("tenants.{}.webhook_url: {e}", tenant.id))?;
+            webhooks.set(&tenant.id, target);
+        }
+    }
+    // Tenants a reload adds become known to the API.
+    {
+        let backend = backend.clone();
+        let reloader = context.reloader.clone();
+        let every = config.reload_poll();
+        let mut stop = context.stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tick.tick() => {
+                        for tenant in reloader.tenant_sections() {
+                            adopt(&backend, &tenant);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let state = ApiState::new(
+        Backends::local(&backend),
+        keys,
+        Arc::new(MemoryRevocations::new()),
+        seeds.next_u64(),
+    )
+    .with_webhooks(webhooks);
+    Ok(crate::api::router(state))
+}
+
+fn adopt(backend: &LocalBackend, tenant: &crate::config::TenantSection) {
+    backend.adopt_tenant(TenantInfo {
+        id: tenant.id.clone(),
+        team_id: tenant.team_id.clone(),
+        key_id: tenant.key_id.clone(),
+    });
 }

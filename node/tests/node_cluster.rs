@@ -1,15 +1,20 @@
 //! `herald node` beyond one in-process node:
 //! - the `herald` binary: JSON logs, `SIGHUP` reloads, `SIGTERM` drains and exits 0;
 //! - three nodes from config files with mutual TLS between them (certificates written as
-//!   PEM files): every node becomes ready (leader known, state applied).
+//!   PEM files): every node becomes ready (leader known, state applied), and pushes sent to
+//!   one node's HTTP API reach their shards' owners on the others, are delivered, and their
+//!   status is answered by the node they were sent to — to their tenant only.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use herald_actors::seams::SystemClock;
 use herald_cluster::transport::NodeId;
 use herald_cluster::transport::tls::ClusterCa;
+use herald_node::api::{ApiKeys, KeyRequest, Scope};
 use herald_node::config::Overrides;
 use herald_node::server::Node;
 use herald_sim::emulator::{Emulator, EmulatorConfig};
@@ -41,6 +46,36 @@ async fn status(addr: SocketAddr, path: &str) -> Option<u16> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// One HTTP/1.1 request with a bearer key and an optional JSON body: (status, JSON body).
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
 }
 
 async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
@@ -211,6 +246,132 @@ key = "pki/node-{id}.key.pem"
     for node in &nodes {
         wait_status(node.api_addr(), "/readyz", 200).await;
     }
+
+    // Wait until the planner spread the shards over the three nodes (same map everywhere).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let maps: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let maps = n.cluster().shard_maps().borrow().clone();
+                maps.get(&n.config().node.region).cloned()
+            })
+            .collect();
+        let spread = maps.iter().all(|m| {
+            m.as_ref().is_some_and(|m| {
+                m.owners
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+                    == 3
+            })
+        }) && maps.windows(2).all(|w| w[0] == w[1]);
+        if spread {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shards never spread: {maps:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Pushes through node 1's HTTP API: the router sends each to its shard's owner.
+    let keys = ApiKeys::hs256(&[b'k'; 48], Arc::new(SystemClock)).unwrap();
+    let acme = keys
+        .issue(
+            &KeyRequest::tenant("acme", &[Scope::Push, Scope::Read]),
+            "acme-1",
+        )
+        .unwrap()
+        .key;
+    let other = keys
+        .issue(&KeyRequest::tenant("globex", &[Scope::Read]), "globex-1")
+        .unwrap()
+        .key;
+    let api = nodes[0].api_addr();
+    let pushes: Vec<serde_json::Value> = (0..24u8)
+        .map(|i| {
+            serde_json::json!({
+                "device_token": hex::encode([i.wrapping_mul(37).wrapping_add(1); 32]),
+                "topic": BUNDLE,
+                "payload": {"aps": {"alert": format!("push {i}")}},
+            })
+        })
+        .collect();
+    // Right after start the shard map may still be on its way: retry the batch until taken.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let ids: Vec<String> = loop {
+        let (code, body) = call(
+            api,
+            "POST",
+            "/v1/push/batch",
+            &acme,
+            Some(serde_json::json!({ "pushes": pushes })),
+        )
+        .await;
+        if code == 200 && body["accepted"] == 24 {
+            break body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch never accepted: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for id in &ids {
+        let path = format!("/v1/pushes/{id}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, body) = call(api, "GET", &path, &acme, None).await;
+            assert_eq!(code, 200, "{body}");
+            if body["status"] == "delivered" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "push {id} never delivered: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Another tenant never reads it.
+        let (code, _) = call(api, "GET", &path, &other, None).await;
+        assert_eq!(code, 404);
+    }
+    assert_eq!(emulator.core().accepted_count(), 24);
+    // Some were sent by the other nodes' engines (their shards' owners).
+    let sent_elsewhere = ids
+        .iter()
+        .map(|id| herald_actors::PushId::from_u128(uuid::Uuid::parse_str(id).unwrap().as_u128()))
+        .filter(|id| nodes[1..].iter().any(|n| n.engine().outcome(*id).is_some()))
+        .count();
+    let holders: Vec<Vec<bool>> = ids
+        .iter()
+        .map(|id| herald_actors::PushId::from_u128(uuid::Uuid::parse_str(id).unwrap().as_u128()))
+        .map(|id| {
+            nodes
+                .iter()
+                .map(|n| n.engine().outcome(id).is_some())
+                .collect()
+        })
+        .collect();
+    let shards: Vec<u32> = pushes
+        .iter()
+        .map(|p| {
+            nodes[0]
+                .engine()
+                .shard_of(&p["device_token"].as_str().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert!(
+        sent_elsewhere > 0,
+        "every push was sent by node 1: {holders:?} {shards:?}"
+    );
 
     // A certificate naming another node is refused at start.
     let wrong = dir.path().join("node-1.toml");

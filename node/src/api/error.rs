@@ -35,6 +35,7 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("method_not_allowed", 405),
     ("tenant_exists", 409),
     ("limit_reached", 409),
+    ("in_progress", 409),
     ("body_too_large", 413),
     ("overloaded", 429),
     ("internal", 500),
@@ -154,6 +155,15 @@ impl ApiError {
             ),
             PushError::Wal(_) => {
                 ApiError::new("unavailable", "the write-ahead log failed; not accepted")
+            }
+            PushError::InProgress { retry_after, .. } => {
+                let mut e = ApiError::new(
+                    "in_progress",
+                    "an earlier request with this push id is still being accepted: retry \
+                     with the same Idempotency-Key after Retry-After",
+                );
+                e.retry_after = Some((*retry_after).max(limits::RETRY_AFTER_MIN));
+                e
             }
             other => ApiError::new("internal", other.to_string()),
         }

@@ -2,9 +2,8 @@
 //! (version 8, RFC 9562 variant). Deterministic, so a retried request gets the same id,
 //! which the engine deduplicates; tenants never collide because the tenant is hashed in,
 //! length-prefixed.
-//!
-//! (herald-actors is getting `PushId::from_idempotency_key`; until it lands, the mapping
-//! lives here.)
+//! The mapping is [`PushId::from_idempotency_key`], so every node (and an embedding program
+//! using the engine directly) derives the same id.
 //!
 //! ```
 //! use herald_node::api::push_id_for_key;
@@ -16,26 +15,13 @@
 //! ```
 
 use herald_actors::PushId;
-use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::limits;
 
-const DOMAIN: &[u8] = b"herald/idempotency-key/v1\0";
-
-/// The push id for `key` sent by `tenant`.
+/// The push id for `key` sent by `tenant` ([`PushId::from_idempotency_key`]).
 pub fn push_id_for_key(tenant: &str, key: &str) -> PushId {
-    let mut hash = Sha256::new();
-    hash.update(DOMAIN);
-    hash.update((tenant.len() as u64).to_be_bytes());
-    hash.update(tenant.as_bytes());
-    hash.update((key.len() as u64).to_be_bytes());
-    hash.update(key.as_bytes());
-    let digest = hash.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    let uuid = uuid::Builder::from_custom_bytes(bytes).into_uuid();
-    PushId::from_u128(uuid.as_u128())
+    PushId::from_idempotency_key(tenant, key)
 }
 
 /// Check an idempotency key: 1..=[`IDEMPOTENCY_KEY_BYTES_MAX`](limits::IDEMPOTENCY_KEY_BYTES_MAX)

@@ -1,6 +1,9 @@
-//! The single-node backend: [`LocalBackend`] implements every backend trait over one
-//! [`Herald`] engine, with an in-memory device registry, a feedback log fed from
-//! [`Herald::invalidations`], and a bounded ledger of which tenant sent which push.
+//! The node's backend: [`LocalBackend`] implements every backend trait over one [`Herald`]
+//! engine, with an in-memory device registry, a feedback log fed from
+//! [`Herald::invalidations`], and a bounded ledger of which tenant sent which push. In a
+//! cluster ([`LocalBackend::routed`]) pushes go through the cluster [`Router`] (to their
+//! shard's owner in this region) and statuses come from it; the registry, feedback log and
+//! tenant list stay per node (see `docs/api.md`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -11,6 +14,7 @@ use herald_actors::seams::{BoxFuture, SharedClock, Timestamp};
 use herald_actors::{
     Credentials, Herald, Invalidation, PushError, PushId, TenantConfig, TenantError,
 };
+use herald_cluster::routing::Router;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
@@ -33,6 +37,8 @@ pub struct LocalBackend {
 
 struct Inner {
     herald: Herald,
+    /// The cluster router pushes go through, if any (else straight to `herald`).
+    router: Option<Arc<Router>>,
     clock: SharedClock,
     state: Mutex<State>,
     feeder: Mutex<Option<JoinHandle<()>>>,
@@ -88,8 +94,19 @@ impl LocalBackend {
     /// tokens by `clock`. Spawns the task that feeds the feedback log (call inside a Tokio
     /// runtime).
     pub fn new(herald: Herald, clock: SharedClock) -> Self {
+        LocalBackend::start(herald, None, clock)
+    }
+
+    /// A backend whose pushes go through `router` (over `router`'s engine): each to its
+    /// shard's owner in this node's region, statuses from the owners' relayed outcomes.
+    pub fn routed(router: Arc<Router>, clock: SharedClock) -> Self {
+        LocalBackend::start(router.engine().clone(), Some(router), clock)
+    }
+
+    fn start(herald: Herald, router: Option<Arc<Router>>, clock: SharedClock) -> Self {
         let inner = Arc::new(Inner {
             herald: herald.clone(),
+            router,
             clock,
             state: Mutex::new(State::default()),
             feeder: Mutex::new(None),
@@ -197,7 +214,10 @@ impl PushBackend for LocalBackend {
             if !self.known(tenant) {
                 return Err(PushError::UnknownTenant(tenant.to_owned()));
             }
-            let results = self.inner.herald.send_batch(tenant, pushes).await?;
+            let results = match &self.inner.router {
+                Some(router) => router.send_batch(tenant, pushes).await?,
+                None => self.inner.herald.send_batch(tenant, pushes).await?,
+            };
             self.track(
                 tenant,
                 results.iter().filter_map(|r| r.as_ref().ok().copied()),
@@ -212,7 +232,11 @@ impl PushBackend for LocalBackend {
             if owner.as_deref() != Some(tenant) {
                 return None;
             }
-            Some(match self.inner.herald.outcome(id) {
+            let outcome = match &self.inner.router {
+                Some(router) => router.outcome(id),
+                None => self.inner.herald.outcome(id),
+            };
+            Some(match outcome {
                 Some(outcome) => PushStatus::Finished(outcome),
                 None => PushStatus::Pending,
             })
