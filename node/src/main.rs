@@ -1,8 +1,8 @@
-//! The `herald` command: node, demo, emulator and benchmarks (admin and push come with the
-//! HTTP API).
+//! The `herald` command: node, demo, emulator, benchmarks, and the API's clients (push,
+//! admin).
 
 use clap::{Parser, Subcommand};
-use herald_node::{bench, certs_cmd, demo, emulator_cmd, server};
+use herald_node::{admin_cmd, bench, certs_cmd, demo, emulator_cmd, push_cmd, server};
 
 /// Herald: a distributed APNs provider.
 #[derive(Debug, Parser)]
@@ -28,6 +28,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Generate a development cluster CA and node certificates (see docs/cluster.md).
     Certs(certs_cmd::CertsArgs),
+    /// Send one push through a node's HTTP API (and wait for its outcome with --wait).
+    Push(push_cmd::PushArgs),
+    /// Cluster status, members, shards, tenants and API keys (see docs/operations.md).
+    Admin(admin_cmd::AdminArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +52,14 @@ fn main() -> anyhow::Result<()> {
         Command::Emulator(args) => runtime()?.block_on(emulator_cmd::run(args)),
         Command::Bench(args) => bench::run(args),
         Command::Certs(args) => certs_cmd::run(args),
+        Command::Push(args) => {
+            let status = runtime()?.block_on(push_cmd::run(args))?;
+            if status != 0 {
+                std::process::exit(i32::from(status));
+            }
+            Ok(())
+        }
+        Command::Admin(args) => runtime()?.block_on(admin_cmd::run(args)),
     }
 }
 

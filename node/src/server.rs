@@ -625,7 +625,8 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
         Arc::new(MemoryRevocations::new()),
         seeds.next_u64(),
     )
-    .with_webhooks(webhooks);
+    .with_webhooks(webhooks)
+    .with_cluster(context.cluster.status_handle());
     Ok(crate::api::router(state))
 }
 

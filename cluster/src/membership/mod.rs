@@ -306,21 +306,47 @@ pub enum MembershipMsg {
 // The admin API on the node handle.
 // ---------------------------------------------------------------------------------------------
 
-impl ClusterNode {
-    /// The cluster as this node sees it at its applied index.
+/// A cloneable handle that reads a node's [`ClusterStatus`] (for an HTTP API, say) without
+/// holding the [`ClusterNode`]. Once the node stopped, it answers
+/// [`MembershipError::Stopped`].
+#[derive(Debug, Clone)]
+pub struct StatusHandle {
+    actor: ActorRef<ClusterMsg>,
+}
+
+impl StatusHandle {
+    /// The cluster as the node sees it at its applied index.
     ///
     /// # Errors
     /// [`MembershipError::Stopped`] if the node stopped or did not answer within
     /// [`STATUS_TIMEOUT`].
     pub async fn status(&self) -> Result<ClusterStatus, MembershipError> {
         let (tx, rx) = oneshot::channel();
-        self.actor()
+        self.actor
             .cast(ClusterMsg::Membership(MembershipMsg::Status(tx.into())))
             .map_err(|_| MembershipError::Stopped)?;
         match tokio::time::timeout(STATUS_TIMEOUT, rx).await {
             Ok(Ok(status)) => Ok(status),
             Ok(Err(_)) | Err(_) => Err(MembershipError::Stopped),
         }
+    }
+}
+
+impl ClusterNode {
+    /// A cloneable handle reading this node's status.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle {
+            actor: self.actor().clone(),
+        }
+    }
+
+    /// The cluster as this node sees it at its applied index.
+    ///
+    /// # Errors
+    /// [`MembershipError::Stopped`] if the node stopped or did not answer within
+    /// [`STATUS_TIMEOUT`].
+    pub async fn status(&self) -> Result<ClusterStatus, MembershipError> {
+        self.status_handle().status().await
     }
 
     /// Poll [`status`](Self::status) until `done` holds; return that status.

@@ -170,3 +170,61 @@ pub(crate) async fn revoke_key(
     tracing::info!(key_id = %id, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `GET /v1/cluster`: the cluster as the answering node sees it (members, leader, applied
+/// index, every region's shard map summarized).
+pub(crate) async fn cluster_status(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::new(
+            "unavailable",
+            "this server has no cluster node",
+        ));
+    };
+    let status = cluster
+        .status()
+        .await
+        .map_err(|e| ApiError::new("unavailable", e.to_string()))?;
+    let members: Vec<Value> = status
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "addr": m.addr,
+                "region": m.region,
+                "state": format!("{:?}", m.state).to_lowercase(),
+                "voting": format!("{:?}", m.voting).to_lowercase(),
+            })
+        })
+        .collect();
+    let regions: Vec<Value> = status
+        .regions
+        .iter()
+        .map(|r| {
+            let owned: serde_json::Map<String, Value> = r
+                .owned
+                .iter()
+                .map(|(node, n)| (node.to_string(), Value::from(*n)))
+                .collect();
+            json!({ "region": r.region, "epoch": r.epoch, "shards": r.shards, "owned": owned })
+        })
+        .collect();
+    let region = status
+        .member(status.id)
+        .map(|m| m.region.clone())
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "node": status.id,
+        "region": region,
+        "leader": status.leader,
+        "term": status.term,
+        "applied_index": status.applied_index,
+        "committed_index": status.committed_index,
+        "members": members,
+        "regions": regions,
+    })))
+}

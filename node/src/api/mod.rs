@@ -77,6 +77,7 @@ enum Handler {
     WebhookGet,
     WebhookSet,
     WebhookDelete,
+    ClusterStatus,
 }
 
 const fn route(method: &'static str, path: &'static str, scope: Scope, handler: Handler) -> Route {
@@ -118,6 +119,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/webhook", Scope::Read, Handler::WebhookGet),
     route("PUT", "/v1/webhook", Scope::Push, Handler::WebhookSet),
     route("DELETE", "/v1/webhook", Scope::Push, Handler::WebhookDelete),
+    route("GET", "/v1/cluster", Scope::Admin, Handler::ClusterStatus),
 ];
 
 /// The backends the API works against.
@@ -153,6 +155,7 @@ pub struct ApiState {
     revocations: Arc<dyn RevocationSet>,
     rng: Arc<Mutex<DetRng>>,
     webhooks: Option<Webhooks>,
+    cluster: Option<herald_cluster::membership::StatusHandle>,
 }
 
 impl ApiState {
@@ -170,7 +173,14 @@ impl ApiState {
             revocations,
             rng: Arc::new(Mutex::new(DetRng::from_seed(rng_seed))),
             webhooks: None,
+            cluster: None,
         }
+    }
+
+    /// Serve `GET /v1/cluster` from `cluster` (without, it answers 503).
+    pub fn with_cluster(mut self, cluster: herald_cluster::membership::StatusHandle) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Serve `/v1/webhook` with `webhooks` (without, those routes answer 503).
@@ -229,6 +239,7 @@ fn method_router(route: &Route) -> MethodRouter<ApiState> {
         Handler::WebhookGet => on(get(handlers::get_webhook)),
         Handler::WebhookSet => on(put(handlers::set_webhook)),
         Handler::WebhookDelete => on(delete(handlers::delete_webhook)),
+        Handler::ClusterStatus => on(get(admin::cluster_status)),
     }
 }
 
