@@ -44,6 +44,8 @@ pub enum BenchCommand {
     Engine(crate::bench_engine::EngineArgs),
     /// Three cluster nodes over loopback mutual TLS: token-state commits/s, leader failover.
     Cluster(crate::bench_cluster::ClusterArgs),
+    /// End to end over HTTP: batch ingest → node → emulator; pushes/s and accept latency.
+    Http(crate::bench_http::HttpArgs),
 }
 
 /// Flags of `herald bench client`.
@@ -86,6 +88,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         // No emulator: the cluster benchmark does not talk to APNs.
         return crate::bench_cluster::run(cluster);
     }
+    if let BenchCommand::Http(http) = args.command {
+        // Starts its own emulator and node (or loads a running node).
+        return crate::bench_http::run(http);
+    }
     let teams = match &args.command {
         BenchCommand::Engine(engine) => engine.tenants.max(1),
         _ => 1,
@@ -105,7 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Client(args) => client(&emulator, args),
         BenchCommand::H2load(args) => h2load(&emulator, args),
         BenchCommand::Engine(args) => crate::bench_engine::run(&emulator.target(), args),
-        BenchCommand::Cluster(_) => unreachable!("handled above"),
+        BenchCommand::Cluster(_) | BenchCommand::Http(_) => unreachable!("handled above"),
     };
     emulator.stop();
     result

@@ -13,6 +13,7 @@ pub mod api;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_engine;
+pub mod bench_http;
 pub mod certs_cmd;
 pub mod config;
 pub mod credentials;

@@ -418,6 +418,9 @@ pub(crate) struct FinishedIndex {
     limits: WalLimits,
     /// Marker sequence number (finish order) → marker.
     by_seq: BTreeMap<u64, Finished>,
+    /// (finish time in ms, sequence number) of every marker: the aged ones are a prefix, so
+    /// a completion finds them without scanning every kept marker.
+    by_at: std::collections::BTreeSet<(u64, u64)>,
     next_seq: u64,
 }
 
@@ -435,13 +438,17 @@ impl FinishedIndex {
         FinishedIndex {
             limits,
             by_seq: BTreeMap::new(),
+            by_at: std::collections::BTreeSet::new(),
             next_seq: 0,
         }
     }
 
     /// Restore one marker found in the store at start-up.
     pub(crate) fn restore(&mut self, seq: u64, marker: Finished) {
-        self.by_seq.insert(seq, marker);
+        if let Some(old) = self.by_seq.insert(seq, marker) {
+            self.by_at.remove(&(old.at.as_millis(), seq));
+        }
+        self.by_at.insert((marker.at.as_millis(), seq));
         self.next_seq = self.next_seq.max(seq.saturating_add(1));
     }
 
@@ -457,18 +464,21 @@ impl FinishedIndex {
             u64::try_from(self.limits.finished_retention.as_millis()).unwrap_or(u64::MAX);
         let oldest_kept_ms = at.as_millis().saturating_sub(retention_ms);
         let mut plan = FinishedPlan::default();
-        let mut kept = Vec::new();
-        for (seq, marker) in &self.by_seq {
-            if marker.at.as_millis() < oldest_kept_ms {
-                plan.drop.push(*seq);
-            } else {
-                kept.push(*seq);
-            }
-        }
-        // The newest `finished_max` of (kept ++ done) stay.
-        let mut excess = (kept.len() + done.len()).saturating_sub(self.limits.finished_max);
-        let old_dropped = excess.min(kept.len());
-        plan.drop.extend_from_slice(&kept[..old_dropped]);
+        // Too old: a prefix of `by_at`.
+        plan.drop
+            .extend(self.by_at.range(..(oldest_kept_ms, 0)).map(|&(_, seq)| seq));
+        let kept = self.by_seq.len() - plan.drop.len();
+        // The newest `finished_max` of (kept ++ done) stay: drop the oldest kept by sequence
+        // (skipping the aged ones, dropped already). Costs the markers dropped, not all kept.
+        let mut excess = (kept + done.len()).saturating_sub(self.limits.finished_max);
+        let old_dropped = excess.min(kept);
+        plan.drop.extend(
+            self.by_seq
+                .iter()
+                .filter(|(_, marker)| marker.at.as_millis() >= oldest_kept_ms)
+                .take(old_dropped)
+                .map(|(&seq, _)| seq),
+        );
         excess -= old_dropped;
         for (seq, &(id, shard)) in (self.next_seq..).zip(done.iter().skip(excess)) {
             plan.add.push((seq, Finished { id, shard, at }));
@@ -479,10 +489,15 @@ impl FinishedIndex {
     /// Record that `plan` (from [`Self::plan`]) is now in the store.
     pub(crate) fn apply(&mut self, plan: &FinishedPlan) {
         for seq in &plan.drop {
-            self.by_seq.remove(seq);
+            if let Some(marker) = self.by_seq.remove(seq) {
+                self.by_at.remove(&(marker.at.as_millis(), *seq));
+            }
         }
         for (seq, marker) in &plan.add {
-            self.by_seq.insert(*seq, *marker);
+            if let Some(old) = self.by_seq.insert(*seq, *marker) {
+                self.by_at.remove(&(old.at.as_millis(), *seq));
+            }
+            self.by_at.insert((marker.at.as_millis(), *seq));
             self.next_seq = self.next_seq.max(seq + 1);
         }
     }

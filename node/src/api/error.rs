@@ -148,10 +148,12 @@ impl ApiError {
             ),
             PushError::ShuttingDown => ApiError::new("unavailable", "the node is shutting down"),
             PushError::Stopped(_) => ApiError::new("unavailable", "the engine stopped"),
-            PushError::Unavailable(_) => ApiError::new(
+            PushError::Unavailable(detail) => ApiError::new(
                 "unavailable",
-                "a shard did not answer in time; the push may or may not have been accepted: \
-                 retry with the same Idempotency-Key",
+                format!(
+                    "{detail}; the push may or may not have been accepted: retry with the same \
+                     Idempotency-Key"
+                ),
             ),
             PushError::Wal(_) => {
                 ApiError::new("unavailable", "the write-ahead log failed; not accepted")

@@ -1,0 +1,344 @@
+//! `herald bench http`: the whole path under load — HTTP/1.1 batch ingest (`POST
+//! /v1/push/batch`) → the node's router → the engine (file WAL, fsync'd) → APNs (the TLS
+//! emulator). Reports accepted pushes/s, 429 answers, accept latency percentiles (per batch
+//! request: from sending it to its answer, which comes after the WAL append), and how many of
+//! the accepted pushes the emulator received by the end.
+//!
+//! By default it starts everything in this process: the emulator, one `herald node` from a
+//! generated configuration (its data in a temporary directory) and a tenant with a key. With
+//! `--url` and `--key` it loads a running node instead (tokens must then be valid for that
+//! tenant's APNs).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use herald_actors::seams::{DetRng, SystemClock};
+use herald_sim::emulator::{Emulator, EmulatorConfig};
+use hyper::Method;
+use serde_json::json;
+
+use crate::api::{ApiKeys, KeyRequest, Scope};
+use crate::config::Overrides;
+use crate::http_client::ApiClient;
+use crate::server::Node;
+
+const TEAM: &str = "HERALDHTTP";
+const BUNDLE: &str = "com.example.bench";
+
+/// Flags of `herald bench http`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Concurrent HTTP connections, each sending one batch at a time.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Pushes per batch request (at most 1000).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// Distinct device tokens the pushes go to.
+    #[arg(long, default_value_t = 10_000)]
+    pub tokens: usize,
+    /// Device shards of the in-process node.
+    #[arg(long, default_value_t = 4)]
+    pub shards: u32,
+    /// Load this running node instead of an in-process one (`http://host:port`).
+    #[arg(long, requires = "key")]
+    pub url: Option<String>,
+    /// A push-scope key for `--url`.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+}
+
+/// Run `herald bench http`.
+///
+/// # Errors
+/// The in-process node does not start, or the target never accepts a push.
+pub fn run(args: HttpArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_async(args))
+}
+
+/// The in-process target: the emulator and one node.
+struct Local {
+    emulator: Emulator,
+    node: Node,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_local(shards: u32) -> anyhow::Result<(Local, ApiClient)> {
+    let emulator = Emulator::start(EmulatorConfig::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let key = emulator.core().generate_team_key(TEAM, &[BUNDLE])?;
+    std::fs::write(dir.path().join("bench.p8"), &key.p8_pem)?;
+    let ca = emulator
+        .ca_pem()
+        .context("the emulator has no CA (not TLS)")?;
+    std::fs::write(dir.path().join("emulator-ca.pem"), ca)?;
+    let mut secret = [0u8; 32];
+    DetRng::from_os().fill(&mut secret);
+    std::fs::write(dir.path().join("api-key.secret"), hex::encode(secret))?;
+    let config = format!(
+        r#"
+[node]
+id = 1
+region = "bench"
+api_listen = "127.0.0.1:0"
+cluster_listen = "127.0.0.1:0"
+data_dir = "data"
+api_key_secret_file = "api-key.secret"
+
+[log]
+filter = "warn"
+
+[limits]
+shards = {shards}
+
+[apns]
+endpoint = "custom"
+host = "127.0.0.1"
+port = {port}
+ca_file = "emulator-ca.pem"
+
+[[tenants]]
+id = "bench"
+team_id = "{TEAM}"
+key_id = "{kid}"
+p8 = "bench.p8"
+topics = ["{BUNDLE}"]
+connections_max = 4
+"#,
+        port = emulator.addr().port(),
+        kid = key.key_id
+    );
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, config)?;
+    let node = Node::start(&path, Overrides::default()).await?;
+    let keys = ApiKeys::hs256(hex::encode(secret).as_bytes(), Arc::new(SystemClock))?;
+    let issued = keys.issue(&KeyRequest::tenant("bench", &[Scope::Push]), "bench-1")?;
+    let client = ApiClient::new(&format!("http://{}", node.api_addr()), Some(issued.key))?;
+    Ok((
+        Local {
+            emulator,
+            node,
+            _dir: dir,
+        },
+        client,
+    ))
+}
+
+/// A few request bodies to cycle through (building JSON per request would load the
+/// generator, which shares the cores with the node).
+fn bodies(args: &HttpArgs, seed: u64) -> Vec<Bytes> {
+    let mut rng = DetRng::from_seed(seed);
+    (0..8)
+        .map(|_| {
+            let pushes: Vec<_> = (0..args.batch)
+                .map(|_| {
+                    let n = rng.below(args.tokens.max(1) as u64);
+                    let mut token = [0u8; 32];
+                    token[..8].copy_from_slice(&n.to_be_bytes());
+                    token[8..16].copy_from_slice(&(n ^ 0x9e37_79b9_7f4a_7c15).to_be_bytes());
+                    json!({
+                        "device_token": hex::encode(token),
+                        "topic": BUNDLE,
+                        "payload": {"aps": {"alert": "bench"}},
+                    })
+                })
+                .collect();
+            Bytes::from(json!({ "pushes": pushes }).to_string())
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Totals {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    overloaded: AtomicU64,
+    requests: AtomicU64,
+    /// Refused items by error code.
+    codes: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=1000).contains(&args.batch), "--batch must be 1..=1000");
+    let (local, client) = match &args.url {
+        Some(url) => (None, ApiClient::new(url, args.key.clone())?),
+        None => {
+            let (local, client) = start_local(args.shards).await?;
+            (Some(local), client)
+        }
+    };
+    // Warm up: wait until a batch is taken (the node elects itself and maps its shards).
+    let probe = bodies(
+        &HttpArgs {
+            batch: 1,
+            ..args.clone()
+        },
+        0,
+    )
+    .remove(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut c = client.connect().await?;
+        // A batch answers 200 even when its items were refused: look at `accepted`.
+        if let Ok((status, answer)) = c
+            .send(Method::POST, "/v1/push/batch", Some(probe.clone()))
+            .await
+            && status.is_success()
+            && serde_json::from_slice::<serde_json::Value>(&answer)
+                .is_ok_and(|a| a["accepted"] == 1)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} never accepted a push",
+            client.url()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let already = local
+        .as_ref()
+        .map_or(0, |l| l.emulator.core().accepted_count());
+
+    let totals = Arc::new(Totals::default());
+    let started = tokio::time::Instant::now();
+    let end = started + Duration::from_secs(args.secs);
+    let mut tasks = Vec::new();
+    for c in 0..args.connections.max(1) {
+        let client = client.clone();
+        let totals = totals.clone();
+        let bodies = bodies(&args, c as u64 + 1);
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|_| unreachable!("valid bounds"));
+            let mut connection = client.connect().await?;
+            let mut i = 0;
+            while tokio::time::Instant::now() < end {
+                let body = bodies[i % bodies.len()].clone();
+                i += 1;
+                let sent = tokio::time::Instant::now();
+                let (status, answer) = connection
+                    .send(Method::POST, "/v1/push/batch", Some(body))
+                    .await?;
+                let micros = sent.elapsed().as_micros().max(1) as u64;
+                let _ = latency.record(micros.min(60_000_000));
+                totals.requests.fetch_add(1, Ordering::Relaxed);
+                match status.as_u16() {
+                    200 => {
+                        let answer: serde_json::Value =
+                            serde_json::from_slice(&answer).context("batch answer is not JSON")?;
+                        let accepted = answer["accepted"].as_u64().unwrap_or(0);
+                        let failed = answer["failed"].as_u64().unwrap_or(0);
+                        totals.accepted.fetch_add(accepted, Ordering::Relaxed);
+                        totals.refused.fetch_add(failed, Ordering::Relaxed);
+                        if failed > 0 {
+                            let codes = answer["results"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|r| {
+                                    let e = &r["error"];
+                                    Some(format!(
+                                        "{}: {}",
+                                        e["code"].as_str()?,
+                                        e["message"].as_str().unwrap_or("")
+                                    ))
+                                });
+                            let mut sample = totals.codes.lock().unwrap_or_else(|e| e.into_inner());
+                            for code in codes {
+                                *sample.entry(code).or_default() += 1;
+                            }
+                        }
+                    }
+                    429 => {
+                        totals.overloaded.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => anyhow::bail!(
+                        "batch answered {other}: {}",
+                        String::from_utf8_lossy(&answer)
+                    ),
+                }
+            }
+            anyhow::Ok(latency)
+        }));
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("valid bounds"));
+    for task in tasks {
+        let h = task.await.context("load task panicked")??;
+        latency.add(h).context("merging histograms")?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let accepted = totals.accepted.load(Ordering::Relaxed);
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "herald bench http: {} connections × batches of {} for {:.1} s → {}",
+        args.connections,
+        args.batch,
+        elapsed,
+        client.url()
+    );
+    println!(
+        "  accepted {accepted} pushes = {:.0} pushes/s ({} batch requests = {:.0}/s); \
+         refused items {}, 429 answers {}",
+        accepted as f64 / elapsed,
+        totals.requests.load(Ordering::Relaxed),
+        totals.requests.load(Ordering::Relaxed) as f64 / elapsed,
+        totals.refused.load(Ordering::Relaxed),
+        totals.overloaded.load(Ordering::Relaxed)
+    );
+    let codes = totals
+        .codes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if !codes.is_empty() {
+        println!("  refused items by code: {codes:?}");
+    }
+    println!(
+        "  accept latency per batch request (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        ms(0.50),
+        ms(0.90),
+        ms(0.99),
+        latency.max() as f64 / 1000.0
+    );
+    if let Some(local) = local {
+        // Every accepted push reaches the emulator (delivered) — within a bound.
+        let want = already + accepted;
+        let drain_started = tokio::time::Instant::now();
+        let deadline = drain_started + Duration::from_secs(120);
+        while local.emulator.core().accepted_count() < want
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = local.emulator.core().accepted_count() - already;
+        println!(
+            "  the emulator received {got} of the {accepted} accepted pushes ({:.1} s after the load)",
+            drain_started.elapsed().as_secs_f64()
+        );
+        let summary = local.node.shutdown().await;
+        local.emulator.shutdown().await;
+        anyhow::ensure!(
+            got >= accepted,
+            "{} accepted pushes did not reach the emulator",
+            accepted - got
+        );
+        anyhow::ensure!(
+            summary.engine.drained,
+            "the node did not drain: {summary:?}"
+        );
+    }
+    Ok(())
+}
