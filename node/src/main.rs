@@ -40,9 +40,14 @@ fn main() -> anyhow::Result<()> {
         Command::Node(args) => return server::main(args, cli.log),
         other => other,
     };
+    // The demo stops three nodes at its end: their links closing are expected, not warnings.
+    let default_filter = match command {
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            cli.log.as_deref().unwrap_or("warn"),
+            cli.log.as_deref().unwrap_or(default_filter),
         ))
         .with_writer(std::io::stderr)
         .init();

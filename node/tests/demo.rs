@@ -1,7 +1,8 @@
-//! `herald demo` end to end through the actor engine: emulator over TLS, two tenants, a
-//! FileWal, retries and breakers through a 503 burst, every outcome class, and the
-//! emulator's record agreeing with the summary (the demo itself fails if an accepted push
-//! has no outcome or the counts differ).
+//! `herald demo` end to end: three cluster nodes in two regions (Raft over mutual TLS), the
+//! emulator over TLS, two tenants, file WALs, retries and breakers through a 503 burst, every
+//! outcome class, the emulator's record agreeing with the summary, and invalidations learned
+//! on one node stopping sends on the others (the demo itself fails if an accepted push has
+//! no outcome, the counts differ, or a second-wave push reaches APNs).
 
 use herald_node::demo::{DemoArgs, run};
 
@@ -45,4 +46,23 @@ async fn demo_runs_and_its_summary_matches_the_emulator() {
         vec!["BadDeviceToken"],
         "nothing else fails: {report:?}"
     );
+    // Every node took pushes from the app servers and sent pushes for its shards.
+    assert_eq!(report.nodes.len(), 3);
+    assert!(
+        report
+            .nodes
+            .iter()
+            .all(|n| n.accepted > 0 && n.finished > 0),
+        "{:?}",
+        report.nodes
+    );
+    assert_eq!(
+        report.nodes.iter().map(|n| n.finished).sum::<u64>(),
+        1_500 + report.second_wave,
+        "each push (both waves) finished once"
+    );
+    // Invalidations are cluster-wide: the second wave ends unregistered without a send.
+    assert!(report.second_wave > 0, "{report:?}");
+    assert_eq!(report.second_wave_unregistered, report.second_wave);
+    assert_eq!(report.second_wave_sent, 0);
 }
