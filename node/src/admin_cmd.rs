@@ -6,6 +6,8 @@
 //! herald admin keys issue --secret-file api-key.secret --tenant acme --scopes push,read
 //! export HERALD_API_KEY=…                                                # the admin key
 //! herald admin status | members | shards                                 # GET /v1/cluster
+//! herald admin join --id 4 --addr 10.0.0.4:7000 --region eu             # POST /v1/cluster/members
+//! herald admin drain 4 | remove 4
 //! herald admin tenants list | get ID | delete ID
 //! herald admin tenants create --id acme --team-id T --key-id K --p8 AuthKey.p8
 //! herald admin keys revoke KEY_ID
@@ -39,6 +41,34 @@ enum AdminCommand {
     Members(ClientArgs),
     /// Every region's shard map: epoch and shards per node.
     Shards(ClientArgs),
+    /// Add a node started with `cluster.join = true` as a member.
+    Join {
+        /// Its node id.
+        #[arg(long)]
+        id: u64,
+        /// Its cluster address (`host:port`, its `node.cluster_listen`).
+        #[arg(long)]
+        addr: String,
+        /// Its region.
+        #[arg(long)]
+        region: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drain a member: its shards move away, it finishes its backlog, then leaves.
+    Drain {
+        /// Its node id.
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a dead member now: its shards are reassigned at once.
+    Remove {
+        /// Its node id.
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Tenants.
     Tenants {
         #[command(subcommand)]
@@ -171,6 +201,37 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 ]));
             }
             print!("{}", table(&rows));
+        }
+        AdminCommand::Join {
+            id,
+            addr,
+            region,
+            client,
+        } => {
+            let body = json!({ "id": id, "addr": addr, "region": region });
+            client
+                .client()?
+                .call(Method::POST, "/v1/cluster/members", Some(&body))
+                .await?;
+            println!("node {id} joining; watch `herald admin members`");
+        }
+        AdminCommand::Drain { id, client } => {
+            client
+                .client()?
+                .call(
+                    Method::POST,
+                    &format!("/v1/cluster/members/{id}/drain"),
+                    None,
+                )
+                .await?;
+            println!("node {id} draining; watch `herald admin members`");
+        }
+        AdminCommand::Remove { id, client } => {
+            client
+                .client()?
+                .call(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
+                .await?;
+            println!("node {id} removed");
         }
         AdminCommand::Tenants { command } => tenants(command).await?,
         AdminCommand::Keys { command } => keys(command).await?,

@@ -75,7 +75,7 @@ const _: () =
 pub struct NodeConfig {
     /// This node: identity, listeners, data directory, shutdown.
     pub node: NodeSection,
-    /// The cluster: peers (or an address to join) and link TLS.
+    /// The cluster: peers (founders, or the members to join) and link TLS.
     #[serde(default)]
     pub cluster: ClusterSection,
     /// Logging.
@@ -142,9 +142,12 @@ pub struct ClusterSection {
     /// listed is in this node's region. Must be the same on every node.
     #[serde(default)]
     pub regions: BTreeMap<String, String>,
-    /// `host:port` of a member of a running cluster to join instead of listing peers.
+    /// Join a running cluster instead of founding one: `cluster.peers` then lists the
+    /// current members and this node; an operator adds this node with
+    /// `POST /v1/cluster/members` on any member. Its Raft state starts empty and comes from
+    /// the leader's snapshot. Default false.
     #[serde(default)]
-    pub join: Option<String>,
+    pub join: bool,
     /// Mutual TLS of the node links. Required unless this is a single node listening on
     /// loopback only.
     #[serde(default)]
@@ -157,7 +160,7 @@ impl Default for ClusterSection {
             id: default_cluster_id(),
             peers: BTreeMap::new(),
             regions: BTreeMap::new(),
-            join: None,
+            join: false,
             tls: None,
         }
     }
@@ -734,16 +737,11 @@ impl NodeConfig {
         if c.id == 0 {
             p.add("cluster.id", "must be non-zero");
         }
-        if c.join.is_some() && !c.peers.is_empty() {
+        if c.join && c.peers.len() < 2 {
             p.add(
                 "cluster.join",
-                "give either cluster.peers or cluster.join, not both",
+                "a joining node needs cluster.peers: the current members and this node",
             );
-        }
-        if let Some(join) = &c.join
-            && !is_host_port(join)
-        {
-            p.add("cluster.join", format!("{join:?} is not host:port"));
         }
         if c.peers.len() > PEERS_MAX {
             p.add("cluster.peers", format!("more than {PEERS_MAX} peers"));
@@ -789,7 +787,7 @@ impl NodeConfig {
                 format!("must list this node (node.id = {})", self.node.id),
             );
         }
-        let alone = c.join.is_none() && c.peers.len() <= 1;
+        let alone = !c.join && c.peers.len() <= 1;
         match &c.tls {
             Some(tls) => {
                 check_readable(p, "cluster.tls.ca", &tls.ca);

@@ -413,12 +413,6 @@ pub fn endpoint(config: &NodeConfig) -> anyhow::Result<Endpoint> {
 }
 
 async fn start_cluster(config: &NodeConfig) -> anyhow::Result<ClusterNode> {
-    if let Some(join) = &config.cluster.join {
-        bail!(
-            "cluster.join = {join:?}: joining a running cluster needs membership changes, which \
-             herald-cluster does not implement yet; list every initial voter in cluster.peers"
-        );
-    }
     let mut peers = std::collections::BTreeMap::new();
     for (id, addr) in config.peer_addresses() {
         let resolved = tokio::net::lookup_host(addr.as_str())
@@ -465,6 +459,9 @@ async fn start_cluster(config: &NodeConfig) -> anyhow::Result<ClusterNode> {
     // The shard map has one entry per engine shard (the router maps each push's engine
     // shard to its owner), and the planner files each founder in its configured region.
     cluster.membership.shard_count = config.limits.shards as usize;
+    if config.cluster.join {
+        cluster.membership.start = herald_cluster::membership::StartMode::Join;
+    }
     cluster.membership.founder_regions = config
         .cluster
         .regions
@@ -626,7 +623,7 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
         seeds.next_u64(),
     )
     .with_webhooks(webhooks)
-    .with_cluster(context.cluster.status_handle());
+    .with_cluster(context.cluster.membership_handle());
     Ok(crate::api::router(state))
 }
 

@@ -373,6 +373,110 @@ key = "pki/node-{id}.key.pem"
         "every push was sent by node 1: {holders:?} {shards:?}"
     );
 
+    // Membership through the API: a fourth node starts with `cluster.join` and is added
+    // with `POST /v1/cluster/members`; it becomes an active voter owning shards; then it is
+    // drained away with `POST /v1/cluster/members/4/drain`.
+    let admin = keys.issue(&KeyRequest::admin(), "admin-1").unwrap().key;
+    let (code, body) = call(api, "GET", "/v1/cluster", &admin, None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["members"].as_array().unwrap().len(), 3, "{body}");
+    let (code, _) = call(api, "GET", "/v1/cluster", &acme, None).await;
+    assert_eq!(code, 403, "a tenant key is not an admin key");
+    let port4 = free_port();
+    ca.issue(NodeId(4)).unwrap().write_pem(&pki).unwrap();
+    let config4 = format!(
+        r#"
+[node]
+id = 4
+api_listen = "127.0.0.1:0"
+cluster_listen = "127.0.0.1:{port4}"
+data_dir = "data-4"
+api_key_secret_file = "api-key.secret"
+
+[log]
+filter = "warn"
+
+[cluster]
+join = true
+peers = {{ {peers}, 4 = "127.0.0.1:{port4}" }}
+
+[cluster.tls]
+ca = "pki/ca.pem"
+cert = "pki/node-4.pem"
+key = "pki/node-4.key.pem"
+"#
+    ) + &common;
+    let path4 = dir.path().join("node-4.toml");
+    std::fs::write(&path4, config4).unwrap();
+    let node4 = Node::start(&path4, Overrides::default()).await.unwrap();
+    let region = nodes[0].config().node.region.clone();
+    let join = serde_json::json!({"id": 4, "addr": format!("127.0.0.1:{port4}"), "region": region});
+    let (code, body) = call(
+        api,
+        "POST",
+        "/v1/cluster/members",
+        &admin,
+        Some(join.clone()),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = call(
+        api,
+        "POST",
+        "/v1/cluster/members",
+        &admin,
+        Some(serde_json::json!({"id": 4, "addr": "127.0.0.1:1", "region": region})),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("membership_conflict"))
+    );
+    let member4 = |body: &serde_json::Value| {
+        body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == 4)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = call(api, "GET", "/v1/cluster", &admin, None).await;
+        let m = member4(&body);
+        let owns = body["regions"][0]["owned"]["4"].as_u64().unwrap_or(0);
+        if m["state"] == "active" && m["voting"] == "voter" && owns > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 never joined: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, body) = call(api, "POST", "/v1/cluster/members/4/drain", &admin, None).await;
+    assert_eq!(code, 202, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = call(api, "GET", "/v1/cluster", &admin, None).await;
+        if member4(&body)["state"] == "removed" {
+            assert!(body["regions"][0]["owned"]["4"].is_null(), "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 never left: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, body) = call(api, "POST", "/v1/cluster/members/9/drain", &admin, None).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (404, Some("member_not_found"))
+    );
+    node4.shutdown().await;
+
     // A certificate naming another node is refused at start.
     let wrong = dir.path().join("node-1.toml");
     let text = std::fs::read_to_string(&wrong)

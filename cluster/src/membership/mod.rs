@@ -306,15 +306,15 @@ pub enum MembershipMsg {
 // The admin API on the node handle.
 // ---------------------------------------------------------------------------------------------
 
-/// A cloneable handle that reads a node's [`ClusterStatus`] (for an HTTP API, say) without
-/// holding the [`ClusterNode`]. Once the node stopped, it answers
-/// [`MembershipError::Stopped`].
+/// A cloneable handle on a node's membership: read its [`ClusterStatus`] and run the admin
+/// operations (join, drain, remove) without holding the [`ClusterNode`] (an HTTP API keeps
+/// one). Once the node stopped, every call answers [`MembershipError::Stopped`].
 #[derive(Debug, Clone)]
-pub struct StatusHandle {
+pub struct MembershipHandle {
     actor: ActorRef<ClusterMsg>,
 }
 
-impl StatusHandle {
+impl MembershipHandle {
     /// The cluster as the node sees it at its applied index.
     ///
     /// # Errors
@@ -329,24 +329,6 @@ impl StatusHandle {
             Ok(Ok(status)) => Ok(status),
             Ok(Err(_)) | Err(_) => Err(MembershipError::Stopped),
         }
-    }
-}
-
-impl ClusterNode {
-    /// A cloneable handle reading this node's status.
-    pub fn status_handle(&self) -> StatusHandle {
-        StatusHandle {
-            actor: self.actor().clone(),
-        }
-    }
-
-    /// The cluster as this node sees it at its applied index.
-    ///
-    /// # Errors
-    /// [`MembershipError::Stopped`] if the node stopped or did not answer within
-    /// [`STATUS_TIMEOUT`].
-    pub async fn status(&self) -> Result<ClusterStatus, MembershipError> {
-        self.status_handle().status().await
     }
 
     /// Poll [`status`](Self::status) until `done` holds; return that status.
@@ -495,7 +477,7 @@ impl ClusterNode {
                 return Err(MembershipError::Timeout);
             }
             let (tx, rx) = oneshot::channel();
-            self.actor()
+            self.actor
                 .cast(ClusterMsg::Membership(MembershipMsg::Propose(
                     command.clone(),
                     tx.into(),
@@ -517,6 +499,67 @@ impl ClusterNode {
                 tokio::time::sleep(ADMIN_RETRY_INTERVAL / 10).await;
             }
         }
+    }
+}
+
+impl ClusterNode {
+    /// A cloneable handle on this node's membership (status, join, drain, remove).
+    pub fn membership_handle(&self) -> MembershipHandle {
+        MembershipHandle {
+            actor: self.actor().clone(),
+        }
+    }
+
+    /// The cluster as this node sees it at its applied index.
+    ///
+    /// # Errors
+    /// As [`MembershipHandle::status`].
+    pub async fn status(&self) -> Result<ClusterStatus, MembershipError> {
+        self.membership_handle().status().await
+    }
+
+    /// Poll [`status`](Self::status) until `done` holds; return that status.
+    ///
+    /// # Errors
+    /// As [`MembershipHandle::await_status`].
+    pub async fn await_status(
+        &self,
+        timeout: Duration,
+        done: impl FnMut(&ClusterStatus) -> bool,
+    ) -> Result<ClusterStatus, MembershipError> {
+        self.membership_handle().await_status(timeout, done).await
+    }
+
+    /// Add node `id` as a `Joining` member: see [`MembershipHandle::join`].
+    ///
+    /// # Errors
+    /// As [`MembershipHandle::join`].
+    pub async fn join(
+        &self,
+        id: NodeId,
+        addr: impl Into<String>,
+        region: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<(), MembershipError> {
+        self.membership_handle()
+            .join(id, addr, region, timeout)
+            .await
+    }
+
+    /// Drain member `id`: see [`MembershipHandle::drain`].
+    ///
+    /// # Errors
+    /// As [`MembershipHandle::drain`].
+    pub async fn drain(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
+        self.membership_handle().drain(id, timeout).await
+    }
+
+    /// Remove member `id` now: see [`MembershipHandle::remove`].
+    ///
+    /// # Errors
+    /// As [`MembershipHandle::remove`].
+    pub async fn remove(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
+        self.membership_handle().remove(id, timeout).await
     }
 }
 

@@ -1,4 +1,5 @@
-//! The admin routes (admin scope, operator keys): tenants and API keys.
+//! The admin routes (admin scope, operator keys): tenants, API keys, and the cluster (status
+//! and membership: join, drain, remove).
 
 use std::time::Duration;
 
@@ -227,4 +228,93 @@ pub(crate) async fn cluster_status(
         "members": members,
         "regions": regions,
     })))
+}
+
+/// How long a membership change may take to be applied on the node asked.
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn membership_error(e: herald_cluster::membership::MembershipError) -> ApiError {
+    use herald_cluster::membership::MembershipError as M;
+    match e {
+        M::UnknownMember(id) => ApiError::new("member_not_found", format!("no member {id}")),
+        M::Invalid(e) => ApiError::invalid("member", e.to_string()),
+        e @ (M::MemberRemoved(_)
+        | M::MemberExists(_)
+        | M::WrongState { .. }
+        | M::LastActiveInRegion { .. }
+        | M::LastVoter(_)) => ApiError::new("membership_conflict", e.to_string()),
+        other => ApiError::new("unavailable", other.to_string()),
+    }
+}
+
+fn membership(state: &ApiState) -> Result<&herald_cluster::membership::MembershipHandle, ApiError> {
+    state
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError::new("unavailable", "this server has no cluster node"))
+}
+
+/// `POST /v1/cluster/members`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JoinRequest {
+    id: u64,
+    addr: String,
+    region: String,
+}
+
+pub(crate) async fn member_join(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<JoinRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Admin)?;
+    if request.id == 0 {
+        return Err(ApiError::invalid("id", "node ids start at 1"));
+    }
+    membership(&state)?
+        .join(
+            request.id,
+            request.addr,
+            request.region,
+            MEMBERSHIP_CHANGE_TIMEOUT,
+        )
+        .await
+        .map_err(membership_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": request.id, "state": "joining" })),
+    ))
+}
+
+pub(crate) async fn member_drain(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Admin)?;
+    membership(&state)?
+        .drain(id, MEMBERSHIP_CHANGE_TIMEOUT)
+        .await
+        .map_err(membership_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "state": "draining" })),
+    ))
+}
+
+pub(crate) async fn member_remove(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Admin)?;
+    membership(&state)?
+        .remove(id, MEMBERSHIP_CHANGE_TIMEOUT)
+        .await
+        .map_err(membership_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "state": "removed" })),
+    ))
 }

@@ -78,6 +78,9 @@ enum Handler {
     WebhookSet,
     WebhookDelete,
     ClusterStatus,
+    MemberJoin,
+    MemberDrain,
+    MemberRemove,
 }
 
 const fn route(method: &'static str, path: &'static str, scope: Scope, handler: Handler) -> Route {
@@ -120,6 +123,24 @@ pub const ROUTES: &[Route] = &[
     route("PUT", "/v1/webhook", Scope::Push, Handler::WebhookSet),
     route("DELETE", "/v1/webhook", Scope::Push, Handler::WebhookDelete),
     route("GET", "/v1/cluster", Scope::Admin, Handler::ClusterStatus),
+    route(
+        "POST",
+        "/v1/cluster/members",
+        Scope::Admin,
+        Handler::MemberJoin,
+    ),
+    route(
+        "POST",
+        "/v1/cluster/members/{id}/drain",
+        Scope::Admin,
+        Handler::MemberDrain,
+    ),
+    route(
+        "DELETE",
+        "/v1/cluster/members/{id}",
+        Scope::Admin,
+        Handler::MemberRemove,
+    ),
 ];
 
 /// The backends the API works against.
@@ -155,7 +176,7 @@ pub struct ApiState {
     revocations: Arc<dyn RevocationSet>,
     rng: Arc<Mutex<DetRng>>,
     webhooks: Option<Webhooks>,
-    cluster: Option<herald_cluster::membership::StatusHandle>,
+    cluster: Option<herald_cluster::membership::MembershipHandle>,
 }
 
 impl ApiState {
@@ -178,7 +199,7 @@ impl ApiState {
     }
 
     /// Serve `GET /v1/cluster` from `cluster` (without, it answers 503).
-    pub fn with_cluster(mut self, cluster: herald_cluster::membership::StatusHandle) -> Self {
+    pub fn with_cluster(mut self, cluster: herald_cluster::membership::MembershipHandle) -> Self {
         self.cluster = Some(cluster);
         self
     }
@@ -240,6 +261,9 @@ fn method_router(route: &Route) -> MethodRouter<ApiState> {
         Handler::WebhookSet => on(put(handlers::set_webhook)),
         Handler::WebhookDelete => on(delete(handlers::delete_webhook)),
         Handler::ClusterStatus => on(get(admin::cluster_status)),
+        Handler::MemberJoin => on(post(admin::member_join)),
+        Handler::MemberDrain => on(post(admin::member_drain)),
+        Handler::MemberRemove => on(delete(admin::member_remove)),
     }
 }
 
