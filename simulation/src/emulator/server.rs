@@ -132,6 +132,9 @@ async fn run_connection<S>(
     let io = Sniffer::new(io, counters.clone());
     let mut builder = h2::server::Builder::new();
     builder.max_concurrent_streams(counters.max_concurrent_streams);
+    // h2 times locally reset streams with the wall clock (`std::time::Instant`): keeping none
+    // makes a simulated run independent of how fast it runs (see docs/simulation.md).
+    builder.max_concurrent_reset_streams(0);
     let mut conn =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, builder.handshake::<_, Bytes>(io)).await {
             Ok(Ok(conn)) => conn,

@@ -250,6 +250,9 @@ async fn establish(
     let sniffed: BoxStream = Box::new(FrameSniffer::new(stream, goaway));
     h2::client::Builder::new()
         .initial_max_send_streams(limits::H2_INITIAL_STREAMS)
+        // h2 times locally reset streams with the wall clock (`std::time::Instant`); keeping
+        // none makes a connection's behaviour independent of real time (simulation).
+        .max_concurrent_reset_streams(0)
         .enable_push(false)
         .handshake::<_, Bytes>(sniffed)
         .await
