@@ -340,6 +340,8 @@ struct Shared {
     provider: watch::Sender<ProviderTokenView>,
     /// The node's current peer links (configured peers, then members opened by membership).
     links: watch::Sender<BTreeMap<u64, PeerLinkSender>>,
+    /// Revoked API keys as applied here, and the state machine's revocations version copied.
+    revoked: RwLock<(u64, BTreeMap<String, u64>)>,
 }
 
 /// The provider tokens applied on a node, for [`crate::provider_tokens`].
@@ -353,6 +355,18 @@ pub(crate) struct ProviderTokenView {
 }
 
 impl Shared {
+    /// Copy the machine's revoked keys when they changed (or `force`: a restored snapshot).
+    fn publish_revocations(&self, machine: &crate::state::StateMachine, force: bool) {
+        let version = machine.revocations_version();
+        let mut revoked = self
+            .revoked
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if force || revoked.0 != version {
+            *revoked = (version, machine.revoked_keys().clone());
+        }
+    }
+
     fn publish_provider_tokens(
         &self,
         machine: &crate::state::StateMachine,
@@ -476,6 +490,9 @@ impl Actor for ClusterActor {
         state
             .shared
             .set_tokens(state.driver.machine().token_table().clone());
+        state
+            .shared
+            .publish_revocations(state.driver.machine(), true);
         // Re-apply what the log holds committed past the restored snapshot before serving any
         // read, so a restarted node never shows an older state (an older shard map epoch)
         // than it had already applied.
@@ -755,6 +772,8 @@ impl ClusterState {
             self.shared
                 .set_tokens(self.driver.machine().token_table().clone());
         }
+        self.shared
+            .publish_revocations(self.driver.machine(), out.snapshot_restored.is_some());
         if !out.committed.is_empty() || out.snapshot_restored.is_some() {
             self.shared.publish_provider_tokens(
                 self.driver.machine(),
@@ -930,6 +949,7 @@ impl ClusterNode {
             shard_maps: watch::Sender::new(Arc::new(driver.machine().shard_maps().clone())),
             provider: watch::Sender::new(ProviderTokenView::default()),
             links: watch::Sender::new(peers.clone()),
+            revoked: RwLock::new((0, BTreeMap::new())),
         });
         let (routing, routing_inbound) = mpsc::channel(ROUTING_INBOUND_CAPACITY);
         let arguments = ClusterArguments {
@@ -1029,6 +1049,14 @@ impl ClusterNode {
         let (tx, rx) = oneshot::channel();
         self.actor.cast(ClusterMsg::Inspect(tx.into())).ok()?;
         tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+
+    /// Revoked API keys, read at this node's applied index, and cluster-wide revocation.
+    pub fn revocations(&self) -> Revocations {
+        Revocations {
+            shared: self.shared.clone(),
+            actor: self.actor.clone(),
+        }
     }
 
     /// The token state replicated through this node.
@@ -1154,6 +1182,87 @@ async fn batch_events(
     }
 }
 
+/// Revoked API keys (by key id), replicated through Raft: [`revoke`](Self::revoke) proposes a
+/// [`Command::RevokeKey`]; [`is_revoked`](Self::is_revoked) reads this node's applied copy
+/// (as stale as its applied index: a revocation is in force on a node once applied there).
+#[derive(Clone)]
+pub struct Revocations {
+    shared: Arc<Shared>,
+    actor: ActorRef<ClusterMsg>,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let revoked = self
+            .shared
+            .revoked
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f.debug_struct("Revocations")
+            .field("revoked", &revoked.1.len())
+            .finish()
+    }
+}
+
+impl Revocations {
+    /// True when key `id` is revoked at `now_ms` (ms since the epoch) on this node.
+    pub fn is_revoked(&self, id: &str, now_ms: u64) -> bool {
+        self.shared
+            .revoked
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1
+            .get(id)
+            .is_some_and(|until| *until > now_ms)
+    }
+
+    /// Revoke key `id` on every node until `until_ms`; returns once applied on this node.
+    ///
+    /// # Errors
+    /// [`RevokeError::Full`] when the state holds the most revoked keys; else the proposal's
+    /// error (an invalid id is [`ProposeError::Refused`]).
+    pub async fn revoke(
+        &self,
+        id: &str,
+        until_ms: u64,
+        now_ms: u64,
+        timeout: Duration,
+    ) -> Result<(), RevokeError> {
+        let command = Command::RevokeKey {
+            id: id.to_owned(),
+            until_ms,
+            now_ms,
+        };
+        command
+            .validate()
+            .map_err(|e| RevokeError::Propose(ProposeError::Refused(e.to_string())))?;
+        match propose(&self.actor, command, timeout)
+            .await
+            .map_err(RevokeError::Propose)?
+        {
+            ApplyResult::Rejected(crate::state::Rejection::RevocationsFull(n)) => {
+                Err(RevokeError::Full(n))
+            }
+            ApplyResult::Rejected(why) => {
+                Err(RevokeError::Propose(ProposeError::Refused(why.to_string())))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why [`Revocations::revoke`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevokeError {
+    /// The replicated state holds the most revoked keys it may.
+    #[error("{0} keys are revoked, the most the state holds")]
+    Full(usize),
+    /// The proposal failed.
+    #[error(transparent)]
+    Propose(ProposeError),
+}
+
 impl TokenState for ReplicatedTokenState {
     fn check(&self, key: &TokenKey) -> TokenValidity {
         self.shared.tokens().check(key)
@@ -1218,6 +1327,7 @@ mod tests {
                 shard_maps: watch::Sender::new(Arc::new(BTreeMap::new())),
                 provider: watch::Sender::new(ProviderTokenView::default()),
                 links: watch::Sender::new(BTreeMap::new()),
+                revoked: RwLock::new((0, BTreeMap::new())),
             }),
             pending: BTreeMap::new(),
             next_proposal: 0,

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    ApiKeys, ApiState, Backends, LocalBackend, MemoryRevocations, TenantInfo, WebhookTarget,
+    ApiKeys, ApiState, Backends, ClusterRevocations, LocalBackend, TenantInfo, WebhookTarget,
     Webhooks,
 };
 use crate::config::{ApnsEnvironment, NodeConfig, Overrides, read_secret_line};
@@ -562,7 +562,8 @@ pub fn check_config(config: &NodeConfig) -> anyhow::Result<()> {
 }
 
 /// The HTTP API of a node (`docs/api.md`): keys verified with the secret in
-/// `node.api_key_secret_file`, revocations kept in memory, pushes through the cluster router,
+/// `node.api_key_secret_file`, revocations replicated through Raft (a key revoked on any node
+/// is refused by all), pushes through the cluster router,
 /// the configured tenants known, webhooks from their `webhook_url` / `webhook_secret_file`.
 /// Tenants added later by a reload become known to the API within a reload poll.
 ///
@@ -619,7 +620,7 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
     let state = ApiState::new(
         Backends::local(&backend),
         keys,
-        Arc::new(MemoryRevocations::new()),
+        Arc::new(ClusterRevocations::new(context.cluster.revocations())),
         seeds.next_u64(),
     )
     .with_webhooks(webhooks)

@@ -373,10 +373,35 @@ key = "pki/node-{id}.key.pem"
         "every push was sent by node 1: {holders:?} {shards:?}"
     );
 
+    // A key revoked on node 1 is refused by node 2 (the revocation is replicated).
+    let doomed = keys
+        .issue(&KeyRequest::tenant("acme", &[Scope::Read]), "acme-doomed")
+        .unwrap()
+        .key;
+    let other_api = nodes[1].api_addr();
+    let probe = format!("/v1/pushes/{}", ids[0]);
+    let (code, _) = call(other_api, "GET", &probe, &doomed, None).await;
+    assert_ne!(code, 401, "the key works before its revocation");
+    let admin = keys.issue(&KeyRequest::admin(), "admin-1").unwrap().key;
+    let (code, body) = call(api, "DELETE", "/v1/keys/acme-doomed", &admin, None).await;
+    assert_eq!(code, 204, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = call(other_api, "GET", &probe, &doomed, None).await;
+        if code == 401 {
+            assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 still takes the revoked key: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Membership through the API: a fourth node starts with `cluster.join` and is added
     // with `POST /v1/cluster/members`; it becomes an active voter owning shards; then it is
     // drained away with `POST /v1/cluster/members/4/drain`.
-    let admin = keys.issue(&KeyRequest::admin(), "admin-1").unwrap().key;
     let (code, body) = call(api, "GET", "/v1/cluster", &admin, None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["members"].as_array().unwrap().len(), 3, "{body}");

@@ -22,6 +22,8 @@ pub const IDENTIFIER_BYTES_MAX: usize = 256;
 pub const PROVIDER_TOKEN_JWT_BYTES_MAX: usize = 4096;
 /// Most topics per tenant.
 pub const TENANT_TOPICS_MAX: usize = 256;
+/// Most revoked API keys the replicated state holds at once (expired ones are pruned).
+pub const REVOKED_KEYS_MAX: usize = 100_000;
 
 /// A cluster member's id (the Raft node id; never zero).
 pub type NodeId = u64;
@@ -120,6 +122,17 @@ pub enum Command {
     },
     /// A batch of device-token events, merged last-writer-wins.
     TokenEvents(Vec<TokenEventRecord>),
+    /// Revoke an API key (by its id, the JWT's `jti`) on every node until `until_ms` (when it
+    /// would have expired anyway). Revocations whose `until_ms` is not after `now_ms` (the
+    /// proposer's clock, part of the command so every replica prunes alike) are dropped.
+    RevokeKey {
+        /// The key id.
+        id: String,
+        /// Revoked until (ms since the epoch).
+        until_ms: u64,
+        /// The proposer's time (ms since the epoch).
+        now_ms: u64,
+    },
 }
 
 /// The wire form of a command: the encoding version and the command.
@@ -242,6 +255,7 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::RevokeKey { id, .. } => check_identifier("key id", id),
             Command::TokenEvents(events) => {
                 if events.is_empty() || events.len() > TOKEN_EVENTS_PER_COMMAND_MAX {
                     return Err(invalid(format!(

@@ -141,6 +141,9 @@ pub enum Rejection {
     /// A newer (or equally new) token of the key is installed.
     #[error("provider token not newer than the installed one")]
     StaleProviderToken,
+    /// [`REVOKED_KEYS_MAX`](super::command::REVOKED_KEYS_MAX) keys are revoked and unexpired.
+    #[error("{0} keys are revoked, the most the state holds")]
+    RevocationsFull(usize),
 }
 
 /// Why a snapshot could not be restored.
@@ -177,6 +180,10 @@ pub struct StateMachine {
     tenants: BTreeMap<String, Tenant>,
     provider_tokens: BTreeMap<String, ProviderTokenRecord>,
     tokens: TokenTable,
+    /// Revoked API keys: key id → revoked until (ms since the epoch).
+    revoked_keys: BTreeMap<String, u64>,
+    /// Counts changes to `revoked_keys` (local: lets a node republish only on a change).
+    revocations_version: u64,
 }
 
 impl StateMachine {
@@ -208,6 +215,17 @@ impl StateMachine {
     /// The newest provider token of each key, by key id.
     pub fn provider_tokens(&self) -> &BTreeMap<String, ProviderTokenRecord> {
         &self.provider_tokens
+    }
+
+    /// Revoked API keys: key id → revoked until (ms since the epoch).
+    pub fn revoked_keys(&self) -> &BTreeMap<String, u64> {
+        &self.revoked_keys
+    }
+
+    /// A number that changes whenever [`revoked_keys`](Self::revoked_keys) does (on this
+    /// replica; not replicated).
+    pub fn revocations_version(&self) -> u64 {
+        self.revocations_version
     }
 
     /// The device-token table.
@@ -337,6 +355,11 @@ impl StateMachine {
                 jwt,
                 issued_at,
             } => self.set_provider_token(key_id, jwt, *issued_at),
+            Command::RevokeKey {
+                id,
+                until_ms,
+                now_ms,
+            } => self.revoke_key(id, *until_ms, *now_ms),
             Command::TokenEvents(events) => ApplyResult::TokenEvents(
                 events
                     .iter()
@@ -353,6 +376,29 @@ impl StateMachine {
                     .collect(),
             ),
         }
+    }
+
+    fn revoke_key(&mut self, id: &str, until_ms: u64, now_ms: u64) -> ApplyResult {
+        let before = self.revoked_keys.len();
+        self.revoked_keys.retain(|_, until| *until > now_ms);
+        let pruned = self.revoked_keys.len() != before;
+        let result = if until_ms <= now_ms {
+            // Expired already: nothing to remember.
+            ApplyResult::Unchanged
+        } else if self.revoked_keys.get(id).is_some_and(|u| *u >= until_ms) {
+            ApplyResult::Unchanged
+        } else if !self.revoked_keys.contains_key(id)
+            && self.revoked_keys.len() >= super::command::REVOKED_KEYS_MAX
+        {
+            ApplyResult::Rejected(Rejection::RevocationsFull(self.revoked_keys.len()))
+        } else {
+            self.revoked_keys.insert(id.to_owned(), until_ms);
+            ApplyResult::Applied
+        };
+        if pruned || result == ApplyResult::Applied {
+            self.revocations_version += 1;
+        }
+        result
     }
 
     /// The `AssignShards` command that rebalances `region` onto its active members with
@@ -395,6 +441,7 @@ impl StateMachine {
             shards: self.shards.clone(),
             tenants: self.tenants.clone(),
             provider_tokens: self.provider_tokens.clone(),
+            revoked_keys: self.revoked_keys.clone(),
             tokens_max: self.tokens.entries_max() as u64,
             tokens: self
                 .tokens
@@ -440,6 +487,8 @@ impl StateMachine {
             tenants: image.tenants,
             provider_tokens: image.provider_tokens,
             tokens,
+            revoked_keys: image.revoked_keys,
+            revocations_version: 0,
         })
     }
 
@@ -548,6 +597,9 @@ struct Image {
     provider_tokens: BTreeMap<String, ProviderTokenRecord>,
     tokens_max: u64,
     tokens: Vec<ImageToken>,
+    /// Added after version 1 shipped; absent in older images.
+    #[serde(default)]
+    revoked_keys: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -31,8 +31,8 @@ mod rebalance;
 
 pub use command::{
     COMMAND_VERSION, Command, CommandError, Envelope, IDENTIFIER_BYTES_MAX, MemberState, NodeId,
-    PROVIDER_TOKEN_JWT_BYTES_MAX, SHARDS_MAX, TENANT_TOPICS_MAX, TOKEN_EVENTS_PER_COMMAND_MAX,
-    TenantLimits, TokenEventRecord, decode, encode,
+    PROVIDER_TOKEN_JWT_BYTES_MAX, REVOKED_KEYS_MAX, SHARDS_MAX, TENANT_TOPICS_MAX,
+    TOKEN_EVENTS_PER_COMMAND_MAX, TenantLimits, TokenEventRecord, decode, encode,
 };
 pub use machine::{
     ApplyResult, Member, ProviderTokenRecord, Rejection, SNAPSHOT_VERSION, ShardMap, SnapshotError,

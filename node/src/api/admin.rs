@@ -165,8 +165,10 @@ pub(crate) async fn revoke_key(
     state
         .revocations
         .revoke(&id, now.saturating_add(limits::KEY_TTL_MAX), now)
+        .await
         .map_err(|e| match e {
             RevocationError::Full(_) => ApiError::new("limit_reached", e.to_string()),
+            RevocationError::Unavailable(_) => ApiError::new("unavailable", e.to_string()),
         })?;
     tracing::info!(key_id = %id, "API key revoked");
     Ok(StatusCode::NO_CONTENT)

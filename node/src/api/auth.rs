@@ -26,7 +26,7 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use herald_actors::seams::{SharedClock, Timestamp};
+use herald_actors::seams::{BoxFuture, SharedClock, Timestamp};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -285,12 +285,22 @@ pub enum RevocationError {
     /// [`REVOKED_KEYS_MAX`](limits::REVOKED_KEYS_MAX) unexpired revocations are held.
     #[error("{0} revoked keys are held; no more until some expire")]
     Full(usize),
+    /// The cluster did not take the revocation (no leader, timeout, refused).
+    #[error("the revocation was not replicated: {0}")]
+    Unavailable(String),
 }
 
-/// The set of revoked key ids (the cluster replicates it; [`MemoryRevocations`] here).
+/// The set of revoked key ids: [`MemoryRevocations`] (one process), or
+/// [`ClusterRevocations`] (replicated through Raft: a key revoked on one node is refused by
+/// every node once applied there).
 pub trait RevocationSet: Send + Sync + fmt::Debug + 'static {
     /// Revoke key `id` until `until` (when the key would have expired anyway).
-    fn revoke(&self, id: &str, until: Timestamp, now: Timestamp) -> Result<(), RevocationError>;
+    fn revoke<'a>(
+        &'a self,
+        id: &'a str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<(), RevocationError>>;
     /// True when key `id` is revoked at `now`.
     fn is_revoked(&self, id: &str, now: Timestamp) -> bool;
 }
@@ -310,19 +320,65 @@ impl MemoryRevocations {
 }
 
 impl RevocationSet for MemoryRevocations {
-    fn revoke(&self, id: &str, until: Timestamp, now: Timestamp) -> Result<(), RevocationError> {
+    fn revoke<'a>(
+        &'a self,
+        id: &'a str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<(), RevocationError>> {
         let mut revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
         revoked.retain(|_, until| *until > now);
-        if !revoked.contains_key(id) && revoked.len() >= limits::REVOKED_KEYS_MAX {
-            return Err(RevocationError::Full(revoked.len()));
-        }
-        revoked.insert(id.to_owned(), until);
-        Ok(())
+        let result = if !revoked.contains_key(id) && revoked.len() >= limits::REVOKED_KEYS_MAX {
+            Err(RevocationError::Full(revoked.len()))
+        } else {
+            revoked.insert(id.to_owned(), until);
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
     }
 
     fn is_revoked(&self, id: &str, now: Timestamp) -> bool {
         let revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
         revoked.get(id).is_some_and(|until| *until > now)
+    }
+}
+
+/// Revocations replicated through the cluster's Raft log (`herald node` uses these).
+#[derive(Debug, Clone)]
+pub struct ClusterRevocations {
+    revocations: herald_cluster::node::Revocations,
+}
+
+impl ClusterRevocations {
+    /// Over `revocations` (from `ClusterNode::revocations`).
+    pub fn new(revocations: herald_cluster::node::Revocations) -> Self {
+        ClusterRevocations { revocations }
+    }
+}
+
+/// How long a revocation may take to be committed and applied on the node asked.
+pub const REVOCATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl RevocationSet for ClusterRevocations {
+    fn revoke<'a>(
+        &'a self,
+        id: &'a str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<(), RevocationError>> {
+        Box::pin(async move {
+            self.revocations
+                .revoke(id, until.as_millis(), now.as_millis(), REVOCATION_TIMEOUT)
+                .await
+                .map_err(|e| match e {
+                    herald_cluster::node::RevokeError::Full(n) => RevocationError::Full(n),
+                    other => RevocationError::Unavailable(other.to_string()),
+                })
+        })
+    }
+
+    fn is_revoked(&self, id: &str, now: Timestamp) -> bool {
+        self.revocations.is_revoked(id, now.as_millis())
     }
 }
 
@@ -488,7 +544,9 @@ mod tests {
     fn revocations_are_bounded_by_expiry() {
         let set = MemoryRevocations::new();
         let t = Timestamp::from_secs;
-        set.revoke("a", t(100), t(10)).unwrap();
+        futures_util::FutureExt::now_or_never(set.revoke("a", t(100), t(10)))
+            .unwrap()
+            .unwrap();
         assert!(set.is_revoked("a", t(50)));
         assert!(!set.is_revoked("a", t(100)));
         assert!(!set.is_revoked("b", t(50)));

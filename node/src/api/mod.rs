@@ -33,8 +33,8 @@ use herald_actors::seams::DetRng;
 use tracing::Instrument;
 
 pub use auth::{
-    ApiKeys, Caller, Claims, IssuedKey, KEY_ISSUER, KeyError, KeyRequest, MemoryRevocations,
-    RevocationError, RevocationSet, Scope,
+    ApiKeys, Caller, Claims, ClusterRevocations, IssuedKey, KEY_ISSUER, KeyError, KeyRequest,
+    MemoryRevocations, REVOCATION_TIMEOUT, RevocationError, RevocationSet, Scope,
 };
 pub use backend::{
     AdminError, Device, DeviceFilter, DevicePage, DeviceRegistry, Feedback, FeedbackEntry,

@@ -287,3 +287,47 @@ fn member_life_cycle_moves_are_checked() {
         ]
     );
 }
+
+#[test]
+fn key_revocations_replicate_expire_and_survive_snapshots() {
+    let revoke = |id: &str, until_ms: u64, now_ms: u64| Command::RevokeKey {
+        id: id.into(),
+        until_ms,
+        now_ms,
+    };
+    let mut m = StateMachine::new();
+    let v0 = m.revocations_version();
+    assert_eq!(
+        run(
+            &mut m,
+            &[
+                revoke("k1", 1_000, 10),
+                revoke("k1", 900, 20), // not later: unchanged
+                revoke("k2", 5, 10),   // expired already
+                revoke("k3", 2_000, 30),
+            ]
+        ),
+        vec![
+            ApplyResult::Applied,
+            ApplyResult::Unchanged,
+            ApplyResult::Unchanged,
+            ApplyResult::Applied
+        ]
+    );
+    assert_eq!(
+        m.revoked_keys().keys().collect::<Vec<_>>(),
+        vec!["k1", "k3"]
+    );
+    assert!(m.revocations_version() > v0);
+    // A snapshot carries them; equal states give equal bytes.
+    let restored = StateMachine::restore(&m.snapshot().unwrap()).unwrap();
+    assert_eq!(restored.revoked_keys(), m.revoked_keys());
+    assert_eq!(restored.snapshot().unwrap(), m.snapshot().unwrap());
+    // Later commands prune what expired by their proposer's time.
+    run(&mut m, &[revoke("k4", 3_000, 1_500)]);
+    assert_eq!(
+        m.revoked_keys().keys().collect::<Vec<_>>(),
+        vec!["k3", "k4"]
+    );
+    assert!(revoke("", 1, 0).validate().is_err());
+}
