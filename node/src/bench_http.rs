@@ -5,9 +5,11 @@
 //! the accepted pushes the emulator received by the end.
 //!
 //! By default it starts everything in this process: the emulator, one `herald node` from a
-//! generated configuration (its data in a temporary directory) and a tenant with a key. With
-//! `--url` and `--key` it loads a running node instead (tokens must then be valid for that
-//! tenant's APNs).
+//! generated configuration (its data in a temporary directory) and a tenant with a key;
+//! `--nodes 3` starts a cluster of three nodes in one region (mutual TLS between them, from a
+//! generated CA) and spreads the connections over their APIs, so most pushes are forwarded to
+//! their shard's owner. With `--url` and `--key` it loads a running node instead (tokens must
+//! then be valid for that tenant's APNs).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,9 +46,12 @@ pub struct HttpArgs {
     /// Distinct device tokens the pushes go to.
     #[arg(long, default_value_t = 10_000)]
     pub tokens: usize,
-    /// Device shards of the in-process node.
+    /// Device shards of the in-process node(s).
     #[arg(long, default_value_t = 4)]
     pub shards: u32,
+    /// In-process nodes (one region, mutual TLS between them), 1..=5.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u64,
     /// Load this running node instead of an in-process one (`http://host:port`).
     #[arg(long, requires = "key")]
     pub url: Option<String>,
@@ -66,14 +71,15 @@ pub fn run(args: HttpArgs) -> anyhow::Result<()> {
         .block_on(run_async(args))
 }
 
-/// The in-process target: the emulator and one node.
+/// The in-process target: the emulator and the nodes.
 struct Local {
     emulator: Emulator,
-    node: Node,
+    nodes: Vec<Node>,
     _dir: tempfile::TempDir,
 }
 
-async fn start_local(shards: u32) -> anyhow::Result<(Local, ApiClient)> {
+async fn start_local(shards: u32, count: u64) -> anyhow::Result<(Local, Vec<ApiClient>)> {
+    anyhow::ensure!((1..=5).contains(&count), "--nodes must be 1..=5");
     let emulator = Emulator::start(EmulatorConfig::default()).await?;
     let dir = tempfile::tempdir()?;
     let key = emulator.core().generate_team_key(TEAM, &[BUNDLE])?;
@@ -85,16 +91,34 @@ async fn start_local(shards: u32) -> anyhow::Result<(Local, ApiClient)> {
     let mut secret = [0u8; 32];
     DetRng::from_os().fill(&mut secret);
     std::fs::write(dir.path().join("api-key.secret"), hex::encode(secret))?;
-    let config = format!(
+    // A cluster: ports for the peers, and a CA with a certificate per node.
+    let mut ports = Vec::new();
+    for _ in 0..count {
+        ports.push(
+            std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        );
+    }
+    let pki = dir.path().join("pki");
+    let mut cluster_toml = String::new();
+    if count > 1 {
+        std::fs::create_dir_all(&pki)?;
+        let ca = herald_cluster::transport::tls::ClusterCa::generate("herald bench http")?;
+        ca.write_pem(&pki)?;
+        for id in 1..=count {
+            ca.issue(herald_cluster::transport::NodeId(id))?
+                .write_pem(&pki)?;
+        }
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{} = \"127.0.0.1:{p}\"", i + 1))
+            .collect();
+        cluster_toml = format!("[cluster]\npeers = {{ {} }}\n", peers.join(", "));
+    }
+    let common = format!(
         r#"
-[node]
-id = 1
-region = "bench"
-api_listen = "127.0.0.1:0"
-cluster_listen = "127.0.0.1:0"
-data_dir = "data"
-api_key_secret_file = "api-key.secret"
-
 [log]
 filter = "warn"
 
@@ -118,19 +142,43 @@ connections_max = 4
         port = emulator.addr().port(),
         kid = key.key_id
     );
-    let path = dir.path().join("herald.toml");
-    std::fs::write(&path, config)?;
-    let node = Node::start(&path, Overrides::default()).await?;
+    let mut nodes = Vec::new();
+    for id in 1..=count {
+        let tls = if count > 1 {
+            format!(
+                "[cluster.tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node-{id}.pem\"\nkey = \"pki/node-{id}.key.pem\"\n"
+            )
+        } else {
+            String::new()
+        };
+        let config = format!(
+            "[node]\nid = {id}\nregion = \"bench\"\napi_listen = \"127.0.0.1:0\"\n\
+             cluster_listen = \"127.0.0.1:{}\"\ndata_dir = \"data-{id}\"\n\
+             api_key_secret_file = \"api-key.secret\"\n\n{cluster_toml}{tls}{common}",
+            ports[id as usize - 1]
+        );
+        let path = dir.path().join(format!("node-{id}.toml"));
+        std::fs::write(&path, config)?;
+        nodes.push(Node::start(&path, Overrides::default()).await?);
+    }
     let keys = ApiKeys::hs256(hex::encode(secret).as_bytes(), Arc::new(SystemClock))?;
     let issued = keys.issue(&KeyRequest::tenant("bench", &[Scope::Push]), "bench-1")?;
-    let client = ApiClient::new(&format!("http://{}", node.api_addr()), Some(issued.key))?;
+    let clients = nodes
+        .iter()
+        .map(|n| {
+            ApiClient::new(
+                &format!("http://{}", n.api_addr()),
+                Some(issued.key.clone()),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((
         Local {
             emulator,
-            node,
+            nodes,
             _dir: dir,
         },
-        client,
+        clients,
     ))
 }
 
@@ -170,13 +218,18 @@ struct Totals {
 
 async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=1000).contains(&args.batch), "--batch must be 1..=1000");
-    let (local, client) = match &args.url {
-        Some(url) => (None, ApiClient::new(url, args.key.clone())?),
+    let (local, clients) = match &args.url {
+        Some(url) => (None, vec![ApiClient::new(url, args.key.clone())?]),
         None => {
-            let (local, client) = start_local(args.shards).await?;
-            (Some(local), client)
+            let (local, clients) = start_local(args.shards, args.nodes).await?;
+            (Some(local), clients)
         }
     };
+    let target = clients
+        .iter()
+        .map(|c| c.url().to_owned())
+        .collect::<Vec<_>>()
+        .join(", ");
     // Warm up: wait until a batch is taken (the node elects itself and maps its shards).
     let probe = bodies(
         &HttpArgs {
@@ -187,24 +240,26 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     )
     .remove(0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut c = client.connect().await?;
-        // A batch answers 200 even when its items were refused: look at `accepted`.
-        if let Ok((status, answer)) = c
-            .send(Method::POST, "/v1/push/batch", Some(probe.clone()))
-            .await
-            && status.is_success()
-            && serde_json::from_slice::<serde_json::Value>(&answer)
-                .is_ok_and(|a| a["accepted"] == 1)
-        {
-            break;
+    for client in &clients {
+        loop {
+            let mut c = client.connect().await?;
+            // A batch answers 200 even when its items were refused: look at `accepted`.
+            if let Ok((status, answer)) = c
+                .send(Method::POST, "/v1/push/batch", Some(probe.clone()))
+                .await
+                && status.is_success()
+                && serde_json::from_slice::<serde_json::Value>(&answer)
+                    .is_ok_and(|a| a["accepted"] == 1)
+            {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} never accepted a push",
+                client.url()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{} never accepted a push",
-            client.url()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let already = local
         .as_ref()
@@ -215,7 +270,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     let end = started + Duration::from_secs(args.secs);
     let mut tasks = Vec::new();
     for c in 0..args.connections.max(1) {
-        let client = client.clone();
+        let client = clients[c % clients.len()].clone();
         let totals = totals.clone();
         let bodies = bodies(&args, c as u64 + 1);
         tasks.push(tokio::spawn(async move {
@@ -283,11 +338,8 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     let accepted = totals.accepted.load(Ordering::Relaxed);
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "herald bench http: {} connections × batches of {} for {:.1} s → {}",
-        args.connections,
-        args.batch,
-        elapsed,
-        client.url()
+        "herald bench http: {} connections × batches of {} for {:.1} s → {target}",
+        args.connections, args.batch, elapsed,
     );
     println!(
         "  accepted {accepted} pushes = {:.0} pushes/s ({} batch requests = {:.0}/s); \
@@ -328,17 +380,17 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
             "  the emulator received {got} of the {accepted} accepted pushes ({:.1} s after the load)",
             drain_started.elapsed().as_secs_f64()
         );
-        let summary = local.node.shutdown().await;
+        let mut drained = true;
+        for node in local.nodes {
+            drained &= node.shutdown().await.engine.drained;
+        }
         local.emulator.shutdown().await;
         anyhow::ensure!(
             got >= accepted,
             "{} accepted pushes did not reach the emulator",
             accepted - got
         );
-        anyhow::ensure!(
-            summary.engine.drained,
-            "the node did not drain: {summary:?}"
-        );
+        anyhow::ensure!(drained, "a node did not drain its accepted pushes");
     }
     Ok(())
 }
