@@ -294,15 +294,7 @@ pub(crate) async fn member_drain(
     caller: Caller,
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Scope::Admin)?;
-    membership(&state)?
-        .drain(id, MEMBERSHIP_CHANGE_TIMEOUT)
-        .await
-        .map_err(membership_error)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "state": "draining" })),
-    ))
+    change_member(&state, &caller, id, MemberChange::Drain).await
 }
 
 pub(crate) async fn member_remove(
@@ -310,13 +302,37 @@ pub(crate) async fn member_remove(
     caller: Caller,
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    change_member(&state, &caller, id, MemberChange::Remove).await
+}
+
+/// What `POST …/drain` and `DELETE /v1/cluster/members/{id}` ask.
+#[derive(Debug, Clone, Copy)]
+enum MemberChange {
+    Drain,
+    Remove,
+}
+
+async fn change_member(
+    state: &ApiState,
+    caller: &Caller,
+    id: u64,
+    change: MemberChange,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Admin)?;
-    membership(&state)?
-        .remove(id, MEMBERSHIP_CHANGE_TIMEOUT)
-        .await
-        .map_err(membership_error)?;
+    let membership = membership(state)?;
+    let (result, label) = match change {
+        MemberChange::Drain => (
+            membership.drain(id, MEMBERSHIP_CHANGE_TIMEOUT).await,
+            "draining",
+        ),
+        MemberChange::Remove => (
+            membership.remove(id, MEMBERSHIP_CHANGE_TIMEOUT).await,
+            "removed",
+        ),
+    };
+    result.map_err(membership_error)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "state": "removed" })),
+        Json(json!({ "id": id, "state": label })),
     ))
 }
