@@ -251,9 +251,28 @@ pub struct HeraldBuilder {
     wal: Option<SharedWal>,
     tokens: Option<SharedTokenState>,
     endpoint: Endpoint,
+    outcome_tx: Option<broadcast::Sender<OutcomeRecord>>,
+    invalidation_tx: Option<broadcast::Sender<Invalidation>>,
 }
 
 impl HeraldBuilder {
+    /// A stream of every outcome from the engine's start, *including* those of pushes
+    /// recovered from the write-ahead log that finish while [`build`](Self::build) runs (an
+    /// expired push, a token known dead): [`Herald::outcomes`], called after `build`, misses
+    /// those. Bounded like [`Herald::outcomes`]: read it soon after `build`, or get `Lagged`.
+    pub fn subscribe_outcomes(&mut self) -> broadcast::Receiver<OutcomeRecord> {
+        self.outcome_tx
+            .get_or_insert_with(|| broadcast::channel(limits::OUTCOME_STREAM_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// As [`subscribe_outcomes`](Self::subscribe_outcomes), for token invalidations.
+    pub fn subscribe_invalidations(&mut self) -> broadcast::Receiver<Invalidation> {
+        self.invalidation_tx
+            .get_or_insert_with(|| broadcast::channel(limits::INVALIDATION_STREAM_CAPACITY).0)
+            .subscribe()
+    }
+
     /// Add a tenant. Default: none (add them later with [`Herald::add_tenant`]).
     pub fn tenant(&mut self, config: TenantConfig) -> &mut Self {
         self.tenants.push(config);
@@ -343,8 +362,15 @@ impl HeraldBuilder {
             .wal
             .clone()
             .unwrap_or_else(|| Arc::new(MemoryWal::new()));
-        let (outcome_tx, _) = broadcast::channel(limits::OUTCOME_STREAM_CAPACITY);
-        let (invalidation_tx, _) = broadcast::channel(limits::INVALIDATION_STREAM_CAPACITY);
+        // A builder is built once; a second build gets fresh streams.
+        let outcome_tx = self
+            .outcome_tx
+            .take()
+            .unwrap_or_else(|| broadcast::channel(limits::OUTCOME_STREAM_CAPACITY).0);
+        let invalidation_tx = self
+            .invalidation_tx
+            .take()
+            .unwrap_or_else(|| broadcast::channel(limits::INVALIDATION_STREAM_CAPACITY).0);
         let engine = Arc::new(EngineShared {
             clock: self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
             connector: self
@@ -419,6 +445,8 @@ impl Herald {
             wal: None,
             tokens: None,
             endpoint: Endpoint::production(),
+            outcome_tx: None,
+            invalidation_tx: None,
         }
     }
 
@@ -675,7 +703,9 @@ impl Herald {
         self.inner.engine.outcomes.get_for(tenant, id)
     }
 
-    /// A stream of every outcome from now on (bounded: a slow reader gets `Lagged`).
+    /// A stream of every outcome from now on (bounded: a slow reader gets `Lagged`). To see
+    /// the outcomes of pushes recovered and finished during start-up too, subscribe on the
+    /// builder ([`HeraldBuilder::subscribe_outcomes`]).
     pub fn outcomes(&self) -> broadcast::Receiver<OutcomeRecord> {
         self.inner.engine.outcome_tx.subscribe()
     }

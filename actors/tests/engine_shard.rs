@@ -330,3 +330,67 @@ async fn concurrent_sends_share_wal_commits() {
     drop(env);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_of_pushes_finished_during_start_up_reach_an_early_subscriber() {
+    use std::sync::Arc;
+
+    use herald_actors::wal::MemoryWal;
+
+    // First life: unknown credentials, so the pushes stay in the WAL, unsent.
+    let wal = Arc::new(MemoryWal::new());
+    let (_, unknown) = TeamConfig::generate(TEAM, "BADKEY0001", &[BUNDLE]).unwrap();
+    let env = start(
+        |_| {},
+        |b| {
+            b.wal(wal.clone());
+        },
+    )
+    .await;
+    env.herald
+        .update_tenant(TenantConfig::new(TENANT, credentials(&unknown, &env.clock)))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let push = alert_with(n, |b| {
+            b.expiration(expiring_at(START_SECS + 60));
+        });
+        ids.push(env.herald.send(TENANT, push).await.unwrap());
+    }
+    let report = env.herald.shutdown(Duration::from_millis(200)).await;
+    assert_eq!(report.remaining, 3);
+    drop(env.herald);
+
+    // Down past their expiry: the next engine finishes them while it starts, before `build`
+    // returns — only a subscription made on the builder sees those outcomes.
+    env.clock.advance(Duration::from_secs(120));
+    let mut builder = herald_actors::Herald::builder();
+    let mut early = builder.subscribe_outcomes();
+    let herald = builder
+        .endpoint(herald_actors::Endpoint::plaintext(
+            "127.0.0.1",
+            env.emulator.addr().port(),
+        ))
+        .clock(Arc::new(env.clock.clone()))
+        .tuning(fast_tuning())
+        .wal(wal)
+        .tenant(TenantConfig::new(TENANT, credentials(&env.key, &env.clock)))
+        .build()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < ids.len() {
+        let record = tokio::time::timeout(PATIENCE, early.recv())
+            .await
+            .expect("an outcome for every recovered push")
+            .unwrap();
+        assert!(matches!(record.outcome, Outcome::Expired), "{record:?}");
+        seen.push(record.push_id);
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+    assert_eq!(env.emulator.accepted_count(), 0);
+    assert!(herald.shutdown(PATIENCE).await.drained);
+}

@@ -23,7 +23,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -31,13 +31,13 @@ use axum::Router;
 use herald_actors::apns::ApnsTlsConfig;
 use herald_actors::seams::{DetRng, SharedClock, SystemClock, TcpConnector};
 use herald_actors::wal::{FileWal, GroupCommitWal, WalClosed};
-use herald_actors::{Endpoint, Herald, ShutdownReport, Tuning};
+use herald_actors::{Endpoint, Herald, OutcomeRecord, ShutdownReport, Tuning};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::routing::{Router as ClusterRouter, RouterConfig};
 use herald_cluster::transport::tls::{LinkSecurity, MutualTls};
 use herald_cluster::transport::{ClusterId, NodeId};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{
@@ -75,6 +75,22 @@ pub struct NodeContext<'a> {
     pub clock: &'a SharedClock,
     /// Turns true when the node stops (end background tasks then).
     pub stop: &'a watch::Receiver<bool>,
+    /// The engine's outcome stream subscribed before it started (see [`Self::outcomes`]).
+    early_outcomes: Mutex<Option<broadcast::Receiver<OutcomeRecord>>>,
+}
+
+impl NodeContext<'_> {
+    /// The engine's outcomes. The first caller (the webhooks) gets every outcome since the
+    /// engine started, including those of pushes recovered from the write-ahead log that
+    /// finished during start-up; later callers get those from now on.
+    pub fn outcomes(&self) -> broadcast::Receiver<OutcomeRecord> {
+        let early = self
+            .early_outcomes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        early.unwrap_or_else(|| self.engine.outcomes())
+    }
 }
 
 /// A running node. Stop it with [`shutdown`](Self::shutdown).
@@ -157,6 +173,7 @@ impl Node {
         tuning.shard_queue_max = config.limits.shard_queue_max;
         tuning.shard_inflight_max = config.limits.shard_inflight_max;
         let mut builder = Herald::builder();
+        let early_outcomes = builder.subscribe_outcomes();
         builder
             .endpoint(endpoint)
             .clock(clock.clone())
@@ -218,6 +235,7 @@ impl Node {
             router: &router,
             clock: &clock,
             stop: &stop_rx,
+            early_outcomes: Mutex::new(Some(early_outcomes)),
         };
         let app = ops::router(state).merge(api(&context));
         let listener = match TcpListener::bind(config.node.api_listen).await {
@@ -578,11 +596,7 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
         .context("node.api_key_secret_file")?;
     let backend = LocalBackend::routed(context.router.clone(), context.clock.clone());
     let mut seeds = DetRng::from_os();
-    let webhooks = Webhooks::start(
-        context.engine.outcomes(),
-        Arc::new(TcpConnector),
-        seeds.next_u64(),
-    );
+    let webhooks = Webhooks::start(context.outcomes(), Arc::new(TcpConnector), seeds.next_u64());
     for tenant in &config.tenants {
         adopt(&backend, tenant);
         if let (Some(url), Some(file)) = (&tenant.webhook_url, &tenant.webhook_secret_file) {

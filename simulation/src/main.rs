@@ -208,6 +208,8 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
+    // Before anything signs a JWT: the simulator's signatures must not depend on OS randomness.
+    herald_sim::sim::signing::install();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(cli.run));
     match command {

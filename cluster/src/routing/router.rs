@@ -656,7 +656,9 @@ impl Inner {
         if from != self.id {
             lock(&self.origins).insert(id.as_u128(), from);
         }
-        match self.engine.send(&push.tenant, push.notification).await {
+        let sent = self.engine.send(&push.tenant, push.notification).await;
+        tracing::debug!(push = %id, from, result = ?sent, "forwarded push served");
+        match sent {
             Ok(accepted) if accepted == id => AckResult::Accepted,
             Ok(other) => refuse(
                 "malformed",

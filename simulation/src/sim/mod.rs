@@ -8,12 +8,14 @@
 //! - [`workload`]: the app server (pushes, batches, registrations, dead tokens);
 //! - [`faults`]: the swarm and its schedule;
 //! - [`invariants`]: what must hold;
+//! - [`signing`]: the seed-derived team key and deterministic ES256 signatures;
 //! - [`trace`]: the event trace, its hash, and its first divergence from another.
 
 pub mod disk;
 pub mod faults;
 pub mod invariants;
 pub mod network;
+pub mod signing;
 pub mod trace;
 pub mod workload;
 pub mod world;

@@ -46,11 +46,10 @@ use super::disk::SimDisk;
 use super::faults::{self, FaultKind, ScheduledFault, Swarm, Targets};
 use super::invariants::{AcceptedPush, NodeView, Observations, ObservedOutcome, uuid_text};
 use super::network::{SimAcceptor, SimConnector, read_line, serve_emulator, write_line};
+use super::signing;
 use super::trace::{Trace, trace_hash};
 use super::workload::{self, API_PORT, ApiRequest, ApiResponse, TokenPlan, WorkloadConfig};
-use crate::emulator::{
-    DeviceState, EmulatorConfig, EmulatorCore, FaultProfile, GeneratedKey, TeamConfig,
-};
+use crate::emulator::{DeviceState, EmulatorConfig, EmulatorCore, FaultProfile, GeneratedKey};
 
 /// The emulator's host name.
 pub const APNS_HOST: &str = "apns";
@@ -361,7 +360,10 @@ fn run_world(config: &SimConfig) -> Result<RunReport, String> {
     let tokens = TokenPlan::draw(&mut setup_rng, 24, 4, 6);
 
     let trace = Trace::default();
-    let (team, key) = TeamConfig::generate(TEAM, KEY_ID, &[BUNDLE]).map_err(|e| e.to_string())?;
+    // The team key from the seed and RFC 6979 signatures: random bytes in the
+    // `authorization` header would change HPACK sizes and so turmoil's draws (signing.rs).
+    signing::install();
+    let (team, key) = signing::team_key(&mut setup_rng, TEAM, KEY_ID, &[BUNDLE])?;
     let mut emulator_config = EmulatorConfig::plaintext();
     emulator_config.teams = vec![team];
     emulator_config.seed = setup_rng.next_u64();
@@ -664,7 +666,10 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
     let clock = world.clocks[&name].clone();
     let signing = SigningKey::from_p8_pem(world.key.p8_pem.as_bytes(), KEY_ID, TEAM)?;
     let minter = TokenMinter::with_default_interval(signing, Arc::new(clock.clone()));
-    let herald = Herald::builder()
+    let mut builder = Herald::builder();
+    // Subscribed before the build: pushes recovered from the WAL may finish while it runs.
+    let mut outcomes = builder.subscribe_outcomes();
+    let herald = builder
         .endpoint(Endpoint::plaintext(APNS_HOST, APNS_PORT))
         .connector(Arc::new(SimConnector))
         .clock(Arc::new(clock.clone()))
@@ -686,7 +691,6 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
 
     // Outcomes, as a tenant's webhook would see them.
     {
-        let mut outcomes = herald.outcomes();
         let world = world.clone();
         let name = name.clone();
         tokio::spawn(async move {
