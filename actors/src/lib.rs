@@ -107,5 +107,5 @@ pub mod wal;
 pub use engine::{
     BuildError, Endpoint, Herald, HeraldBuilder, PushError, ShutdownReport, TenantError, Tuning,
 };
-pub use outcome::{Failure, Invalidation, Outcome, OutcomeRecord, PushId};
+pub use outcome::{Failure, Invalidation, Outcome, OutcomeRecord, PushId, StoredOutcome};
 pub use tenant::{Credentials, TenantConfig, TenantStatus};

@@ -191,6 +191,127 @@ impl Outcome {
     }
 }
 
+/// The serializable form of an [`Outcome`], for what outlives the process or crosses a
+/// network: the done markers of the write-ahead log and the cluster's outcome messages.
+/// Free-text details are cut to [`StoredOutcome::DETAIL_BYTES_MAX`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum StoredOutcome {
+    /// [`Outcome::Delivered`].
+    Delivered {
+        /// The `apns-id` APNs answered with.
+        apns_id: Option<String>,
+    },
+    /// [`Outcome::Unregistered`].
+    Unregistered {
+        /// Apple's timestamp, in ms since the Unix epoch.
+        at_ms: u64,
+    },
+    /// [`Failure::Rejected`], by APNs reason name.
+    Rejected {
+        /// The APNs reason.
+        reason: String,
+    },
+    /// [`Failure::AttemptsExhausted`].
+    AttemptsExhausted {
+        /// The last failure.
+        last: String,
+    },
+    /// [`Failure::TenantRemoved`].
+    TenantRemoved,
+    /// [`Failure::Unreadable`].
+    Unreadable {
+        /// Why.
+        detail: String,
+    },
+    /// [`Outcome::Expired`].
+    Expired,
+    /// [`Outcome::Coalesced`].
+    Coalesced {
+        /// The replacing push's id, big-endian.
+        by: [u8; 16],
+    },
+    /// [`Failure::NotAccepted`].
+    NotAccepted {
+        /// Why.
+        detail: String,
+    },
+}
+
+impl StoredOutcome {
+    /// The longest free-text detail kept (bytes, cut at a character boundary).
+    pub const DETAIL_BYTES_MAX: usize = 256;
+
+    /// The outcome this stands for.
+    ///
+    /// # Errors
+    /// An APNs reason this build does not know.
+    pub fn to_outcome(&self) -> Result<Outcome, String> {
+        let failed = |reason| Ok(Outcome::Failed { reason });
+        match self {
+            StoredOutcome::Delivered { apns_id } => Ok(Outcome::Delivered {
+                apns_id: apns_id.clone(),
+            }),
+            StoredOutcome::Unregistered { at_ms } => Ok(Outcome::Unregistered {
+                at: Timestamp::from_millis(*at_ms),
+            }),
+            StoredOutcome::Rejected { reason } => match reason.parse::<Reason>() {
+                Ok(reason) => failed(Failure::Rejected(reason)),
+                Err(_) => Err(format!("unknown APNs reason {reason:?}")),
+            },
+            StoredOutcome::AttemptsExhausted { last } => {
+                failed(Failure::AttemptsExhausted(last.clone()))
+            }
+            StoredOutcome::TenantRemoved => failed(Failure::TenantRemoved),
+            StoredOutcome::Unreadable { detail } => failed(Failure::Unreadable(detail.clone())),
+            StoredOutcome::Expired => Ok(Outcome::Expired),
+            StoredOutcome::Coalesced { by } => Ok(Outcome::Coalesced {
+                by: PushId::from_u128(u128::from_be_bytes(*by)),
+            }),
+            StoredOutcome::NotAccepted { detail } => failed(Failure::NotAccepted(detail.clone())),
+        }
+    }
+}
+
+impl From<&Outcome> for StoredOutcome {
+    fn from(outcome: &Outcome) -> Self {
+        let cut = |text: &str| {
+            let mut end = text.len().min(StoredOutcome::DETAIL_BYTES_MAX);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text[..end].to_owned()
+        };
+        match outcome {
+            Outcome::Delivered { apns_id } => StoredOutcome::Delivered {
+                apns_id: apns_id.clone(),
+            },
+            Outcome::Unregistered { at } => StoredOutcome::Unregistered {
+                at_ms: at.as_millis(),
+            },
+            Outcome::Failed { reason } => match reason {
+                Failure::Rejected(reason) => StoredOutcome::Rejected {
+                    reason: reason.as_str().to_owned(),
+                },
+                Failure::AttemptsExhausted(last) => {
+                    StoredOutcome::AttemptsExhausted { last: cut(last) }
+                }
+                Failure::TenantRemoved => StoredOutcome::TenantRemoved,
+                Failure::Unreadable(detail) => StoredOutcome::Unreadable {
+                    detail: cut(detail),
+                },
+                Failure::NotAccepted(detail) => StoredOutcome::NotAccepted {
+                    detail: cut(detail),
+                },
+            },
+            Outcome::Expired => StoredOutcome::Expired,
+            Outcome::Coalesced { by } => StoredOutcome::Coalesced {
+                by: by.as_u128().to_be_bytes(),
+            },
+        }
+    }
+}
+
 /// Why a push failed for good.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -48,11 +48,13 @@ use crate::backoff::{RetryDecision, retry_decision};
 use crate::connection::{Job, JobResult};
 use crate::engine::EngineShared;
 use crate::limits;
-use crate::outcome::{Failure, Invalidation, Outcome, OutcomeRecord, PushId, PushKey};
+use crate::outcome::{
+    Failure, Invalidation, Outcome, OutcomeRecord, PushId, PushKey, StoredOutcome,
+};
 use crate::seams::{DetRng, Timestamp};
 use crate::tenant::TenantMsg;
 use crate::token_state::{TokenKey, TokenValidity};
-use crate::wal::{WalError, WalRecord};
+use crate::wal::{Completion, WalError, WalRecord};
 
 /// A push as the shard stores it (and appends to the WAL).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,8 +214,9 @@ pub(crate) struct ShardState {
     /// Pushes whose WAL append is in progress, and how many of them are in lanes 5 and 1.
     appending: BTreeSet<PushKey>,
     appending_low: usize,
-    /// WAL ids of the pushes finished while handling the current message, to complete.
-    completed: Vec<u128>,
+    /// The pushes finished while handling the current message, to complete in the WAL (each
+    /// with its outcome as the done marker's note).
+    completed: Vec<Completion>,
     shard_label: String,
     span: tracing::Span,
 }
@@ -298,6 +301,14 @@ async fn on_message(
     Ok(())
 }
 
+/// What a push's done marker keeps (its note, JSON): whose push it was and how it ended.
+#[derive(Debug, Serialize, Deserialize)]
+struct DoneNote {
+    tenant: String,
+    push_id: u128,
+    outcome: StoredOutcome,
+}
+
 impl ShardState {
     /// Replay this shard's pending WAL records into the queue.
     async fn recover(&mut self) -> Result<(), ActorProcessingErr> {
@@ -329,6 +340,23 @@ impl ShardState {
         let now = self.engine.clock.now();
         for marker in finished.into_iter().filter(|m| m.shard == shard) {
             self.remember(PushKey::from_u128(marker.id), marker.at, now);
+            // What became of the push, so `outcome` still answers after a restart.
+            if marker.note.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<DoneNote>(&marker.note)
+                .map_err(|e| e.to_string())
+                .and_then(|note| Ok((note.outcome.to_outcome()?, note)))
+            {
+                Ok((outcome, note)) => self.engine.outcomes.record_for(
+                    &note.tenant,
+                    PushId::from_u128(note.push_id),
+                    outcome,
+                ),
+                Err(error) => {
+                    tracing::warn!(shard = self.shard, %error, "unreadable done-marker outcome");
+                }
+            }
         }
         for record in records.into_iter().filter(|r| r.shard == shard) {
             match serde_json::from_slice::<Push>(&record.data) {
@@ -861,10 +889,10 @@ impl ShardState {
         if self.completed.is_empty() {
             return;
         }
-        let ids = std::mem::take(&mut self.completed);
-        // With done markers, so the dedupe memory survives a restart.
+        let done = std::mem::take(&mut self.completed);
+        // With done markers, so the dedupe memory and the outcomes survive a restart.
         let now = self.engine.clock.now();
-        if let Err(error) = self.engine.wal.complete_at(ids, now).await {
+        if let Err(error) = self.engine.wal.complete_with(done, now).await {
             // The pushes will be replayed after a restart (at-least-once).
             tracing::warn!(shard = self.shard, %error, "WAL completion failed");
         }
@@ -895,7 +923,15 @@ impl ShardState {
         {
             self.collapse.remove(&key);
         }
-        self.completed.push(entry.wal_id);
+        let note = DoneNote {
+            tenant: entry.push.tenant.clone(),
+            push_id: entry.id.as_u128(),
+            outcome: StoredOutcome::from(&outcome),
+        };
+        // A note that cannot be encoded (never expected) only costs the outcome after a
+        // restart: the marker, and so the dedupe memory, is kept.
+        let note = serde_json::to_vec(&note).unwrap_or_default();
+        self.completed.push(Completion::new(entry.wal_id, note));
         let now = self.engine.clock.now();
         self.remember(id, now, now);
         release(&self.load);

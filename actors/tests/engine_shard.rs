@@ -394,3 +394,54 @@ async fn outcomes_of_pushes_finished_during_start_up_reach_an_early_subscriber()
     assert_eq!(env.emulator.accepted_count(), 0);
     assert!(herald.shutdown(PATIENCE).await.drained);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_survive_an_engine_restart_on_a_file_wal() {
+    use std::sync::Arc;
+
+    use herald_actors::wal::FileWal;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+
+    // First life: the pushes are delivered and finished in the WAL (with their outcomes).
+    let wal = Arc::new(FileWal::open(&path).unwrap());
+    let env = start(
+        |_| {},
+        |b| {
+            b.wal(wal.clone());
+        },
+    )
+    .await;
+    drop(wal);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(env.herald.send(TENANT, alert(n)).await.unwrap());
+    }
+    let first = outcomes(&env.herald, &ids).await;
+    assert!(first.values().all(delivered), "{first:?}");
+    assert!(env.herald.shutdown(PATIENCE).await.drained);
+    drop(env.herald);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Second life: the outcomes are known at once, from the done markers.
+    let wal = Arc::new(FileWal::open(&path).unwrap());
+    let herald = herald_actors::Herald::builder()
+        .endpoint(herald_actors::Endpoint::plaintext(
+            "127.0.0.1",
+            env.emulator.addr().port(),
+        ))
+        .clock(Arc::new(env.clock.clone()))
+        .tuning(fast_tuning())
+        .wal(wal)
+        .tenant(TenantConfig::new(TENANT, credentials(&env.key, &env.clock)))
+        .build()
+        .await
+        .unwrap();
+    for id in &ids {
+        assert_eq!(herald.outcome_for(TENANT, *id), first.get(id).cloned());
+        assert_eq!(herald.outcome_for("another-tenant", *id), None);
+    }
+    assert_eq!(env.emulator.accepted_count(), 5);
+    assert!(herald.shutdown(PATIENCE).await.drained);
+}

@@ -7,19 +7,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
-use super::{Finished, FinishedIndex, PendingIndex, Wal, WalError, WalLimits, WalRecord};
+use super::{
+    Completion, Finished, FinishedIndex, PendingIndex, Wal, WalError, WalLimits, WalRecord,
+};
 use crate::seams::{BoxFuture, Timestamp};
 
-/// The on-disk layout version this code writes. Version 1 (no done-marker table) is read and
-/// upgraded in place on open.
-const FORMAT_VERSION: u64 = 2;
+/// The on-disk layout version this code writes. Versions 1 (no done-marker table) and 2 (done
+/// markers without notes: exactly [`MARKER_BYTES`]) are read and upgraded in place on open.
+const FORMAT_VERSION: u64 = 3;
 const FORMAT_KEY: &str = "format";
 const RECORDS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("herald_wal_records");
 const FINISHED: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("herald_wal_finished");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("herald_wal_meta");
 /// Bytes of an encoded record before its payload: id (16) + shard (4).
 const HEADER_BYTES: usize = 20;
-/// Bytes of an encoded done marker: id (16) + shard (4) + finish time in ms (8).
+/// Bytes of an encoded done marker before its note: id (16) + shard (4) + finish time in ms (8).
 const MARKER_BYTES: usize = 28;
 
 /// A durable write-ahead log stored in one redb file.
@@ -30,11 +32,12 @@ const MARKER_BYTES: usize = 28;
 /// - `herald_wal_records`: sequence number (`u64`, increasing in append order) → record,
 ///   encoded as `id (16 bytes, big-endian) ‖ shard (4 bytes, big-endian) ‖ payload`;
 /// - `herald_wal_finished`: sequence number (`u64`, increasing in finish order) → done marker,
-///   encoded as `id (16) ‖ shard (4) ‖ finish time in ms since the Unix epoch (8)`, all
-///   big-endian; written and trimmed by `complete_at` in the transaction that deletes the
-///   records;
-/// - `herald_wal_meta`: `"format"` → the layout version (currently 2; a version-1 file, which
-///   lacks the done-marker table, is upgraded on open).
+///   encoded as `id (16) ‖ shard (4) ‖ finish time in ms since the Unix epoch (8) ‖ note`,
+///   numbers big-endian, the note the completion's opaque bytes (possibly none); written and
+///   trimmed by `complete_at`/`complete_with` in the transaction that deletes the records;
+/// - `herald_wal_meta`: `"format"` → the layout version (currently 3; a version-1 file, which
+///   lacks the done-marker table, and a version-2 file, whose markers have no notes, are
+///   upgraded on open).
 ///
 /// Replay is a scan of the records table in key order, which is append order. After every
 /// record has been completed the table is empty and numbering restarts at zero on the next open:
@@ -203,14 +206,19 @@ impl Wal for FileWal {
         if ids.is_empty() {
             return Box::pin(async { Ok(()) });
         }
-        self.blocking(move |inner| inner.complete(&ids, None))
+        let done: Vec<Completion> = ids.into_iter().map(Completion::bare).collect();
+        self.blocking(move |inner| inner.complete(&done, None))
     }
 
-    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
-        if ids.is_empty() {
+    fn complete_with(
+        &self,
+        done: Vec<Completion>,
+        at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), WalError>> {
+        if done.is_empty() {
             return Box::pin(async { Ok(()) });
         }
-        self.blocking(move |inner| inner.complete(&ids, Some(at)))
+        self.blocking(move |inner| inner.complete(&done, Some(at)))
     }
 
     fn finished(&self) -> BoxFuture<'_, Result<Vec<Finished>, WalError>> {
@@ -282,20 +290,15 @@ impl Inner {
 
     /// Complete `ids`; with `at`, keep their done markers (and trim the old ones) in the same
     /// transaction.
-    fn complete(&self, ids: &[u128], at: Option<Timestamp>) -> Result<(), WalError> {
+    fn complete(&self, done: &[Completion], at: Option<Timestamp>) -> Result<(), WalError> {
         let mut guard = self.lock();
         let Indexes { pending, finished } = &mut *guard;
-        let planned = pending.plan_complete(ids);
+        let ids: Vec<u128> = done.iter().map(|c| c.id).collect();
+        let planned = pending.plan_complete(&ids);
         if planned.is_empty() {
             return Ok(());
         }
-        let markers = at.map(|at| {
-            let done: Vec<(u128, u32)> = planned
-                .iter()
-                .filter_map(|(id, _)| pending.shard_of(*id).map(|shard| (*id, shard)))
-                .collect();
-            finished.plan(&done, at)
-        });
+        let markers = at.map(|at| finished.plan(&pending.markers_for(&planned, done), at));
         let written = (|| -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             {
@@ -309,7 +312,7 @@ impl Inner {
                 for seq in &markers.drop {
                     table.remove(*seq)?;
                 }
-                let mut buf = [0u8; MARKER_BYTES];
+                let mut buf = Vec::with_capacity(MARKER_BYTES);
                 for (seq, marker) in &markers.add {
                     encode_marker(marker, &mut buf);
                     table.insert(*seq, buf.as_slice())?;
@@ -360,8 +363,9 @@ fn check_format(db: &Database) -> Result<(), WalError> {
             .map(|v| v.value());
         match found {
             Some(FORMAT_VERSION) => {}
-            Some(1) => {
-                // Version 1 lacks the done-marker table (created below): upgrade.
+            Some(1 | 2) => {
+                // Version 1 lacks the done-marker table (created below), version 2's markers
+                // are version 3's without a note: upgrade.
                 meta.insert(FORMAT_KEY, FORMAT_VERSION)
                     .map_err(store_error)?;
             }
@@ -408,29 +412,32 @@ fn decode(value: &[u8]) -> Result<WalRecord, WalError> {
     })
 }
 
-fn encode_marker(marker: &Finished, buf: &mut [u8; MARKER_BYTES]) {
-    buf[..16].copy_from_slice(&marker.id.to_be_bytes());
-    buf[16..20].copy_from_slice(&marker.shard.to_be_bytes());
-    buf[20..].copy_from_slice(&marker.at.as_millis().to_be_bytes());
+fn encode_marker(marker: &Finished, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&marker.id.to_be_bytes());
+    buf.extend_from_slice(&marker.shard.to_be_bytes());
+    buf.extend_from_slice(&marker.at.as_millis().to_be_bytes());
+    buf.extend_from_slice(&marker.note);
 }
 
 fn decode_marker(value: &[u8]) -> Result<Finished, WalError> {
-    let bytes: &[u8; MARKER_BYTES] = value.try_into().map_err(|_| {
-        WalError::Corrupt(format!(
-            "done marker of {} bytes; expected {MARKER_BYTES}",
+    if value.len() < MARKER_BYTES {
+        return Err(WalError::Corrupt(format!(
+            "done marker of {} bytes; expected at least {MARKER_BYTES}",
             value.len()
-        ))
-    })?;
+        )));
+    }
     let mut id = [0u8; 16];
-    id.copy_from_slice(&bytes[..16]);
+    id.copy_from_slice(&value[..16]);
     let mut shard = [0u8; 4];
-    shard.copy_from_slice(&bytes[16..20]);
+    shard.copy_from_slice(&value[16..20]);
     let mut at = [0u8; 8];
-    at.copy_from_slice(&bytes[20..]);
+    at.copy_from_slice(&value[20..MARKER_BYTES]);
     Ok(Finished {
         id: u128::from_be_bytes(id),
         shard: u32::from_be_bytes(shard),
         at: Timestamp::from_millis(u64::from_be_bytes(at)),
+        note: Bytes::copy_from_slice(&value[MARKER_BYTES..]),
     })
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Finished, SharedWal, Wal, WalError, WalRecord};
+use super::{Completion, Finished, SharedWal, Wal, WalError, WalRecord};
 use crate::limits::{WAL_GROUP_COMMIT_QUEUE_MAX, WAL_GROUP_COMMIT_RECORDS_MAX};
 use crate::seams::{BoxFuture, Timestamp};
 
@@ -92,8 +92,8 @@ enum Request {
         reply: oneshot::Sender<Result<(), WalError>>,
     },
     Complete {
-        ids: Vec<u128>,
-        /// `Some` for `complete_at` (keep done markers finished then).
+        done: Vec<Completion>,
+        /// `Some` for `complete_at`/`complete_with` (keep done markers finished then).
         at: Option<Timestamp>,
         reply: oneshot::Sender<Result<(), WalError>>,
     },
@@ -177,20 +177,24 @@ impl Wal for GroupCommitWal {
         }
         let (reply, answer) = oneshot::channel();
         let request = Request::Complete {
-            ids,
+            done: ids.into_iter().map(Completion::bare).collect(),
             at: None,
             reply,
         };
         self.submit(request, answer)
     }
 
-    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
-        if ids.is_empty() {
+    fn complete_with(
+        &self,
+        done: Vec<Completion>,
+        at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), WalError>> {
+        if done.is_empty() {
             return Box::pin(async { Ok(()) });
         }
         let (reply, answer) = oneshot::channel();
         let request = Request::Complete {
-            ids,
+            done,
             at: Some(at),
             reply,
         };
@@ -227,7 +231,7 @@ type Reply = oneshot::Sender<Result<(), WalError>>;
 
 /// Completions merged into one operation of the wrapped WAL.
 struct Completions {
-    ids: Vec<u128>,
+    done: Vec<Completion>,
     /// The latest finish time of merged `complete_at` calls (`None`: plain `complete`s).
     at: Option<Timestamp>,
     replies: Vec<Reply>,
@@ -248,8 +252,8 @@ impl Writer {
                     let group = self.drain_appends(batch, reply);
                     self.commit_appends(group).await;
                 }
-                Request::Complete { ids, at, reply } => {
-                    let group = self.drain_completions(ids, at, reply);
+                Request::Complete { done, at, reply } => {
+                    let group = self.drain_completions(done, at, reply);
                     self.commit_completions(group).await;
                 }
             }
@@ -281,21 +285,21 @@ impl Writer {
 
     fn drain_completions(
         &mut self,
-        ids: Vec<u128>,
+        done: Vec<Completion>,
         at: Option<Timestamp>,
         reply: Reply,
     ) -> Completions {
-        let mut all = ids;
+        let mut all = done;
         let mut latest = at;
         let mut replies = vec![reply];
         while all.len() < self.group_records_max {
             match self.requests.try_recv() {
                 Ok(Request::Complete {
-                    ids,
+                    done,
                     at: this,
                     reply,
                 }) if this.is_some() == latest.is_some() => {
-                    all.extend(ids);
+                    all.extend(done);
                     latest = latest.max(this);
                     replies.push(reply);
                 }
@@ -307,7 +311,7 @@ impl Writer {
             }
         }
         Completions {
-            ids: all,
+            done: all,
             at: latest,
             replies,
         }
@@ -350,8 +354,11 @@ impl Writer {
     async fn commit_completions(&self, group: Completions) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         let result = match group.at {
-            Some(at) => self.inner.complete_at(group.ids, at).await,
-            None => self.inner.complete(group.ids).await,
+            Some(at) => self.inner.complete_with(group.done, at).await,
+            None => {
+                let ids = group.done.into_iter().map(|c| c.id).collect();
+                self.inner.complete(ids).await
+            }
         };
         for reply in group.replies {
             let _ = reply.send(result.clone());

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Finished, FinishedIndex, PendingIndex, Wal, WalError, WalLimits, WalRecord};
+use super::{
+    Completion, Finished, FinishedIndex, PendingIndex, Wal, WalError, WalLimits, WalRecord,
+};
 use crate::seams::{BoxFuture, Timestamp};
 
 /// A write-ahead log kept in this process's memory.
@@ -64,14 +66,12 @@ impl MemoryWal {
         Ok(())
     }
 
-    fn complete_now(&self, ids: &[u128], at: Option<Timestamp>) {
+    fn complete_now(&self, done: &[Completion], at: Option<Timestamp>) {
         let mut state = self.lock();
-        let planned = state.index.plan_complete(ids);
+        let ids: Vec<u128> = done.iter().map(|c| c.id).collect();
+        let planned = state.index.plan_complete(&ids);
         if let Some(at) = at {
-            let done: Vec<(u128, u32)> = planned
-                .iter()
-                .filter_map(|(id, _)| state.index.shard_of(*id).map(|shard| (*id, shard)))
-                .collect();
+            let done = state.index.markers_for(&planned, done);
             let markers = state.finished.plan(&done, at);
             state.finished.apply(&markers);
         }
@@ -95,14 +95,19 @@ impl Wal for MemoryWal {
 
     fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
         Box::pin(async move {
-            self.complete_now(&ids, None);
+            let done: Vec<Completion> = ids.into_iter().map(Completion::bare).collect();
+            self.complete_now(&done, None);
             Ok(())
         })
     }
 
-    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+    fn complete_with(
+        &self,
+        done: Vec<Completion>,
+        at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), WalError>> {
         Box::pin(async move {
-            self.complete_now(&ids, Some(at));
+            self.complete_now(&done, Some(at));
             Ok(())
         })
     }

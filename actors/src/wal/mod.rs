@@ -33,6 +33,10 @@
 //! no markers (the trait's default methods) is still correct, only its dedupe does not survive
 //! a restart.
 //!
+//! [`Wal::complete_with`] also keeps a few opaque bytes per marker ([`Completion::note`],
+//! at most [`WAL_NOTE_BYTES_MAX`]): the shard stores the push's outcome there, so what became
+//! of a push is still known after a restart.
+//!
 //! # Bounds
 //!
 //! Every WAL is bounded by [`WalLimits`]: at most [`WAL_RECORDS_MAX`] pending records and
@@ -118,7 +122,7 @@ impl WalRecord {
 
 /// A done marker: record `id` of shard `shard` was completed at `at` (see the
 /// [module docs](self#done-markers-the-durable-dedupe-memory)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     /// The completed record's id.
     pub id: u128,
@@ -126,6 +130,45 @@ pub struct Finished {
     pub shard: u32,
     /// When it was completed (the caller's clock).
     pub at: Timestamp,
+    /// The bytes the completion kept ([`Completion::note`]); empty if none.
+    pub note: Bytes,
+}
+
+/// The most bytes a done marker keeps from [`Completion::note`]; a longer note is dropped (the
+/// marker is still kept): markers are many, and their notes live in memory too.
+pub const WAL_NOTE_BYTES_MAX: usize = 512;
+
+/// One record to complete with [`Wal::complete_with`], and what its done marker keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The record's id.
+    pub id: u128,
+    /// Opaque bytes kept in the done marker (the shard's encoded outcome); may be empty.
+    pub note: Bytes,
+}
+
+impl Completion {
+    /// Complete record `id`, keeping `note` in its done marker.
+    pub fn new(id: u128, note: impl Into<Bytes>) -> Self {
+        Completion {
+            id,
+            note: note.into(),
+        }
+    }
+
+    /// Complete record `id` with an empty note.
+    pub fn bare(id: u128) -> Self {
+        Completion::new(id, Bytes::new())
+    }
+
+    /// The note a marker keeps: `note`, or empty past [`WAL_NOTE_BYTES_MAX`].
+    pub fn kept_note(&self) -> Bytes {
+        if self.note.len() <= WAL_NOTE_BYTES_MAX {
+            self.note.clone()
+        } else {
+            Bytes::new()
+        }
+    }
 }
 
 /// Why a WAL operation failed.
@@ -181,12 +224,24 @@ pub trait Wal: Send + Sync + fmt::Debug + 'static {
     /// `at`, for every record that was pending; then drop the markers past the bounds of
     /// [`WalLimits`] (older than the retention before `at`, or beyond the count, oldest first).
     ///
+    /// It is [`complete_with`](Self::complete_with) with empty notes.
+    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+        self.complete_with(ids.into_iter().map(Completion::bare).collect(), at)
+    }
+
+    /// As [`complete_at`](Self::complete_at), each done marker also keeping its completion's
+    /// [`note`](Completion::note) (dropped if longer than [`WAL_NOTE_BYTES_MAX`]).
+    ///
     /// The default keeps no marker (it is [`complete`](Self::complete)): correct, but the
     /// dedupe memory of such a WAL does not survive a restart. Every WAL of this crate
     /// overrides it.
-    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+    fn complete_with(
+        &self,
+        done: Vec<Completion>,
+        at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), WalError>> {
         let _ = at;
-        self.complete(ids)
+        self.complete(done.into_iter().map(|c| c.id).collect())
     }
 
     /// The kept done markers, oldest first. Called by a shard when it (re)starts. The default
@@ -409,6 +464,28 @@ impl PendingIndex {
     pub(crate) fn shard_of(&self, id: u128) -> Option<u32> {
         self.by_id.get(&id).map(|(_, _, shard)| *shard)
     }
+
+    /// What the done markers of `planned` (from [`Self::plan_complete`]) keep: (id, shard,
+    /// note), the note from the first of `done` naming the id.
+    pub(crate) fn markers_for(
+        &self,
+        planned: &[(u128, u64)],
+        done: &[Completion],
+    ) -> Vec<(u128, u32, Bytes)> {
+        let mut notes: BTreeMap<u128, Bytes> = BTreeMap::new();
+        for completion in done {
+            notes
+                .entry(completion.id)
+                .or_insert_with(|| completion.kept_note());
+        }
+        planned
+            .iter()
+            .filter_map(|(id, _)| {
+                let shard = self.shard_of(*id)?;
+                Some((*id, shard, notes.remove(id).unwrap_or_default()))
+            })
+            .collect()
+    }
 }
 
 /// The in-memory index of the done markers every implementation keeps, in finish order, with
@@ -445,21 +522,22 @@ impl FinishedIndex {
 
     /// Restore one marker found in the store at start-up.
     pub(crate) fn restore(&mut self, seq: u64, marker: Finished) {
+        let at_ms = marker.at.as_millis();
         if let Some(old) = self.by_seq.insert(seq, marker) {
             self.by_at.remove(&(old.at.as_millis(), seq));
         }
-        self.by_at.insert((marker.at.as_millis(), seq));
+        self.by_at.insert((at_ms, seq));
         self.next_seq = self.next_seq.max(seq.saturating_add(1));
     }
 
     /// Every kept marker, oldest first.
     pub(crate) fn list(&self) -> Vec<Finished> {
-        self.by_seq.values().copied().collect()
+        self.by_seq.values().cloned().collect()
     }
 
-    /// Markers for `done` (id, shard) finished at `at`, and the kept markers to drop so that
-    /// none is older than the retention before `at` and at most `finished_max` remain.
-    pub(crate) fn plan(&self, done: &[(u128, u32)], at: Timestamp) -> FinishedPlan {
+    /// Markers for `done` (id, shard, note) finished at `at`, and the kept markers to drop so
+    /// that none is older than the retention before `at` and at most `finished_max` remain.
+    pub(crate) fn plan(&self, done: &[(u128, u32, Bytes)], at: Timestamp) -> FinishedPlan {
         let retention_ms =
             u64::try_from(self.limits.finished_retention.as_millis()).unwrap_or(u64::MAX);
         let oldest_kept_ms = at.as_millis().saturating_sub(retention_ms);
@@ -480,8 +558,16 @@ impl FinishedIndex {
                 .map(|(&seq, _)| seq),
         );
         excess -= old_dropped;
-        for (seq, &(id, shard)) in (self.next_seq..).zip(done.iter().skip(excess)) {
-            plan.add.push((seq, Finished { id, shard, at }));
+        for (seq, (id, shard, note)) in (self.next_seq..).zip(done.iter().skip(excess)) {
+            plan.add.push((
+                seq,
+                Finished {
+                    id: *id,
+                    shard: *shard,
+                    at,
+                    note: note.clone(),
+                },
+            ));
         }
         plan
     }
@@ -494,7 +580,7 @@ impl FinishedIndex {
             }
         }
         for (seq, marker) in &plan.add {
-            if let Some(old) = self.by_seq.insert(*seq, *marker) {
+            if let Some(old) = self.by_seq.insert(*seq, marker.clone()) {
                 self.by_at.remove(&(old.at.as_millis(), *seq));
             }
             self.by_at.insert((marker.at.as_millis(), *seq));

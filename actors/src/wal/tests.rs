@@ -124,7 +124,8 @@ async fn finished_markers(make: &dyn Fn(WalLimits) -> SharedWal) {
         vec![Finished {
             id: 2,
             shard: 2,
-            at: at(1_000)
+            at: at(1_000),
+            note: Bytes::new(),
         }]
     );
     assert_eq!(ids(&wal.replay().await.unwrap()), vec![3, 4, 5, 6]);
@@ -143,6 +144,25 @@ async fn finished_markers(make: &dyn Fn(WalLimits) -> SharedWal) {
         .await
         .unwrap();
     assert_eq!(marker_ids(&wal.finished().await.unwrap()), vec![12, 13, 14]);
+    // Notes: kept with their markers; one past the bound is dropped, its marker kept.
+    wal.append(vec![record(20, "r"), record(21, "s")])
+        .await
+        .unwrap();
+    wal.complete_with(
+        vec![
+            Completion::new(20, &b"delivered"[..]),
+            Completion::new(21, vec![7u8; WAL_NOTE_BYTES_MAX + 1]),
+        ],
+        at(1_130),
+    )
+    .await
+    .unwrap();
+    let markers = wal.finished().await.unwrap();
+    let notes: Vec<(u128, &[u8])> = markers.iter().map(|m| (m.id, &m.note[..])).collect();
+    assert_eq!(
+        notes,
+        vec![(14, &b""[..]), (20, &b"delivered"[..]), (21, &b""[..])]
+    );
 }
 
 #[tokio::test]
@@ -456,12 +476,14 @@ async fn file_wal_keeps_done_markers_across_reopen() {
             Finished {
                 id: 1,
                 shard: 1,
-                at: at(50)
+                at: at(50),
+                note: Bytes::new(),
             },
             Finished {
                 id: 3,
                 shard: 3,
-                at: at(50)
+                at: at(50),
+                note: Bytes::new(),
             }
         ]
     );
@@ -536,9 +558,56 @@ fn file_wal_rejects_a_damaged_record() {
     assert!(matches!(FileWal::open(&path), Err(WalError::Corrupt(_))));
 }
 
+#[tokio::test]
+async fn file_wal_reads_a_version_2_file_whose_markers_have_no_notes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(file_tests::META).unwrap();
+            meta.insert("format", 2u64).unwrap();
+            txn.open_table(file_tests::RECORDS).unwrap();
+            let mut finished = txn.open_table(file_tests::FINISHED).unwrap();
+            let mut marker = 9u128.to_be_bytes().to_vec();
+            marker.extend_from_slice(&3u32.to_be_bytes());
+            marker.extend_from_slice(&40_000u64.to_be_bytes());
+            finished.insert(0u64, marker.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let wal = FileWal::open(&path).unwrap();
+    assert_eq!(
+        wal.finished().await.unwrap(),
+        vec![Finished {
+            id: 9,
+            shard: 3,
+            at: at(40),
+            note: Bytes::new(),
+        }]
+    );
+    wal.append(vec![record(4, "d")]).await.unwrap();
+    wal.complete_with(vec![Completion::new(4, &b"n"[..])], at(41))
+        .await
+        .unwrap();
+    drop(wal);
+    let wal = FileWal::open(&path).unwrap();
+    let notes: Vec<Bytes> = wal
+        .finished()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.note)
+        .collect();
+    assert_eq!(notes, vec![Bytes::new(), Bytes::from_static(b"n")]);
+}
+
 mod file_tests {
     use redb::TableDefinition;
     // The layout is part of the format: tests write to it directly.
+    pub(super) const FINISHED: TableDefinition<'static, u64, &[u8]> =
+        TableDefinition::new("herald_wal_finished");
     pub(super) const RECORDS: TableDefinition<'static, u64, &[u8]> =
         TableDefinition::new("herald_wal_records");
     pub(super) const META: TableDefinition<'static, &str, u64> =

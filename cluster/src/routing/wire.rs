@@ -18,9 +18,8 @@
 //! assert!(decode_push(b"garbage").is_err());
 //! ```
 
-use herald_actors::apns::{Notification, Reason};
-use herald_actors::outcome::{Failure, Outcome, PushId};
-use herald_actors::seams::Timestamp;
+use herald_actors::apns::Notification;
+use herald_actors::outcome::{Outcome, PushId, StoredOutcome};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{IDENTIFIER_BYTES_MAX, SHARDS_MAX};
@@ -135,59 +134,21 @@ pub fn decode_push(bytes: &[u8]) -> Result<ForwardedPush, WireError> {
     Ok(push)
 }
 
-/// The wire form of an [`Outcome`].
+/// The wire form of an [`Outcome`]: the engine's own serializable form, versioned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct OutcomeEnvelope {
     version: u16,
-    outcome: OutcomeWire,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum OutcomeWire {
-    Delivered { apns_id: Option<String> },
-    Unregistered { at_ms: u64 },
-    Rejected { reason: String },
-    AttemptsExhausted { last: String },
-    TenantRemoved,
-    Unreadable { detail: String },
-    Expired,
-    Coalesced { by: [u8; 16] },
+    outcome: StoredOutcome,
 }
 
 /// Encode a push's outcome.
 ///
 /// # Errors
-/// [`WireError::Unsupported`] for an outcome kind this build does not know.
+/// [`WireError::Malformed`] if it cannot be serialized.
 pub fn encode_outcome(outcome: &Outcome) -> Result<Vec<u8>, WireError> {
-    let wire = match outcome {
-        Outcome::Delivered { apns_id } => OutcomeWire::Delivered {
-            apns_id: apns_id.clone(),
-        },
-        Outcome::Unregistered { at } => OutcomeWire::Unregistered {
-            at_ms: at.as_millis(),
-        },
-        Outcome::Failed { reason } => match reason {
-            Failure::Rejected(reason) => OutcomeWire::Rejected {
-                reason: reason.as_str().to_owned(),
-            },
-            Failure::AttemptsExhausted(last) => {
-                OutcomeWire::AttemptsExhausted { last: last.clone() }
-            }
-            Failure::TenantRemoved => OutcomeWire::TenantRemoved,
-            Failure::Unreadable(detail) => OutcomeWire::Unreadable {
-                detail: detail.clone(),
-            },
-            other => return Err(WireError::Unsupported(format!("failure {other:?}"))),
-        },
-        Outcome::Expired => OutcomeWire::Expired,
-        Outcome::Coalesced { by } => OutcomeWire::Coalesced {
-            by: by.as_u128().to_be_bytes(),
-        },
-        other => return Err(WireError::Unsupported(format!("outcome {}", other.label()))),
-    };
     rmp_serde::to_vec(&OutcomeEnvelope {
         version: ROUTING_WIRE_VERSION,
-        outcome: wire,
+        outcome: StoredOutcome::from(outcome),
     })
     .map_err(|e| WireError::Malformed(e.to_string()))
 }
@@ -201,33 +162,7 @@ pub fn decode_outcome(bytes: &[u8]) -> Result<Outcome, WireError> {
     if envelope.version != ROUTING_WIRE_VERSION {
         return Err(WireError::Version(envelope.version));
     }
-    Ok(match envelope.outcome {
-        OutcomeWire::Delivered { apns_id } => Outcome::Delivered { apns_id },
-        OutcomeWire::Unregistered { at_ms } => Outcome::Unregistered {
-            at: Timestamp::from_millis(at_ms),
-        },
-        OutcomeWire::Rejected { reason } => {
-            let reason: Reason = reason
-                .parse()
-                .map_err(|_| WireError::Invalid(format!("unknown APNs reason {reason:?}")))?;
-            Outcome::Failed {
-                reason: Failure::Rejected(reason),
-            }
-        }
-        OutcomeWire::AttemptsExhausted { last } => Outcome::Failed {
-            reason: Failure::AttemptsExhausted(last),
-        },
-        OutcomeWire::TenantRemoved => Outcome::Failed {
-            reason: Failure::TenantRemoved,
-        },
-        OutcomeWire::Unreadable { detail } => Outcome::Failed {
-            reason: Failure::Unreadable(detail),
-        },
-        OutcomeWire::Expired => Outcome::Expired,
-        OutcomeWire::Coalesced { by } => Outcome::Coalesced {
-            by: PushId::from_u128(u128::from_be_bytes(by)),
-        },
-    })
+    envelope.outcome.to_outcome().map_err(WireError::Invalid)
 }
 
 fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
@@ -256,7 +191,9 @@ fn check_identifier(what: &str, value: &str) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_actors::apns::{DeviceToken, PushType};
+    use herald_actors::apns::{DeviceToken, PushType, Reason};
+    use herald_actors::outcome::Failure;
+    use herald_actors::seams::Timestamp;
 
     fn notification(id: PushId) -> Notification {
         let mut builder = Notification::builder(
@@ -321,6 +258,9 @@ mod tests {
             Outcome::Expired,
             Outcome::Coalesced {
                 by: PushId::from_u128(5),
+            },
+            Outcome::Failed {
+                reason: Failure::NotAccepted("disk full".into()),
             },
         ];
         for outcome in outcomes {

@@ -19,8 +19,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use herald_actors::seams::{BoxFuture, Timestamp};
-use herald_actors::wal::{Finished, Wal, WalError, WalLimits, WalRecord};
+use herald_actors::wal::{Completion, Finished, Wal, WalError, WalLimits, WalRecord};
 use herald_cluster::raft::RaftStorage;
 
 /// Simulated time one WAL write + fsync takes.
@@ -130,28 +131,36 @@ impl SimWal {
 }
 
 impl SimWal {
-    /// Remove the pending records named by `ids` (after the fsync); return the (id, shard) of
-    /// those that were pending.
-    fn complete_now(wal: &mut DurableWal, ids: Vec<u128>) -> Vec<(u128, u32)> {
-        let mut done = Vec::new();
-        for id in ids {
-            if let Some(seq) = wal.by_id.remove(&id)
+    /// Remove the pending records named by `done` (after the fsync); return the (id, shard,
+    /// note) of those that were pending.
+    fn complete_now(wal: &mut DurableWal, done: Vec<Completion>) -> Vec<(u128, u32, Bytes)> {
+        let mut completed = Vec::new();
+        for completion in done {
+            if let Some(seq) = wal.by_id.remove(&completion.id)
                 && let Some(record) = wal.records.remove(&seq)
             {
                 wal.bytes -= record.data.len() as u64;
-                done.push((id, record.shard));
+                completed.push((completion.id, record.shard, completion.kept_note()));
             }
         }
-        done
+        completed
     }
 
     /// Keep a marker for each of `done` finished at `at`, then drop the markers older than the
     /// retention before `at` and the oldest beyond the count bound.
-    fn keep_markers(&self, wal: &mut DurableWal, done: Vec<(u128, u32)>, at: Timestamp) {
-        for (id, shard) in done {
+    fn keep_markers(&self, wal: &mut DurableWal, done: Vec<(u128, u32, Bytes)>, at: Timestamp) {
+        for (id, shard, note) in done {
             let seq = wal.next_finished;
             wal.next_finished += 1;
-            wal.finished.insert(seq, Finished { id, shard, at });
+            wal.finished.insert(
+                seq,
+                Finished {
+                    id,
+                    shard,
+                    at,
+                    note,
+                },
+            );
         }
         let oldest_kept = at.saturating_sub(self.limits.finished_retention());
         wal.finished.retain(|_, marker| marker.at >= oldest_kept);
@@ -176,24 +185,31 @@ impl Wal for SimWal {
     fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
         Box::pin(async move {
             tokio::time::sleep(FSYNC_LATENCY).await;
-            Self::complete_now(&mut self.lock(), ids);
+            Self::complete_now(
+                &mut self.lock(),
+                ids.into_iter().map(Completion::bare).collect(),
+            );
             Ok(())
         })
     }
 
-    fn complete_at(&self, ids: Vec<u128>, at: Timestamp) -> BoxFuture<'_, Result<(), WalError>> {
+    fn complete_with(
+        &self,
+        done: Vec<Completion>,
+        at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), WalError>> {
         Box::pin(async move {
             // Write + fsync; a crash now loses the completion and its markers together.
             tokio::time::sleep(FSYNC_LATENCY).await;
             let mut wal = self.lock();
-            let done = Self::complete_now(&mut wal, ids);
+            let done = Self::complete_now(&mut wal, done);
             self.keep_markers(&mut wal, done, at);
             Ok(())
         })
     }
 
     fn finished(&self) -> BoxFuture<'_, Result<Vec<Finished>, WalError>> {
-        Box::pin(async move { Ok(self.lock().finished.values().copied().collect()) })
+        Box::pin(async move { Ok(self.lock().finished.values().cloned().collect()) })
     }
 
     fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {

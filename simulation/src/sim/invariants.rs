@@ -262,18 +262,16 @@ impl Observations {
             return Err(format!("{backlog} accepted pushes without an outcome"));
         }
         // The node that accepted a push learns its outcome (from its engine, the owner's
-        // relay, or by asking the owner) — unless that incarnation is gone, or the one that
-        // finished the push is (outcomes are kept in memory: a restarted owner cannot answer).
+        // relay, or by asking the owner) — unless that incarnation is gone (it tracked the
+        // forwarded pushes in memory). A restarted owner still answers: outcomes are kept in
+        // the WAL's done markers.
         let alive = |node: &str, boot: u64| self.views.get(node).is_some_and(|v| v.boot == boot);
         let unknown = self
             .accepted
             .iter()
             .filter(|(id, a)| {
                 alive(&a.node, a.boot)
-                    && self
-                        .outcomes
-                        .get(id)
-                        .is_some_and(|o| alive(&o.node, o.boot))
+                    && self.outcomes.contains_key(id)
                     && !self.known_at_origin.contains(id)
             })
             .count();
