@@ -37,6 +37,7 @@ fn a_sweep_passes_and_reaches_every_fault() {
         "fault:apns_goaway",
         "fault:apns_refused_stream",
         "fault:apns_key_revoked",
+        "fault:apns_slow",
         "fault:storm_410",
         "invalidation_applied",
         "admin:stale_assignment_refused",
@@ -46,6 +47,8 @@ fn a_sweep_passes_and_reaches_every_fault() {
         "buggify:wal_append_fails",
         "buggify:connection_crash_after_send",
         "buggify:router_ack_lost",
+        "buggify:peer_message_duplicated",
+        "buggify:peer_message_reordered",
     ] {
         assert!(
             coverage.get(label).copied().unwrap_or(0) > 0,

@@ -349,6 +349,8 @@ async fn serve(stream: BoxStream, config: &InboundConfig) -> LinkClosed {
         }
     };
     tracing::debug!(peer = peer.0, "inbound link up");
+    // BUGGIFY (simulation only): a message held back to be delivered after the next one.
+    let mut held: Option<PeerMessage> = None;
     loop {
         let envelope = match tokio::time::timeout(config.idle_timeout, reader.read_envelope()).await
         {
@@ -376,13 +378,28 @@ async fn serve(stream: BoxStream, config: &InboundConfig) -> LinkClosed {
                 return LinkClosed::new(Some(peer), CloseReason::ProtocolViolation, "second Hello");
             }
             msg => {
-                if config
-                    .deliver
-                    .send(Inbound { from: peer, msg })
-                    .await
-                    .is_err()
-                {
-                    return LinkClosed::new(Some(peer), CloseReason::HandlerGone, "");
+                // BUGGIFY (off outside the simulator): TCP never duplicates or reorders, but
+                // the layers above must not depend on that (a re-sent request, a message
+                // that overtook another on a fresh link look the same).
+                let mut batch = Vec::with_capacity(3);
+                if herald_actors::buggify::fire("peer_message_reordered", 0.01) && held.is_none() {
+                    held = Some(msg);
+                    continue;
+                }
+                if herald_actors::buggify::fire("peer_message_duplicated", 0.01) {
+                    batch.push(msg.clone());
+                }
+                batch.push(msg);
+                batch.extend(held.take());
+                for msg in batch {
+                    if config
+                        .deliver
+                        .send(Inbound { from: peer, msg })
+                        .await
+                        .is_err()
+                    {
+                        return LinkClosed::new(Some(peer), CloseReason::HandlerGone, "");
+                    }
                 }
             }
         }

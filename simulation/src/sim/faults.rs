@@ -9,7 +9,8 @@
 //! | delay / drop | turmoil `fail_rate` and `max_message_latency` for a while |
 //! | crash + restart | `Sim::crash` (software and memory gone, disk kept), then `Sim::bounce` |
 //! | clock skew | the node's [`SimClock`](super::world::SimClock) moves by up to ± [`SKEW_MAX_MS`] |
-//! | APNs 429/5xx bursts, GOAWAY, REFUSED_STREAM | the emulator's [`FaultProfile`] for a while |
+//! | APNs 429/5xx bursts, GOAWAY, REFUSED_STREAM, slow streams | the emulator's [`FaultProfile`] for a while |
+//! | duplicated / reordered peer messages | BUGGIFY points in the peer link's reader |
 //! | 410 storm | healthy tokens become `Unregistered` at the emulator |
 //! | provider key revoked and restored | every request answered 403 `InvalidProviderToken` for a while |
 //!
@@ -52,6 +53,8 @@ pub struct Swarm {
     pub goaway: bool,
     /// APNs REFUSED_STREAM.
     pub refused_stream: bool,
+    /// Slow APNs streams: answers after up to tens of seconds (request timeouts, retries).
+    pub slow_apns: bool,
     /// 410 storms.
     pub storm_410: bool,
     /// The provider key revoked and restored.
@@ -65,7 +68,7 @@ impl Swarm {
         let (partitions, one_way, link_cuts, lossy, slow) = (on(), on(), on(), on(), on());
         let (crashes, clock_skew, apns_errors, goaway, refused_stream) =
             (on(), on(), on(), on(), on());
-        let (storm_410, key_revoked) = (on(), on());
+        let (storm_410, key_revoked, slow_apns) = (on(), on(), on());
         Swarm {
             partitions,
             one_way,
@@ -81,6 +84,7 @@ impl Swarm {
             apns_errors,
             goaway,
             refused_stream,
+            slow_apns,
             storm_410,
             key_revoked,
         }
@@ -99,6 +103,7 @@ impl Swarm {
             apns_errors: false,
             goaway: false,
             refused_stream: false,
+            slow_apns: false,
             storm_410: false,
             key_revoked: false,
         }
@@ -117,6 +122,7 @@ impl fmt::Display for Swarm {
             ("apns_errors", self.apns_errors),
             ("goaway", self.goaway),
             ("refused_stream", self.refused_stream),
+            ("slow_apns", self.slow_apns),
             ("storm_410", self.storm_410),
             ("key_revoked", self.key_revoked),
         ];
@@ -370,6 +376,20 @@ pub fn schedule(
             "refused_stream",
             FaultProfile {
                 refused_stream_rate: 0.05 + rng.below(30) as f64 / 100.0,
+                ..FaultProfile::default()
+            },
+        ));
+    }
+    if swarm.slow_apns {
+        // Some answers come after the engine's request timeout: the request is given up on
+        // (and retried) while APNs may still deliver it.
+        phases.push((
+            "slow",
+            FaultProfile {
+                latency: Latency::Uniform {
+                    min_ms: 100,
+                    max_ms: 2_000 + rng.below(40_000),
+                },
                 ..FaultProfile::default()
             },
         ));
