@@ -94,6 +94,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::membership::{Membership, MembershipConfig, MembershipMsg, StartMode};
+use crate::raft::chunks::{self, RAFT_PART_BYTES_DEFAULT, Reassembly};
 use crate::raft::eraftpb::{ConfState, MessageType};
 use crate::raft::{
     CommittedKind, DriverConfig, DriverError, RaftDriver, RaftStorage, ReadyOutput, Role,
@@ -173,6 +174,9 @@ pub struct ClusterConfig {
     /// Membership settings (start mode, shard count, founders' regions, backlog probe).
     /// Default: [`MembershipConfig::default`].
     pub membership: MembershipConfig,
+    /// Encoded Raft messages longer than this (snapshots) travel in parts of this size
+    /// ([`crate::raft::chunks`]). Default: [`RAFT_PART_BYTES_DEFAULT`].
+    pub raft_part_bytes: usize,
 }
 
 impl ClusterConfig {
@@ -196,6 +200,7 @@ impl ClusterConfig {
             driver: DriverConfig::new(id),
             link_timings: LinkTimings::default(),
             membership: MembershipConfig::default(),
+            raft_part_bytes: RAFT_PART_BYTES_DEFAULT,
         }
     }
 }
@@ -296,6 +301,15 @@ pub enum ClusterMsg {
     /// Report what is applied here: the applied index and a snapshot of the state machine
     /// (for the simulator's invariant checks and for diagnostics).
     Inspect(RpcReplyPort<Inspection>),
+    /// A large Raft message's parts were queued (`ok`) or given up on.
+    PartsSent {
+        /// The peer.
+        to: u64,
+        /// Whether the message was a snapshot (raft-rs waits for its report).
+        snapshot: bool,
+        /// Whether every part was queued.
+        ok: bool,
+    },
 }
 
 /// A node's applied state, answered to [`ClusterMsg::Inspect`].
@@ -328,6 +342,7 @@ pub struct ClusterArguments {
     routing: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
     membership: Membership,
+    raft_part_bytes: usize,
 }
 
 /// What the actor publishes and the handles read.
@@ -442,6 +457,14 @@ pub struct ClusterState {
     tasks: Vec<JoinHandle<()>>,
     membership: Membership,
     proposals: ProposalForwards,
+    /// Large Raft messages: the part size, the next message number, the task queuing each
+    /// peer's current one, and what peers are sending here.
+    raft_part_bytes: usize,
+    next_parted: u64,
+    part_senders: BTreeMap<u64, JoinHandle<()>>,
+    reassembly: Reassembly,
+    /// The actor itself (absent only in unit tests that drive a state by hand).
+    myself: Option<ActorRef<ClusterMsg>>,
 }
 
 impl Actor for ClusterActor {
@@ -486,6 +509,11 @@ impl Actor for ClusterActor {
             tasks: vec![ticker, forwarder],
             membership: arguments.membership,
             proposals,
+            raft_part_bytes: arguments.raft_part_bytes,
+            next_parted: 0,
+            part_senders: BTreeMap::new(),
+            reassembly: Reassembly::default(),
+            myself: Some(myself.clone()),
         };
         state
             .shared
@@ -551,6 +579,16 @@ impl Actor for ClusterActor {
                     state.schedule_flush(&myself)?;
                 }
             }
+            ClusterMsg::PartsSent { to, snapshot, ok } => {
+                state.part_senders.remove(&to);
+                if !ok {
+                    state.driver.report_unreachable(to);
+                }
+                if snapshot {
+                    state.driver.report_snapshot(to, ok);
+                    state.schedule_flush(&myself)?;
+                }
+            }
             ClusterMsg::Inspect(reply) => {
                 let machine = state.driver.machine();
                 let _ = reply.send(Inspection {
@@ -569,6 +607,9 @@ impl Actor for ClusterActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         for task in state.tasks.drain(..) {
+            task.abort();
+        }
+        for (_, task) in std::mem::take(&mut state.part_senders) {
             task.abort();
         }
         state.membership.stop();
@@ -620,6 +661,25 @@ impl ClusterState {
                 );
                 self.after_forward(next)
             }
+            PeerMessage::RaftPart {
+                message,
+                index,
+                total,
+                bytes,
+            } => {
+                let from = inbound.from;
+                match self.reassembly.accept(from.0, message, index, total, bytes) {
+                    Ok(Some(whole)) => self.step(Inbound {
+                        from,
+                        msg: PeerMessage::Raft(whole),
+                    }),
+                    Ok(None) => false,
+                    Err(e) => {
+                        tracing::warn!(from = from.0, error = %e, "raft message part dropped");
+                        false
+                    }
+                }
+            }
             _ => self.step(inbound),
         }
     }
@@ -631,6 +691,33 @@ impl ClusterState {
             crate::routing::Next::ProposeHere(command, reply) => {
                 self.propose_with(command, reply, None)
             }
+        }
+    }
+
+    /// Queue a large Raft message for `link` in parts, in a task (one per peer: a newer
+    /// message replaces an older one still being queued).
+    fn send_parts(&mut self, link: PeerLinkSender, bytes: &[u8], snapshot: bool) {
+        let to = link.peer().0;
+        let message = self.next_parted;
+        self.next_parted += 1;
+        let parts = chunks::split(message, bytes, self.raft_part_bytes);
+        metrics::counter!("herald_raft_parted_messages_total").increment(1);
+        tracing::debug!(
+            to,
+            bytes = bytes.len(),
+            parts = parts.len(),
+            snapshot,
+            "raft message in parts"
+        );
+        let Some(myself) = self.myself.clone() else {
+            return;
+        };
+        let task = tokio::spawn(async move {
+            let ok = chunks::send_parts(link, parts).await;
+            let _ = myself.cast(ClusterMsg::PartsSent { to, snapshot, ok });
+        });
+        if let Some(older) = self.part_senders.insert(to, task) {
+            older.abort();
         }
     }
 
@@ -812,6 +899,11 @@ impl ClusterState {
             let to = message.to;
             let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             let sent = match (self.peers.get(&to), encode_message(message)) {
+                (Some(link), Ok(bytes)) if bytes.len() > self.raft_part_bytes => {
+                    self.send_parts(link.clone(), &bytes, is_snapshot);
+                    // Reported when queued (ClusterMsg::PartsSent).
+                    continue;
+                }
                 (Some(link), Ok(bytes)) => link.try_send(PeerMessage::Raft(bytes)).map_err(|e| {
                     tracing::debug!(to, error = %e, "raft message not queued");
                 }),
@@ -960,6 +1052,7 @@ impl ClusterNode {
             routing,
             shared: shared.clone(),
             membership: Membership::new(&config, connector.clone()),
+            raft_part_bytes: config.raft_part_bytes,
         };
         let (actor, actor_task) = Actor::spawn(None, ClusterActor, arguments)
             .await
@@ -1345,6 +1438,11 @@ mod tests {
                 Arc::new(TcpConnector),
             ),
             proposals: ProposalForwards::new(1, Duration::from_millis(100)),
+            raft_part_bytes: RAFT_PART_BYTES_DEFAULT,
+            next_parted: 0,
+            part_senders: BTreeMap::new(),
+            reassembly: Reassembly::default(),
+            myself: None,
         }
     }
 

@@ -146,6 +146,19 @@ pub enum PeerMessage {
         /// The [`Ping`](PeerMessage::Ping)'s nonce.
         nonce: u64,
     },
+    /// Part of a Raft message too large for one frame (a snapshot); see
+    /// [`raft::chunks`](crate::raft::chunks). Opaque here, like [`Raft`](PeerMessage::Raft).
+    RaftPart {
+        /// The sender's number for the whole message.
+        message: u64,
+        /// This part's index, from 0.
+        index: u32,
+        /// How many parts the message has.
+        total: u32,
+        /// The part's bytes.
+        #[serde(with = "binary")]
+        bytes: Vec<u8>,
+    },
 }
 
 impl PeerMessage {
@@ -162,6 +175,7 @@ impl PeerMessage {
             PeerMessage::ProposeAnswer { .. } => "propose_answer",
             PeerMessage::Ping { .. } => "ping",
             PeerMessage::Pong { .. } => "pong",
+            PeerMessage::RaftPart { .. } => "raft_part",
         }
     }
 }
@@ -499,6 +513,14 @@ mod tests {
                 version: v
             }),
             bytes.clone().prop_map(PeerMessage::Raft),
+            (any::<u64>(), any::<u32>(), any::<u32>(), bytes.clone()).prop_map(
+                |(message, index, total, bytes)| PeerMessage::RaftPart {
+                    message,
+                    index,
+                    total,
+                    bytes
+                }
+            ),
             (push_id.clone(), bytes.clone())
                 .prop_map(|(push_id, push)| PeerMessage::ForwardPush { push_id, push }),
             (push_id.clone(), ".{0,40}").prop_map(|(push_id, reason)| PeerMessage::Ack {

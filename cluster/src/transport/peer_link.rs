@@ -227,6 +227,11 @@ impl PeerLinkSender {
         }
     }
 
+    /// Bytes of frames queued for the peer and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::SeqCst)
+    }
+
     /// Messages refused as overload so far.
     pub fn dropped_total(&self) -> u64 {
         self.shared.dropped.load(Ordering::SeqCst)

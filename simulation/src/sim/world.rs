@@ -338,6 +338,9 @@ pub fn run(config: &SimConfig) -> Result<RunReport, String> {
     })
 }
 
+/// The simulator's Raft part size (production: 1 MiB).
+const SIM_RAFT_PART_BYTES: usize = 128;
+
 /// Mixed into the run's seed for the BUGGIFY draws.
 const BUGGIFY_SEED: u64 = 0xb466_1f7a;
 
@@ -649,6 +652,13 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
         LinkSecurity::Plaintext,
     );
     config.tick = Duration::from_millis(50);
+    // Small parts, so the simulator's Raft messages of more than a few entries (and every
+    // snapshot) travel in parts, under the faults.
+    config.raft_part_bytes = SIM_RAFT_PART_BYTES;
+    // Frequent compaction, so a node back from a crash or a partition often catches up by
+    // snapshot (production: every 1024 entries, 64 kept).
+    config.driver.snapshot_threshold_entries = 4;
+    config.driver.log_entries_kept = 1;
     // Every founder's region (else a founder is taken to be in this node's region, and the
     // first leader's planner files the others there: a region without members has no map).
     config.membership.founder_regions = (0..world.nodes.len())
