@@ -633,6 +633,7 @@ impl ClusterState {
     /// Handle an inbound message: a Raft step, or a forwarded proposal or its answer; true
     /// if the driver may have work.
     fn step_inbound(&mut self, inbound: Inbound) -> bool {
+        self.membership.heard_from(inbound.from.0);
         match inbound.msg {
             PeerMessage::ProposeForward {
                 request_id,

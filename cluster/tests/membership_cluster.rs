@@ -57,6 +57,8 @@ struct Harness {
     maps: BTreeMap<(String, u64), RegionStatus>,
     /// (node, region) → the newest epoch that node reported.
     epochs: BTreeMap<(u64, String), u64>,
+    /// `MembershipConfig::failover_after` of every node started.
+    failover_after: Option<Duration>,
 }
 
 impl Harness {
@@ -97,6 +99,7 @@ impl Harness {
             .map(|&id| (id, region_of(id).to_owned()))
             .collect();
         config.membership.backlog = self.backlogs[&id].clone();
+        config.membership.failover_after = self.failover_after;
         config
     }
 
@@ -212,6 +215,9 @@ impl Harness {
                 .collect(),
             maps: BTreeMap::new(),
             epochs: BTreeMap::new(),
+            // Long: these tests stop nodes and expect only explicit operations to move
+            // shards, unless a test says otherwise.
+            failover_after: Some(Duration::from_secs(600)),
         }
     }
 
@@ -434,5 +440,42 @@ async fn a_drained_leader_hands_over_and_leaves() {
         h.nodes[&others[0]].remove(others[0], WAIT).await,
         Err(MembershipError::LastVoter(others[0]))
     );
+    h.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_fails_over_and_gets_its_shards_back() {
+    let mut h = Harness::new(&[1, 2, 3], &[1, 2, 3]).await;
+    h.failover_after = Some(Duration::from_secs(1));
+    for id in [1, 2, 3] {
+        h.start(id, StartMode::Bootstrap).await;
+    }
+    h.wait_all("founders active, shards balanced", |s| {
+        [1, 2, 3].iter().all(|&id| active_voter(s, id)) && balanced(s, "eu", &[1, 2, 3])
+    })
+    .await;
+    let leader = h.leader().await;
+    let silent = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != silent).collect();
+    let before = h.statuses().await[&leader].region("eu").unwrap().epoch;
+
+    // Stopped (not removed): after the failover period its shards go to the other two.
+    h.stop(silent).await;
+    let statuses = h
+        .wait_all("the silent node's shards failed over", |s| {
+            balanced(s, "eu", &others)
+        })
+        .await;
+    for status in statuses.values() {
+        assert!(active_voter(status, silent), "still a member and a voter");
+        assert!(status.region("eu").unwrap().epoch > before);
+    }
+
+    // Back from its disk: heard again, it gets its share back at a newer epoch.
+    h.start(silent, StartMode::Bootstrap).await;
+    h.wait_all("the node is back with its share", |s| {
+        balanced(s, "eu", &[1, 2, 3])
+    })
+    .await;
     h.stop_all().await;
 }

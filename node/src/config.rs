@@ -64,6 +64,8 @@ pub const TENANTS_MAX: usize = 1_024;
 pub const TOPICS_PER_TENANT_MAX: usize = 256;
 /// Most peers a cluster configuration may list.
 pub const PEERS_MAX: usize = 64;
+/// The shortest `cluster.failover_after_secs` accepted (other than 0: off).
+pub const FAILOVER_AFTER_MIN_SECS: u64 = 5;
 
 const _: () = assert!(SHUTDOWN_DEADLINE_SECS_DEFAULT <= SHUTDOWN_DEADLINE_SECS_MAX);
 const _: () =
@@ -148,6 +150,11 @@ pub struct ClusterSection {
     /// the leader's snapshot. Default false.
     #[serde(default)]
     pub join: bool,
+    /// Seconds of silence after which the leader moves an active member's shards to the
+    /// other members of its region (they come back once it is heard from again); 0 turns
+    /// failover off. Keep it well above the election timeout. Default 30.
+    #[serde(default = "default_failover_after_secs")]
+    pub failover_after_secs: u64,
     /// Mutual TLS of the node links. Required unless this is a single node listening on
     /// loopback only.
     #[serde(default)]
@@ -161,6 +168,7 @@ impl Default for ClusterSection {
             peers: BTreeMap::new(),
             regions: BTreeMap::new(),
             join: false,
+            failover_after_secs: default_failover_after_secs(),
             tls: None,
         }
     }
@@ -743,6 +751,15 @@ impl NodeConfig {
                 "a joining node needs cluster.peers: the current members and this node",
             );
         }
+        if c.failover_after_secs > 0 && c.failover_after_secs < FAILOVER_AFTER_MIN_SECS {
+            p.add(
+                "cluster.failover_after_secs",
+                format!(
+                    "at least {FAILOVER_AFTER_MIN_SECS} (a slow but live node must not lose its \
+                     shards at every hiccup), or 0 to turn failover off"
+                ),
+            );
+        }
         if c.peers.len() > PEERS_MAX {
             p.add("cluster.peers", format!("more than {PEERS_MAX} peers"));
         }
@@ -1062,6 +1079,10 @@ fn default_reload_poll_secs() -> u64 {
 
 fn default_cluster_id() -> u64 {
     1
+}
+
+fn default_failover_after_secs() -> u64 {
+    herald_cluster::membership::FAILOVER_AFTER_DEFAULT.as_secs()
 }
 
 fn default_log_filter() -> String {

@@ -480,6 +480,8 @@ async fn start_cluster(config: &NodeConfig) -> anyhow::Result<ClusterNode> {
     if config.cluster.join {
         cluster.membership.start = herald_cluster::membership::StartMode::Join;
     }
+    cluster.membership.failover_after = (config.cluster.failover_after_secs > 0)
+        .then(|| Duration::from_secs(config.cluster.failover_after_secs));
     cluster.membership.founder_regions = config
         .cluster
         .regions

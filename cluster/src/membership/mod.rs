@@ -47,7 +47,7 @@
 
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +75,8 @@ pub const SHARD_COUNT_DEFAULT: usize = 1024;
 /// Default: a learner whose matched index is within this many entries of the leader's last
 /// index is promoted to voter.
 pub const PROMOTE_LAG_ENTRIES_MAX_DEFAULT: u64 = 64;
+/// Default of [`MembershipConfig::failover_after`].
+pub const FAILOVER_AFTER_DEFAULT: Duration = Duration::from_secs(30);
 /// Ticks the leader waits for its last membership step to apply before planning again
 /// (a lost proposal is retried after this).
 pub const MEMBERSHIP_RETRY_TICKS: u64 = 25;
@@ -149,6 +151,12 @@ pub struct MembershipConfig {
     /// Off, only explicit commands change members and shard maps: for operators who pin
     /// shards by hand, and for tests that drive every epoch themselves.
     pub planner: bool,
+    /// An active member the leader has heard nothing from (no Raft message, no answer) for
+    /// this long loses its shards to the region's other active members, until it is heard
+    /// from again; it stays a member (an operator `remove`s a node that is gone for good).
+    /// `None`: never. Default: [`FAILOVER_AFTER_DEFAULT`]. Keep it well above the election
+    /// timeout, so a slow but live node is not failed over at every hiccup.
+    pub failover_after: Option<Duration>,
 }
 
 impl Default for MembershipConfig {
@@ -160,6 +168,7 @@ impl Default for MembershipConfig {
             promote_lag_entries_max: PROMOTE_LAG_ENTRIES_MAX_DEFAULT,
             backlog: Arc::new(NoBacklog),
             planner: true,
+            failover_after: Some(FAILOVER_AFTER_DEFAULT),
         }
     }
 }
@@ -593,6 +602,13 @@ pub(crate) struct Membership {
     in_flight: Option<InFlight>,
     last_leave_proposal: Option<u64>,
     last_owned: BTreeMap<String, Vec<usize>>,
+    /// Failover: the tick each peer was last heard from, the tick this node became leader
+    /// (every peer gets that long from then), the ticks of silence that make a member
+    /// unreachable, and the members found unreachable (as last planned).
+    heard: BTreeMap<NodeId, u64>,
+    leading_since: Option<u64>,
+    failover_ticks: Option<u64>,
+    unreachable_members: BTreeSet<NodeId>,
 }
 
 impl Membership {
@@ -624,7 +640,50 @@ impl Membership {
             in_flight: None,
             last_leave_proposal: None,
             last_owned: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            leading_since: None,
+            failover_ticks: config.membership.failover_after.map(|after| {
+                let tick = config.tick.as_millis().max(1);
+                u64::try_from(after.as_millis().div_ceil(tick)).unwrap_or(u64::MAX)
+            }),
+            unreachable_members: BTreeSet::new(),
         }
+    }
+
+    /// A message from `peer` arrived (any kind): it is reachable.
+    pub(crate) fn heard_from(&mut self, peer: NodeId) {
+        self.heard.insert(peer, self.ticks);
+    }
+
+    /// Active members (not this node) silent for the failover period, as the leader sees
+    /// them; logged and counted when the set changes.
+    fn unreachable(&mut self, driver: &RaftDriver) -> BTreeSet<NodeId> {
+        let (Some(limit), Some(since)) = (self.failover_ticks, self.leading_since) else {
+            return BTreeSet::new();
+        };
+        let now = self.ticks;
+        let silent: BTreeSet<NodeId> = driver
+            .machine()
+            .members()
+            .values()
+            .filter(|m| m.id != self.me && m.state == MemberState::Active)
+            .filter(|m| {
+                let last = self.heard.get(&m.id).copied().unwrap_or(0).max(since);
+                now.saturating_sub(last) > limit
+            })
+            .map(|m| m.id)
+            .collect();
+        if silent != self.unreachable_members {
+            for id in silent.difference(&self.unreachable_members) {
+                tracing::warn!(id, "member unreachable: its shards fail over to the others");
+            }
+            for id in self.unreachable_members.difference(&silent) {
+                tracing::info!(id, "member reachable again: it gets its shards back");
+            }
+            metrics::gauge!("herald_membership_unreachable_members").set(silent.len() as f64);
+            self.unreachable_members = silent.clone();
+        }
+        silent
     }
 
     /// Answer a [`MembershipMsg`]; true if the driver has work (a proposal went in).
@@ -660,6 +719,11 @@ impl Membership {
         self.ticks += 1;
         self.open_links(driver, peers).await;
         let mut proposed = self.leave_when_drained(driver);
+        if driver.role() == Role::Leader {
+            self.leading_since.get_or_insert(self.ticks);
+        } else {
+            self.leading_since = None;
+        }
         if driver.role() == Role::Leader && self.config.planner {
             proposed |= self.lead(driver);
         } else {
@@ -785,6 +849,7 @@ impl Membership {
             .chain(&conf.learners_next)
             .filter_map(|&id| driver.matched_index(id).map(|m| (id, m)))
             .collect();
+        let unreachable = self.unreachable(driver);
         let steps = plan::plan(&PlanInput {
             me: self.me,
             machine: driver.machine(),
@@ -795,6 +860,7 @@ impl Membership {
             founders: &self.founders,
             shard_count: self.config.shard_count,
             promote_lag_entries_max: self.config.promote_lag_entries_max,
+            unreachable: &unreachable,
         });
         if steps.is_empty() {
             return false;

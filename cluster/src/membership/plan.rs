@@ -80,6 +80,10 @@ pub struct PlanInput<'a> {
     pub shard_count: usize,
     /// A learner within this many entries of `last_index` is promoted.
     pub promote_lag_entries_max: u64,
+    /// Active members the leader has not heard from for
+    /// [`MembershipConfig::failover_after`](super::MembershipConfig::failover_after): left out
+    /// of the shard maps until they are heard from again.
+    pub unreachable: &'a BTreeSet<NodeId>,
 }
 
 /// The next steps, in the order to take them. At most one configuration change is
@@ -91,7 +95,9 @@ pub struct PlanInput<'a> {
 ///    a `Removed` node still in the configuration is removed from it (the leader first
 ///    hands leadership to the most caught-up other voter if it is the one removed).
 /// 3. Per region with an active member: `AssignShards` if the map is not balanced over the
-///    region's active members (bounded moves, next epoch; see [`crate::state::rebalance`]).
+///    region's active, reachable members (bounded moves, next epoch; see
+///    [`crate::state::rebalance`]). An unreachable member's shards fail over to the others;
+///    once it is heard from again, the next plan gives it its share back.
 ///
 /// ```
 /// use std::collections::BTreeMap;
@@ -115,6 +121,7 @@ pub struct PlanInput<'a> {
 ///     founders: &founders,
 ///     shard_count: 1024,
 ///     promote_lag_entries_max: 64,
+///     unreachable: &Default::default(),
 /// });
 /// // A fresh cluster: the leader first records the founders as members.
 /// assert_eq!(steps.len(), 2);
@@ -193,7 +200,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Step> {
         .map(|m| m.region.as_str())
         .collect();
     for region in regions {
-        match machine.rebalance_command(region, input.shard_count) {
+        match machine.rebalance_command_without(region, input.shard_count, input.unreachable) {
             Ok(Some(command)) => steps.push(Step::Propose(command)),
             Ok(None) => {}
             Err(e) => tracing::warn!(region, error = %e, "no shard map for region"),
@@ -255,6 +262,7 @@ mod tests {
         last_index: u64,
         matched: BTreeMap<NodeId, u64>,
         founders: BTreeMap<NodeId, (String, String)>,
+        unreachable: BTreeSet<NodeId>,
     }
 
     impl Case {
@@ -266,6 +274,7 @@ mod tests {
                 last_index: 100,
                 matched: BTreeMap::new(),
                 founders: founders(voters),
+                unreachable: BTreeSet::new(),
             }
         }
 
@@ -280,6 +289,7 @@ mod tests {
                 founders: &self.founders,
                 shard_count: 6,
                 promote_lag_entries_max: 10,
+                unreachable: &self.unreachable,
             })
         }
 
@@ -426,5 +436,29 @@ mod tests {
         assert!(!owners.contains(&1));
         // The new leader removes node 1 from the configuration.
         assert_eq!(case.plan(3)[0], Step::RemoveNode(1));
+    }
+
+    #[test]
+    fn an_unreachable_member_fails_over_and_gets_its_share_back() {
+        let mut case = bootstrapped();
+        let owners_of = |steps: &[Step]| match steps {
+            [Step::Propose(Command::AssignShards { owners, .. })] => owners.clone(),
+            other => panic!("{other:?}"),
+        };
+        case.unreachable = BTreeSet::from([2]);
+        let failed_over = owners_of(&case.apply_plan(1));
+        assert!(!failed_over.contains(&2), "{failed_over:?}");
+        assert!(
+            case.plan(1).is_empty(),
+            "stable while node 2 stays unreachable"
+        );
+        // Heard from again: balanced over all three.
+        case.unreachable.clear();
+        let back = owners_of(&case.apply_plan(1));
+        assert_eq!(back.iter().filter(|&&o| o == 2).count(), 2);
+        // Every member unreachable (the leader counts itself reachable, but say not): no
+        // one to fail over to, the map stays.
+        case.unreachable = BTreeSet::from([1, 2, 3]);
+        assert!(case.plan(1).is_empty());
     }
 }

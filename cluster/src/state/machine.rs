@@ -1,6 +1,6 @@
 //! [`StateMachine`]: the replicated control state, applied in log order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use herald_actors::apns::ProviderToken;
 use herald_actors::seams::Timestamp;
@@ -412,7 +412,33 @@ impl StateMachine {
         region: &str,
         shard_count: usize,
     ) -> Result<Option<Command>, RebalanceError> {
-        let eligible: Vec<NodeId> = self.eligible_owners(region).collect();
+        self.rebalance_command_without(region, shard_count, &BTreeSet::new())
+    }
+
+    /// As [`rebalance_command`](Self::rebalance_command), leaving out of the owners the
+    /// active members in `unreachable` (the leader has not heard from them for a while):
+    /// their shards go to the region's other active members. If every active member of the
+    /// region is unreachable, none is left out (there is nobody to fail over to).
+    ///
+    /// # Errors
+    /// As [`rebalance_command`](Self::rebalance_command).
+    pub fn rebalance_command_without(
+        &self,
+        region: &str,
+        shard_count: usize,
+        unreachable: &BTreeSet<NodeId>,
+    ) -> Result<Option<Command>, RebalanceError> {
+        let active: Vec<NodeId> = self.eligible_owners(region).collect();
+        let reachable: Vec<NodeId> = active
+            .iter()
+            .copied()
+            .filter(|id| !unreachable.contains(id))
+            .collect();
+        let eligible = if reachable.is_empty() {
+            active
+        } else {
+            reachable
+        };
         let (epoch, current, count) = match self.shards.get(region) {
             Some(map) => (map.epoch, map.owners.as_slice(), map.owners.len()),
             None => (0, &[][..], shard_count),

@@ -657,6 +657,8 @@ async fn node_main(world: Arc<World>, index: usize) -> HostResult {
     config.raft_part_bytes = SIM_RAFT_PART_BYTES;
     // Frequent compaction, so a node back from a crash or a partition often catches up by
     // snapshot (production: every 1024 entries, 64 kept).
+    // Shard failover after 3 s of silence (production: 30 s): partitions and crashes move shards.
+    config.membership.failover_after = Some(Duration::from_secs(3));
     config.driver.snapshot_threshold_entries = 4;
     config.driver.log_entries_kept = 1;
     // Every founder's region (else a founder is taken to be in this node's region, and the
