@@ -30,6 +30,7 @@
 
 pub use herald_actors;
 
+pub mod devices;
 pub mod membership;
 pub mod node;
 pub mod provider_tokens;

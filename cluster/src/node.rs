@@ -301,6 +301,8 @@ pub enum ClusterMsg {
     /// Report what is applied here: the applied index and a snapshot of the state machine
     /// (for the simulator's invariant checks and for diagnostics).
     Inspect(RpcReplyPort<Inspection>),
+    /// Run a read of the state machine as applied here (see [`StateRead`]).
+    Read(StateRead),
     /// A large Raft message's parts were queued (`ok`) or given up on.
     PartsSent {
         /// The peer.
@@ -310,6 +312,23 @@ pub enum ClusterMsg {
         /// Whether every part was queued.
         ok: bool,
     },
+}
+
+/// A read of the applied state machine, run on the cluster actor between two messages (so it
+/// sees one applied index). Keep it short: the actor does nothing else meanwhile.
+pub struct StateRead(Box<dyn FnOnce(&crate::state::StateMachine) + Send>);
+
+impl StateRead {
+    /// A read running `read`.
+    pub fn new(read: impl FnOnce(&crate::state::StateMachine) + Send + 'static) -> Self {
+        StateRead(Box::new(read))
+    }
+}
+
+impl std::fmt::Debug for StateRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateRead")
+    }
 }
 
 /// A node's applied state, answered to [`ClusterMsg::Inspect`].
@@ -579,6 +598,7 @@ impl Actor for ClusterActor {
                     state.schedule_flush(&myself)?;
                 }
             }
+            ClusterMsg::Read(StateRead(read)) => read(state.driver.machine()),
             ClusterMsg::PartsSent { to, snapshot, ok } => {
                 state.part_senders.remove(&to);
                 if !ok {
@@ -1151,6 +1171,11 @@ impl ClusterNode {
             shared: self.shared.clone(),
             actor: self.actor.clone(),
         }
+    }
+
+    /// The replicated device registry and feedback log, through this node.
+    pub fn devices(&self) -> crate::devices::DeviceDirectory {
+        crate::devices::DeviceDirectory::new(self.actor.clone())
     }
 
     /// The token state replicated through this node.

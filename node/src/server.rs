@@ -41,8 +41,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    ApiKeys, ApiState, Backends, ClusterRevocations, LocalBackend, TenantInfo, WebhookTarget,
-    Webhooks,
+    ApiKeys, ApiState, Backends, ClusterRevocations, LocalBackend, ReplicatedDevices, TenantInfo,
+    WebhookTarget, Webhooks,
 };
 use crate::config::{ApnsEnvironment, NodeConfig, Overrides, read_secret_line};
 use crate::credentials::{CredentialReloader, load_tenants};
@@ -633,8 +633,19 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
             }
         });
     }
+    // Devices and feedback from the replicated state: the same on every node.
+    let replicated = Arc::new(ReplicatedDevices::new(
+        context.cluster.devices(),
+        backend.clone(),
+        context.clock.clone(),
+    ));
+    let backends = Backends {
+        devices: replicated.clone(),
+        feedback: replicated,
+        ..Backends::local(&backend)
+    };
     let state = ApiState::new(
-        Backends::local(&backend),
+        backends,
         keys,
         Arc::new(ClusterRevocations::new(context.cluster.revocations())),
         seeds.next_u64(),

@@ -399,6 +399,93 @@ key = "pki/node-{id}.key.pem"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Devices and feedback are replicated: registered through node 1, listed by node 2,
+    // broadcast to from node 3; an invalidation learned by any engine is in every node's
+    // feedback, and the invalidated device leaves the registry.
+    let device_tokens: Vec<String> = (0..4u8).map(|i| hex::encode([0xD0 + i; 32])).collect();
+    for (i, token) in device_tokens.iter().enumerate() {
+        let tags: Vec<&str> = if i % 2 == 0 { vec!["even"] } else { vec![] };
+        let request = serde_json::json!({"token": token, "topic": BUNDLE, "tags": tags});
+        let (code, body) = call(api, "POST", "/v1/devices", &acme, Some(request)).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let listed = |body: &serde_json::Value| {
+        body["devices"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|d| d["token"].as_str().unwrap_or_default().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = call(other_api, "GET", "/v1/devices", &acme, None).await;
+        assert_eq!(code, 200, "{body}");
+        if listed(&body) == device_tokens {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 never listed the devices: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = call(other_api, "GET", "/v1/devices", &other, None).await;
+    assert!(code != 200 || listed(&body).is_empty(), "{code} {body}");
+    let third_api = nodes[2].api_addr();
+    let broadcast = serde_json::json!({
+        "topic": BUNDLE, "tags": ["even"], "payload": {"aps": {"alert": "to the even ones"}},
+    });
+    let (code, body) = call(third_api, "POST", "/v1/broadcast", &acme, Some(broadcast)).await;
+    assert_eq!(
+        (code, &body["accepted"]),
+        (200, &serde_json::json!(2)),
+        "{body}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while emulator.core().accepted_count() < 24 + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broadcast was not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // APNs says device 1 is gone (after it registered): a push to it learns so.
+    let later_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    emulator.core().set_device(
+        &device_tokens[1],
+        herald_sim::emulator::DeviceState::Unregistered { at_ms: later_ms },
+    );
+    let push = serde_json::json!({
+        "device_token": device_tokens[1], "topic": BUNDLE, "payload": {"aps": {"alert": "hi"}},
+    });
+    let (code, body) = call(api, "POST", "/v1/push", &acme, Some(push)).await;
+    assert_eq!(code, 202, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, feedback) = call(third_api, "GET", "/v1/feedback", &acme, None).await;
+        assert_eq!(code, 200, "{feedback}");
+        let (_, devices) = call(other_api, "GET", "/v1/devices", &acme, None).await;
+        let fed_back = feedback["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i["token"] == device_tokens[1]));
+        if fed_back && !listed(&devices).contains(&device_tokens[1]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the invalidation never reached node 3's feedback and node 2's registry: \
+             {feedback} {devices}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Membership through the API: a fourth node starts with `cluster.join` and is added
     // with `POST /v1/cluster/members`; it becomes an active voter owning shards; then it is
     // drained away with `POST /v1/cluster/members/4/drain`.

@@ -44,6 +44,7 @@ fn a_sweep_passes_and_reaches_every_fault() {
         "outcome:delivered",
         "outcome:unregistered",
         "routing:finished_elsewhere",
+        "workload:broadcast_sent",
         "buggify:wal_append_fails",
         "buggify:connection_crash_after_send",
         "buggify:router_ack_lost",

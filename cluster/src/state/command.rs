@@ -10,6 +10,10 @@ use herald_actors::seams::Timestamp;
 use herald_actors::token_state::TokenEvent;
 use serde::{Deserialize, Serialize};
 
+use super::devices::{
+    DEVICE_CHANGES_PER_COMMAND_MAX, DEVICE_TAG_BYTES_MAX, DEVICE_TAGS_MAX, DeviceChange, DeviceOp,
+};
+
 /// The command encoding version this build writes and accepts.
 pub const COMMAND_VERSION: u16 = 1;
 /// Most token events in one [`Command::TokenEvents`] batch.
@@ -133,6 +137,8 @@ pub enum Command {
         /// The proposer's time (ms since the epoch).
         now_ms: u64,
     },
+    /// Register and unregister devices (see [`super::devices`]).
+    Devices(Vec<DeviceChange>),
 }
 
 /// The wire form of a command: the encoding version and the command.
@@ -256,6 +262,39 @@ impl Command {
                 Ok(())
             }
             Command::RevokeKey { id, .. } => check_identifier("key id", id),
+            Command::Devices(changes) => {
+                if changes.is_empty() || changes.len() > DEVICE_CHANGES_PER_COMMAND_MAX {
+                    return Err(invalid(format!(
+                        "{} device changes outside 1..={DEVICE_CHANGES_PER_COMMAND_MAX}",
+                        changes.len()
+                    )));
+                }
+                changes.iter().try_for_each(|change| {
+                    check_identifier("tenant", &change.tenant)?;
+                    check_identifier("device token", &change.token)?;
+                    if let DeviceOp::Register { topic, tags, .. } = &change.op {
+                        check_identifier("topic", topic)?;
+                        if tags.len() > DEVICE_TAGS_MAX {
+                            return Err(invalid(format!(
+                                "{} tags; at most {DEVICE_TAGS_MAX}",
+                                tags.len()
+                            )));
+                        }
+                        if tags
+                            .iter()
+                            .any(|t| t.is_empty() || t.len() > DEVICE_TAG_BYTES_MAX)
+                        {
+                            return Err(invalid(format!(
+                                "a tag outside 1..={DEVICE_TAG_BYTES_MAX} bytes"
+                            )));
+                        }
+                        if tags.windows(2).any(|w| w[0] >= w[1]) {
+                            return Err(invalid("tags not sorted and distinct".to_owned()));
+                        }
+                    }
+                    Ok(())
+                })
+            }
             Command::TokenEvents(events) => {
                 if events.is_empty() || events.len() > TOKEN_EVENTS_PER_COMMAND_MAX {
                     return Err(invalid(format!(

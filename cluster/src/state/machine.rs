@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{
     Command, CommandError, MemberState, NodeId, TenantLimits, TokenEventRecord, timestamp_wire,
 };
+use super::devices::{DeviceApplied, DeviceOp, DeviceState, DevicesImage};
 use super::rebalance::{RebalanceError, rebalance};
 
 /// The snapshot encoding version this build writes and reads.
@@ -85,6 +86,8 @@ pub enum ApplyResult {
     Rejected(Rejection),
     /// The outcome of each event of a [`Command::TokenEvents`] batch, in order.
     TokenEvents(Vec<Result<Applied, TokenStateError>>),
+    /// The outcome of each change of a [`Command::Devices`] batch, in order.
+    Devices(Vec<DeviceApplied>),
 }
 
 /// Why a command was refused on apply.
@@ -184,6 +187,8 @@ pub struct StateMachine {
     revoked_keys: BTreeMap<String, u64>,
     /// Counts changes to `revoked_keys` (local: lets a node republish only on a change).
     revocations_version: u64,
+    /// Registered devices and the feedback log.
+    devices: DeviceState,
 }
 
 impl StateMachine {
@@ -369,13 +374,49 @@ impl StateMachine {
                              token,
                              event,
                          }| {
-                            self.tokens
-                                .apply(TokenKey::new(tenant.as_str(), token.as_str()), *event)
+                            let key = TokenKey::new(tenant.as_str(), token.as_str());
+                            let applied = self.tokens.apply(key.clone(), *event);
+                            if let Ok(Applied {
+                                invalidation: Some(invalidation),
+                                ..
+                            }) = &applied
+                            {
+                                self.devices.invalidated(
+                                    key.tenant(),
+                                    key.token(),
+                                    invalidation.at.as_millis(),
+                                );
+                            }
+                            applied
                         },
                     )
                     .collect(),
             ),
+            Command::Devices(changes) => ApplyResult::Devices(
+                changes
+                    .iter()
+                    .map(|change| {
+                        let applied = self.devices.apply(change);
+                        if let (DeviceOp::Register { at_ms, .. }, DeviceApplied::Added)
+                        | (DeviceOp::Register { at_ms, .. }, DeviceApplied::Updated) =
+                            (&change.op, applied)
+                        {
+                            // A registration is also the token's: sent to again if it was
+                            // invalidated before (last writer wins by time).
+                            let key = TokenKey::new(change.tenant.as_str(), change.token.as_str());
+                            let at = Timestamp::from_millis(*at_ms);
+                            let _ = self.tokens.apply(key, TokenEvent::Registered { at });
+                        }
+                        applied
+                    })
+                    .collect(),
+            ),
         }
+    }
+
+    /// Registered devices and the feedback log, as applied here.
+    pub fn devices(&self) -> &DeviceState {
+        &self.devices
     }
 
     fn revoke_key(&mut self, id: &str, until_ms: u64, now_ms: u64) -> ApplyResult {
@@ -468,6 +509,7 @@ impl StateMachine {
             tenants: self.tenants.clone(),
             provider_tokens: self.provider_tokens.clone(),
             revoked_keys: self.revoked_keys.clone(),
+            devices: self.devices.image(),
             tokens_max: self.tokens.entries_max() as u64,
             tokens: self
                 .tokens
@@ -515,6 +557,7 @@ impl StateMachine {
             tokens,
             revoked_keys: image.revoked_keys,
             revocations_version: 0,
+            devices: DeviceState::from_image(image.devices),
         })
     }
 
@@ -626,6 +669,9 @@ struct Image {
     /// Added after version 1 shipped; absent in older images.
     #[serde(default)]
     revoked_keys: BTreeMap<String, u64>,
+    /// Added after version 1 shipped; absent in older images.
+    #[serde(default)]
+    devices: DevicesImage,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -26,6 +26,7 @@
 //! [`TokenTable`]: herald_actors::token_state::TokenTable
 
 mod command;
+pub mod devices;
 mod machine;
 mod rebalance;
 

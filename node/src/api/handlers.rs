@@ -372,10 +372,7 @@ fn registry_error(e: RegistryError) -> ApiError {
         }
         RegistryError::Full(n) => ApiError::new(
             "limit_reached",
-            format!(
-                "{n} devices are registered; at most {} per tenant",
-                limits::DEVICES_PER_TENANT_MAX
-            ),
+            format!("the device registry is full ({n} devices registered)"),
         ),
         other => ApiError::new("unavailable", other.to_string()),
     }

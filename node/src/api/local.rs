@@ -199,7 +199,8 @@ impl LocalBackend {
         }
     }
 
-    fn known(&self, tenant: &str) -> bool {
+    /// Whether `tenant` is known to the API (configured and adopted, or created through it).
+    pub fn known(&self, tenant: &str) -> bool {
         self.state().tenants.contains_key(tenant)
     }
 }

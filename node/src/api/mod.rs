@@ -20,6 +20,7 @@ mod idempotency;
 mod json;
 pub mod limits;
 mod local;
+mod replicated;
 mod webhooks;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,6 +44,7 @@ pub use backend::{
 pub use error::{ApiError, ERROR_CODES};
 pub use idempotency::push_id_for_key;
 pub use local::LocalBackend;
+pub use replicated::{REGISTRATION_TIMEOUT, ReplicatedDevices};
 pub use webhooks::{SIGNATURE_HEADER, WebhookTarget, Webhooks, webhook_signature};
 
 /// One route: its method, its path (axum syntax, `{param}`) and what serves it.

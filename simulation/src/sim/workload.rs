@@ -45,11 +45,23 @@ pub enum ApiRequest {
         /// Device tokens.
         tokens: Vec<String>,
     },
-    /// Register a device token (a replicated token event; only the leader takes it).
+    /// Register a device in the replicated registry (topic and a group tag), which also
+    /// records its token as registered.
     Register {
         /// Device token.
         token: String,
     },
+    /// Push one alert to every registered device (of the run's topic) carrying `tag`, or to
+    /// all of them: one page of the replicated registry, as `POST /v1/broadcast` does.
+    Broadcast {
+        /// The tag, if any.
+        tag: Option<String>,
+    },
+}
+
+/// The group tag a stable token registers with.
+pub fn group_tag(token: &str) -> String {
+    format!("g{}", token.bytes().map(u64::from).sum::<u64>() % 3)
 }
 
 /// A node's answer: one result per push (push id in hex, or an error), or the
@@ -143,6 +155,10 @@ pub async fn run(config: WorkloadConfig, mut rng: DetRng, trace: Trace) {
             ApiRequest::Batch {
                 tokens: (0..n).map(|_| config.tokens.any(&mut rng)).collect(),
             }
+        } else if roll < 94 {
+            ApiRequest::Broadcast {
+                tag: rng.chance(0.5).then(|| format!("g{}", rng.below(3))),
+            }
         } else {
             let i = rng.below(config.tokens.stable.len() as u64) as usize;
             ApiRequest::Register {
@@ -156,6 +172,9 @@ pub async fn run(config: WorkloadConfig, mut rng: DetRng, trace: Trace) {
                 ApiRequest::Push { token, .. } => format!("push {}", &token[..8]),
                 ApiRequest::Batch { tokens } => format!("batch of {}", tokens.len()),
                 ApiRequest::Register { token } => format!("register {}", &token[..8]),
+                ApiRequest::Broadcast { tag } => {
+                    format!("broadcast to {}", tag.as_deref().unwrap_or("all"))
+                }
             };
             let answer = tokio::time::timeout(API_TIMEOUT, call(&node, &request)).await;
             let text = match answer {

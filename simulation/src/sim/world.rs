@@ -32,11 +32,12 @@ use herald_actors::apns::{
 };
 use herald_actors::backoff::Backoff;
 use herald_actors::seams::{Clock, DetRng, Timestamp};
-use herald_actors::token_state::{TokenEvent, TokenKey, TokenState, TokenValidity};
+use herald_actors::token_state::{TokenKey, TokenState, TokenValidity};
 use herald_actors::wal::WalLimits;
 use herald_actors::{Credentials, Endpoint, Herald, TenantConfig, Tuning};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::routing::{Router, RouterConfig};
+use herald_cluster::state::devices::{DeviceChange, DeviceOp};
 use herald_cluster::state::{ApplyResult, Command, MemberState, StateMachine};
 use herald_cluster::transport::{ClusterId, LinkSecurity};
 use sha2::{Digest, Sha256};
@@ -337,6 +338,11 @@ pub fn run(config: &SimConfig) -> Result<RunReport, String> {
         report
     })
 }
+
+/// How long the simulated API waits for a registration to be applied.
+const API_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Devices per simulated broadcast (one page).
+const BROADCAST_PAGE: usize = 32;
 
 /// The simulator's Raft part size (production: 1 MiB).
 const SIM_RAFT_PART_BYTES: usize = 128;
@@ -860,37 +866,71 @@ async fn serve_request(
                 Err(e) => vec![Err(e)],
             }
         }
-        ApiRequest::Batch { tokens } => {
-            let built: Result<Vec<Notification>, String> =
-                tokens.iter().map(|t| notification(t, 10, None)).collect();
-            match built {
-                Ok(batch) => match router.send_batch(TENANT, batch).await {
-                    Ok(results) => results
-                        .into_iter()
-                        .zip(&tokens)
-                        .map(|(r, token)| match r {
-                            Ok(id) => accepted(id, token),
-                            Err(e) => Err(e.to_string()),
-                        })
-                        .collect(),
-                    Err(e) => vec![Err(e.to_string())],
-                },
-                Err(e) => vec![Err(e)],
-            }
-        }
+        ApiRequest::Batch { tokens } => send_batch(router, &tokens, &accepted).await,
         ApiRequest::Register { token } => {
-            let key = TokenKey::new(TENANT, token);
+            let change = DeviceChange {
+                tenant: TENANT.to_owned(),
+                token: token.clone(),
+                op: DeviceOp::Register {
+                    topic: BUNDLE.to_owned(),
+                    tags: vec![workload::group_tag(&token)],
+                    at_ms: clock.now().as_millis(),
+                },
+            };
             match node
-                .token_state()
-                .apply(key, TokenEvent::Registered { at: clock.now() })
+                .devices()
+                .change(vec![change], API_CHANGE_TIMEOUT)
                 .await
             {
-                Ok(validity) => vec![Ok(format!("{validity:?}"))],
+                Ok(applied) => vec![Ok(format!("{applied:?}"))],
+                Err(e) => vec![Err(e.to_string())],
+            }
+        }
+        ApiRequest::Broadcast { tag } => {
+            let tags: BTreeSet<String> = tag.into_iter().collect();
+            match node
+                .devices()
+                .page(TENANT, Some(BUNDLE), &tags, None, BROADCAST_PAGE)
+                .await
+            {
+                Ok((devices, _)) if devices.is_empty() => vec![],
+                Ok((devices, _)) => {
+                    let tokens: Vec<String> = devices.into_iter().map(|(t, _)| t).collect();
+                    let results = send_batch(router, &tokens, &accepted).await;
+                    if results.iter().any(Result::is_ok) {
+                        world.obs().reached("workload:broadcast_sent");
+                    }
+                    results
+                }
                 Err(e) => vec![Err(e.to_string())],
             }
         }
     };
     ApiResponse { results }
+}
+
+/// One alert to each of `tokens`, in one batch through the router.
+async fn send_batch(
+    router: &Router,
+    tokens: &[String],
+    accepted: &impl Fn(herald_actors::PushId, &str) -> Result<String, String>,
+) -> Vec<Result<String, String>> {
+    let built: Result<Vec<Notification>, String> =
+        tokens.iter().map(|t| notification(t, 10, None)).collect();
+    match built {
+        Ok(batch) => match router.send_batch(TENANT, batch).await {
+            Ok(results) => results
+                .into_iter()
+                .zip(tokens)
+                .map(|(r, token)| match r {
+                    Ok(id) => accepted(id, token),
+                    Err(e) => Err(e.to_string()),
+                })
+                .collect(),
+            Err(e) => vec![Err(e.to_string())],
+        },
+        Err(e) => vec![Err(e)],
+    }
 }
 
 async fn observe(

@@ -331,3 +331,65 @@ fn key_revocations_replicate_expire_and_survive_snapshots() {
     );
     assert!(revoke("", 1, 0).validate().is_err());
 }
+
+#[test]
+fn devices_replicate_with_feedback_and_survive_snapshots() {
+    use crate::state::devices::{DeviceApplied, DeviceChange, DeviceOp};
+    let register = |token: &str, at_ms: u64| DeviceChange {
+        tenant: "acme".into(),
+        token: token.into(),
+        op: DeviceOp::Register {
+            topic: "com.example.app".into(),
+            tags: vec!["beta".into(), "eu".into()],
+            at_ms,
+        },
+    };
+    let invalidate = |token: &str, at_ms: u64| TokenEventRecord {
+        tenant: "acme".into(),
+        token: token.into(),
+        event: TokenEvent::Invalidated {
+            at: Timestamp::from_millis(at_ms),
+        },
+    };
+    let mut m = StateMachine::new();
+    let results = run(
+        &mut m,
+        &[
+            Command::Devices(vec![register("aa01", 1_000), register("aa02", 1_000)]),
+            Command::TokenEvents(vec![invalidate("aa01", 2_000)]),
+        ],
+    );
+    assert_eq!(
+        results[0],
+        ApplyResult::Devices(vec![DeviceApplied::Added, DeviceApplied::Added])
+    );
+    // The invalidation logged feedback and removed the device registered before it.
+    let devices = m.devices();
+    let (page, _) = devices.page("acme", None, &Default::default(), None, 10);
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].0, "aa02");
+    let feedback = devices.feedback_since("acme", 0, 10);
+    assert_eq!(feedback.entries.len(), 1);
+    assert_eq!(feedback.entries[0].token, "aa01");
+    assert!(matches!(
+        m.check_token(&TokenKey::new("acme", "aa01")),
+        TokenValidity::Invalidated { .. }
+    ));
+    // Registering again later revives the token (last writer wins by time).
+    run(&mut m, &[Command::Devices(vec![register("aa01", 3_000)])]);
+    assert_eq!(
+        m.check_token(&TokenKey::new("acme", "aa01")),
+        TokenValidity::Valid
+    );
+    let bytes = m.snapshot().unwrap();
+    let restored = StateMachine::restore(&bytes).unwrap();
+    assert_eq!(restored, m);
+    assert_eq!(restored.snapshot().unwrap(), bytes);
+    // Unsorted or too many tags are refused before they reach the log.
+    let mut bad = register("aa03", 1);
+    if let DeviceOp::Register { tags, .. } = &mut bad.op {
+        tags.reverse();
+    }
+    assert!(encode(&Command::Devices(vec![bad])).is_err());
+    assert!(encode(&Command::Devices(vec![])).is_err());
+}

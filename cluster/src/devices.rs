@@ -1,0 +1,113 @@
+//! [`DeviceDirectory`]: the replicated device registry and feedback log
+//! ([`state::devices`](crate::state::devices)) as a handle an HTTP API can hold.
+//!
+//! Changes are proposed through Raft (forwarded to the leader from a follower) and answered
+//! once applied on this node; reads are local, at this node's applied index (as stale as the
+//! entries it has not applied yet: usually one `ready()` round, see `docs/cluster.md`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::oneshot;
+
+use crate::node::{ClusterMsg, ProposeError, StateRead, propose};
+use crate::state::devices::{DeviceApplied, DeviceChange, DeviceRecord, FeedbackSlice};
+use crate::state::{ApplyResult, Command};
+
+/// How long a read waits for the cluster actor.
+pub const DEVICE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The replicated device registry and feedback log, through one node. Cheap to clone; once
+/// the node stopped every call fails.
+#[derive(Debug, Clone)]
+pub struct DeviceDirectory {
+    actor: ActorRef<ClusterMsg>,
+}
+
+/// Why a read did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cluster node stopped or busy")]
+pub struct ReadError;
+
+impl DeviceDirectory {
+    pub(crate) fn new(actor: ActorRef<ClusterMsg>) -> Self {
+        DeviceDirectory { actor }
+    }
+
+    /// Apply `changes` cluster-wide; answers once applied on this node, one result per
+    /// change.
+    ///
+    /// # Errors
+    /// [`ProposeError`] if the batch was not applied (invalid, no leader, timeout, …).
+    pub async fn change(
+        &self,
+        changes: Vec<DeviceChange>,
+        timeout: Duration,
+    ) -> Result<Vec<DeviceApplied>, ProposeError> {
+        match propose(&self.actor, Command::Devices(changes), timeout).await? {
+            ApplyResult::Devices(applied) => Ok(applied),
+            other => Err(ProposeError::Refused(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Up to `limit` of `tenant`'s devices matching `topic` and carrying every one of `tags`,
+    /// in token order after `after`, and whether more follow.
+    ///
+    /// # Errors
+    /// [`ReadError`] if the node did not answer within [`DEVICE_READ_TIMEOUT`].
+    pub async fn page(
+        &self,
+        tenant: &str,
+        topic: Option<&str>,
+        tags: &BTreeSet<String>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, DeviceRecord)>, bool), ReadError> {
+        let (tenant, topic, tags, after) = (
+            tenant.to_owned(),
+            topic.map(str::to_owned),
+            tags.clone(),
+            after.map(str::to_owned),
+        );
+        self.read(move |machine| {
+            machine
+                .devices()
+                .page(&tenant, topic.as_deref(), &tags, after.as_deref(), limit)
+        })
+        .await
+    }
+
+    /// Up to `limit` of `tenant`'s invalidated tokens from `cursor` on.
+    ///
+    /// # Errors
+    /// [`ReadError`] if the node did not answer within [`DEVICE_READ_TIMEOUT`].
+    pub async fn feedback_since(
+        &self,
+        tenant: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<FeedbackSlice, ReadError> {
+        let tenant = tenant.to_owned();
+        self.read(move |machine| machine.devices().feedback_since(&tenant, cursor, limit))
+            .await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&crate::state::StateMachine) -> T + Send + 'static,
+    ) -> Result<T, ReadError> {
+        let (tx, rx) = oneshot::channel();
+        self.actor
+            .cast(ClusterMsg::Read(StateRead::new(move |machine| {
+                let _ = tx.send(read(machine));
+            })))
+            .map_err(|_| ReadError)?;
+        match tokio::time::timeout(DEVICE_READ_TIMEOUT, rx).await {
+            Ok(Ok(value)) => Ok(value),
+            _ => Err(ReadError),
+        }
+    }
+}
