@@ -80,6 +80,8 @@ pub struct Observations {
     pub leaders: BTreeMap<u64, BTreeSet<u64>>,
     /// Applied index → (digest, first node seen there).
     pub applied: BTreeMap<u64, (String, String)>,
+    /// Node → the highest applied index it ever reported (over all its incarnations).
+    pub applied_max: BTreeMap<String, u64>,
     /// (region, epoch) → owners (node ids), as first seen applied.
     pub epochs: BTreeMap<(String, u64), Vec<u64>>,
     /// The latest inspection per node.
@@ -120,6 +122,18 @@ impl Observations {
         view: NodeView,
         shard_maps: &[(String, u64, Vec<u64>)],
     ) {
+        // Committed entries are never lost: a node, restarted or not, never reports less
+        // than it had applied (it re-applies its durable log before it answers).
+        let highest = self.applied_max.entry(node.to_owned()).or_default();
+        if view.applied_index < *highest {
+            let text = format!(
+                "raft: {node} went back from applied index {highest} to {} (boot {})",
+                view.applied_index, view.boot
+            );
+            self.violation(text);
+        } else {
+            *highest = view.applied_index;
+        }
         match self.applied.get(&view.applied_index) {
             Some((digest, first)) if *digest != view.digest => {
                 let text = format!(
@@ -327,6 +341,10 @@ mod tests {
         assert_eq!(obs.violations.len(), 1);
         obs.inspected("n3", view(5, "bb"), &map(vec![2, 2]));
         assert_eq!(obs.violations.len(), 3);
+        obs.inspected("n1", view(4, "cc"), &map(vec![1, 2]));
+        assert_eq!(obs.violations.len(), 4, "n1 went back from 5 to 4");
+        obs.inspected("n1", view(6, "dd"), &map(vec![1, 2]));
+        assert_eq!(obs.violations.len(), 4);
 
         obs.accepted.insert(
             7,
@@ -349,7 +367,7 @@ mod tests {
             at_ms: 120,
         };
         obs.outcome(7, outcome);
-        assert_eq!(obs.violations.len(), 4);
+        assert_eq!(obs.violations.len(), 5);
 
         obs.accepted.insert(
             8,
@@ -362,7 +380,7 @@ mod tests {
             },
         );
         obs.check_no_loss(&BTreeSet::new());
-        assert_eq!(obs.violations.len(), 5);
+        assert_eq!(obs.violations.len(), 6);
         assert!(obs.converged(&["n1".into(), "n2".into()]).is_err());
     }
 }
