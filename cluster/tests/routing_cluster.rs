@@ -663,6 +663,96 @@ async fn forged_forward_pushes_are_fenced_by_epoch_and_owner() {
     })
     .await;
 
+    // Batches: node 1's batch of three pushes for node 3's shards travels as one
+    // ForwardBatch; node 3 (fake) takes two and answers the third StaleEpoch in one AckBatch;
+    // node 1 sends that one again, alone.
+    let for_node3: Vec<u64> = (n + 1..)
+        .filter(|&n| map.owners[engine.shard_of(&token(n)) as usize] == 3)
+        .take(3)
+        .collect();
+    let fake_owner = async {
+        let mut batches = 0;
+        let mut alone = vec![];
+        while alone.is_empty() {
+            let inbound = tokio::time::timeout(WAIT, answers.recv())
+                .await
+                .expect("forwarded pushes for node 3")
+                .unwrap();
+            match inbound.msg {
+                PeerMessage::ForwardBatch { pushes } => {
+                    batches += 1;
+                    assert_eq!(pushes.len(), 3);
+                    let results = pushes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            let result = if i == 2 {
+                                AckResult::StaleEpoch { epoch: 3 }
+                            } else {
+                                AckResult::Accepted
+                            };
+                            (p.push_id, result)
+                        })
+                        .collect();
+                    to_node1
+                        .try_send(PeerMessage::AckBatch { results })
+                        .unwrap();
+                }
+                PeerMessage::ForwardPush { push_id, .. } => {
+                    to_node1
+                        .try_send(PeerMessage::Ack {
+                            push_id,
+                            result: AckResult::Accepted,
+                        })
+                        .unwrap();
+                    alone.push(push_id);
+                }
+                _ => {}
+            }
+        }
+        (batches, alone)
+    };
+    let batch: Vec<Notification> = for_node3.iter().map(|&n| alert(n)).collect();
+    let (results, (batches, alone)) =
+        tokio::join!(members[&1].router.send_batch(TENANT, batch), fake_owner);
+    let ids: Vec<PushId> = results.unwrap().into_iter().map(Result::unwrap).collect();
+    assert_eq!(batches, 1);
+    assert_eq!(
+        alone,
+        vec![transport::PushId(ids[2].as_u128().to_be_bytes())]
+    );
+    // And served: a forged batch to node 1 gets one answer per push, each fenced alone.
+    let (_, stale_push, stale) = forge(own, 1);
+    let mine_now = (current + 1..)
+        .find(|&n| map.owners[engine.shard_of(&token(n)) as usize] == 1)
+        .unwrap();
+    let (_, fresh_push, fresh) = forge(mine_now, 3);
+    let entry = |message: PeerMessage| match message {
+        PeerMessage::ForwardPush { push_id, push } => transport::ForwardedEntry { push_id, push },
+        other => panic!("{other:?}"),
+    };
+    to_node1
+        .try_send(PeerMessage::ForwardBatch {
+            pushes: vec![entry(stale), entry(fresh)],
+        })
+        .unwrap();
+    let results = loop {
+        let inbound = tokio::time::timeout(WAIT, answers.recv())
+            .await
+            .expect("a batch ack from node 1")
+            .unwrap();
+        if let PeerMessage::AckBatch { results } = inbound.msg {
+            break results;
+        }
+    };
+    assert_eq!(
+        results,
+        vec![
+            (stale_push, AckResult::StaleEpoch { epoch: 3 }),
+            (fresh_push, AckResult::Accepted)
+        ]
+    );
+
     // A proposal on the follower is forwarded, applied, and its (rejected) result typed.
     let leader = wait_leader(&members).await;
     let follower = if leader == 1 { 2 } else { 1 };

@@ -41,6 +41,10 @@ use herald_actors::limits::OUTCOMES_KEPT_MAX;
 pub const FORWARDS_PER_PEER_MAX: usize = 4096;
 /// Most pushes one node has forwarded (all peers) and not yet seen acknowledged.
 pub const FORWARDS_TOTAL_MAX: usize = 16_384;
+/// Most pushes in one `ForwardBatch` message (a batch for one owner is split beyond).
+pub const FORWARD_BATCH_PUSHES_MAX: usize = 256;
+/// About the most push bytes in one `ForwardBatch` (well under the transport's frame bound).
+pub const FORWARD_BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// Most forwarded pushes an owner handles at once (decode, fence, WAL append); more are
 /// answered `Overloaded`.
 pub const SERVED_FORWARDS_MAX: usize = 4096;
@@ -84,6 +88,8 @@ pub const FORWARDED_PROPOSALS_MAX: usize = 1024;
 pub const FORWARDED_PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 const _: () = assert!(FORWARDS_PER_PEER_MAX <= FORWARDS_TOTAL_MAX);
+const _: () = assert!(FORWARD_BATCH_BYTES_MAX * 2 <= crate::transport::FRAME_BYTES_MAX);
+const _: () = assert!(FORWARD_BATCH_PUSHES_MAX <= SERVED_FORWARDS_MAX);
 const _: () =
     assert!(FORWARD_ATTEMPTS_DEFAULT >= 1 && FORWARD_ATTEMPTS_DEFAULT <= FORWARD_ATTEMPTS_MAX);
 const _: () = assert!(RESEND_BACKOFF_DEFAULT.as_millis() <= RESEND_BACKOFF_MAX.as_millis());

@@ -35,6 +35,8 @@ pub(crate) fn is_routing_message(message: &PeerMessage) -> bool {
     matches!(
         message,
         PeerMessage::ForwardPush { .. }
+            | PeerMessage::ForwardBatch { .. }
+            | PeerMessage::AckBatch { .. }
             | PeerMessage::Ack { .. }
             | PeerMessage::Outcome { .. }
             | PeerMessage::OutcomeQuery { .. }

@@ -17,10 +17,11 @@ use tokio::task::JoinHandle;
 use super::wire::{ForwardedPush, decode_outcome, decode_push, encode_outcome, encode_push};
 use super::{
     AWAITED_OUTCOMES_MAX, FORWARD_ACK_TIMEOUT_DEFAULT, FORWARD_ATTEMPTS_DEFAULT,
-    FORWARD_ATTEMPTS_MAX, FORWARD_OVERLOAD_RETRY_AFTER, FORWARDS_PER_PEER_MAX, FORWARDS_TOTAL_MAX,
-    MAP_CATCH_UP_POLL, MAP_CATCH_UP_TIMEOUT, ORIGINS_KEPT_MAX, OUTCOME_QUERIES_PER_ROUND,
-    OUTCOME_QUERY_AFTER, OUTCOME_QUERY_EVERY, REMOTE_OUTCOMES_KEPT_MAX, RESEND_BACKOFF_DEFAULT,
-    RESEND_BACKOFF_MAX, SERVED_FORWARDS_MAX,
+    FORWARD_ATTEMPTS_MAX, FORWARD_BATCH_BYTES_MAX, FORWARD_BATCH_PUSHES_MAX,
+    FORWARD_OVERLOAD_RETRY_AFTER, FORWARDS_PER_PEER_MAX, FORWARDS_TOTAL_MAX, MAP_CATCH_UP_POLL,
+    MAP_CATCH_UP_TIMEOUT, ORIGINS_KEPT_MAX, OUTCOME_QUERIES_PER_ROUND, OUTCOME_QUERY_AFTER,
+    OUTCOME_QUERY_EVERY, REMOTE_OUTCOMES_KEPT_MAX, RESEND_BACKOFF_DEFAULT, RESEND_BACKOFF_MAX,
+    SERVED_FORWARDS_MAX,
 };
 use crate::node::{ClusterNode, ShardMaps};
 use crate::transport::{self, AckResult, Inbound, PeerLinkSender, PeerMessage};
@@ -304,17 +305,41 @@ impl Router {
             let notifications = local.into_iter().map(|(_, n)| n).collect();
             inner.engine.send_batch(tenant, notifications).await
         };
-        let forwarded = remote
+        // Remote pushes go to their owners grouped: one message (and one engine batch) per
+        // owner; pushes without a known owner yet take the one-by-one path (it waits).
+        let mut by_owner: BTreeMap<u64, Vec<(usize, PushId, Notification)>> = BTreeMap::new();
+        let mut unrouted = Vec::new();
+        for (index, (id, notification)) in remote {
+            let shard = inner.engine.shard_of(notification.device_token());
+            match inner.owner(shard) {
+                Ok((owner, _)) => {
+                    by_owner
+                        .entry(owner)
+                        .or_default()
+                        .push((index, id, notification))
+                }
+                Err(_) => unrouted.push((index, id, notification)),
+            }
+        }
+        let groups = by_owner
             .into_iter()
-            .map(|(index, (id, notification))| async move {
+            .map(|(owner, items)| inner.forward_group(tenant, owner, items));
+        let singles = unrouted
+            .into_iter()
+            .map(|(index, id, notification)| async move {
                 (
                     index,
                     inner.route(tenant, id, notification).await.map(|()| id),
                 )
             });
-        let (local_results, forwarded) =
-            futures_util::future::join(local_batch, futures_util::future::join_all(forwarded))
-                .await;
+        let (local_results, grouped, singles) = futures_util::future::join3(
+            local_batch,
+            futures_util::future::join_all(groups),
+            futures_util::future::join_all(singles),
+        )
+        .await;
+        let forwarded: Vec<(usize, Result<PushId, PushError>)> =
+            grouped.into_iter().flatten().chain(singles).collect();
         let mut results: Vec<Option<Result<PushId, PushError>>> = (0..local_indexes.len()
             + forwarded.len())
             .map(|_| None)
@@ -401,10 +426,23 @@ impl Inner {
         id: PushId,
         notification: Notification,
     ) -> Result<(), PushError> {
+        self.route_from(tenant, id, notification, 0, String::from("no attempt"))
+            .await
+    }
+
+    /// The send loop of one push from attempt `first` on (`last` says why the attempt before
+    /// failed, if `first > 0`).
+    async fn route_from(
+        &self,
+        tenant: &str,
+        id: PushId,
+        notification: Notification,
+        first: u32,
+        mut last: String,
+    ) -> Result<(), PushError> {
         let shard = self.engine.shard_of(notification.device_token());
         let mut backoff = self.config.resend_backoff;
-        let mut last = String::from("no attempt");
-        for attempt in 0..self.config.attempts {
+        for attempt in first..self.config.attempts {
             if attempt > 0 {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RESEND_BACKOFF_MAX);
@@ -429,13 +467,7 @@ impl Inner {
                 Ok(()) => return Ok(()),
                 Err(Attempt::Final(e)) => return Err(e),
                 Err(Attempt::Resend { cause, catch_up }) => {
-                    metrics::counter!("herald_routing_resends_total", "cause" => cause)
-                        .increment(1);
-                    last = format!("{cause} (owner {owner}, epoch {epoch})");
-                    if let Some(epoch) = catch_up {
-                        // The owner has a newer map: wait for ours to reach it.
-                        self.catch_up(epoch).await;
-                    }
+                    last = self.after_resend(cause, catch_up, owner, epoch).await;
                 }
             }
         }
@@ -444,6 +476,65 @@ impl Inner {
             "push {id} not taken by its shard's owner after {} sends; last: {last}",
             self.config.attempts
         )))
+    }
+
+    /// Count a re-send and wait for this node's map if the owner has a newer one; returns
+    /// what to report if the push is never taken.
+    async fn after_resend(
+        &self,
+        cause: &'static str,
+        catch_up: Option<u64>,
+        owner: u64,
+        epoch: u64,
+    ) -> String {
+        metrics::counter!("herald_routing_resends_total", "cause" => cause).increment(1);
+        if let Some(epoch) = catch_up {
+            // The owner has a newer map: wait for ours to reach it.
+            self.catch_up(epoch).await;
+        }
+        format!("{cause} (owner {owner}, epoch {epoch})")
+    }
+
+    /// Forward `items` (index in the caller's batch, id, notification), whose shards `owner`
+    /// owns, in [`PeerMessage::ForwardBatch`]es: one engine batch (one WAL commit) at the
+    /// owner instead of one per push. A push that must be re-sent goes on alone, from its
+    /// second attempt, exactly as [`route`](Self::route) would.
+    async fn forward_group(
+        &self,
+        tenant: &str,
+        owner: u64,
+        items: Vec<(usize, PushId, Notification)>,
+    ) -> Vec<(usize, Result<PushId, PushError>)> {
+        let mut pushes = Vec::with_capacity(items.len());
+        let mut epochs = Vec::with_capacity(items.len());
+        for (_, id, notification) in &items {
+            let shard = self.engine.shard_of(notification.device_token());
+            let epoch = self.owner(shard).map_or(0, |(_, epoch)| epoch);
+            epochs.push(epoch);
+            pushes.push(ForwardedPush::new(
+                tenant,
+                shard,
+                self.region.clone(),
+                epoch,
+                *id,
+                notification.clone(),
+            ));
+        }
+        let firsts = self.forward_many(owner, &pushes).await;
+        let follow = items.into_iter().zip(firsts).zip(epochs).map(
+            |(((index, id, notification), first), epoch)| async move {
+                let result = match first {
+                    Ok(()) => Ok(()),
+                    Err(Attempt::Final(e)) => Err(e),
+                    Err(Attempt::Resend { cause, catch_up }) => {
+                        let last = self.after_resend(cause, catch_up, owner, epoch).await;
+                        self.route_from(tenant, id, notification, 1, last).await
+                    }
+                };
+                (index, result.map(|()| id))
+            },
+        );
+        futures_util::future::join_all(follow).await
     }
 
     /// Wait (at most [`MAP_CATCH_UP_TIMEOUT`]) until this node's map of its region reaches
@@ -490,85 +581,150 @@ impl Inner {
 
     /// Send `push` to `owner` once and wait for its ack.
     async fn forward_once(&self, owner: u64, push: &ForwardedPush) -> Result<(), Attempt> {
-        let Some(link) = self.link(owner) else {
-            return Err(Attempt::Resend {
-                cause: "no_link",
+        self.forward_many(owner, std::slice::from_ref(push))
+            .await
+            .pop()
+            .unwrap_or(Err(Attempt::Resend {
+                cause: "unsendable",
                 catch_up: None,
-            });
+            }))
+    }
+
+    /// Send `pushes` to `owner` once (a [`PeerMessage::ForwardPush`] for one, bounded
+    /// [`PeerMessage::ForwardBatch`]es for more) and wait for their acks: one verdict per
+    /// push, in order.
+    async fn forward_many(&self, owner: u64, pushes: &[ForwardedPush]) -> Vec<Result<(), Attempt>> {
+        let resend = |cause| Attempt::Resend {
+            cause,
+            catch_up: None,
         };
         let overloaded = || {
             Attempt::Final(PushError::Overloaded {
                 retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
             })
         };
-        let _total = Slot::reserve(&self.inflight_total, FORWARDS_TOTAL_MAX).ok_or_else(|| {
-            metrics::counter!("herald_routing_overloaded_total", "limit" => "total").increment(1);
-            Attempt::Final(PushError::Overloaded {
-                retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
-            })
-        })?;
+        let Some(link) = self.link(owner) else {
+            return pushes.iter().map(|_| Err(resend("no_link"))).collect();
+        };
         let peer_load = lock(&self.inflight_per_peer)
             .entry(owner)
             .or_default()
             .clone();
-        let _peer = Slot::reserve(&peer_load, FORWARDS_PER_PEER_MAX).ok_or_else(|| {
-            metrics::counter!("herald_routing_overloaded_total", "limit" => "peer").increment(1);
-            Attempt::Final(PushError::Overloaded {
-                retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
-            })
-        })?;
-        let bytes = encode_push(push).map_err(|e| {
-            Attempt::Final(PushError::Unavailable(format!("unencodable push: {e}")))
-        })?;
-        let key = (push.id().as_u128(), owner);
-        let (tx, rx) = oneshot::channel();
-        let seq = {
-            let mut waiters = lock(&self.waiters);
-            let seq = waiters.next;
-            waiters.next += 1;
-            waiters.by_push.entry(key).or_default().insert(seq, tx);
-            seq
-        };
-        let started = tokio::time::Instant::now();
-        let message = PeerMessage::ForwardPush {
-            push_id: transport::PushId(push.push_id),
-            push: bytes,
-        };
-        let answer = match link.try_send(message) {
-            Err(transport::SendError::Overloaded { .. }) => Err(overloaded()),
-            Err(e) => Err(Attempt::Resend {
-                cause: if matches!(e, transport::SendError::Stopped) {
-                    "link"
-                } else {
-                    "unsendable"
-                },
-                catch_up: None,
-            }),
-            Ok(()) => {
-                metrics::counter!("herald_routing_forwarded_total").increment(1);
-                match tokio::time::timeout(self.config.ack_timeout, rx).await {
-                    Ok(Ok(result)) => {
-                        metrics::histogram!("herald_routing_forward_seconds")
-                            .record(started.elapsed().as_secs_f64());
-                        Ok(result)
-                    }
-                    Ok(Err(_)) | Err(_) => Err(Attempt::Resend {
-                        cause: "timeout",
-                        catch_up: None,
-                    }),
+        let mut verdicts: Vec<Option<Result<(), Attempt>>> = pushes.iter().map(|_| None).collect();
+        // Each push holds its slots (total and per peer) until its ack or timeout.
+        let mut slots = Vec::with_capacity(pushes.len());
+        let mut entries: Vec<(usize, transport::ForwardedEntry)> = Vec::new();
+        for (index, push) in pushes.iter().enumerate() {
+            let Some(total) = Slot::reserve(&self.inflight_total, FORWARDS_TOTAL_MAX) else {
+                metrics::counter!("herald_routing_overloaded_total", "limit" => "total")
+                    .increment(1);
+                verdicts[index] = Some(Err(overloaded()));
+                continue;
+            };
+            let Some(peer) = Slot::reserve(&peer_load, FORWARDS_PER_PEER_MAX) else {
+                metrics::counter!("herald_routing_overloaded_total", "limit" => "peer")
+                    .increment(1);
+                verdicts[index] = Some(Err(overloaded()));
+                continue;
+            };
+            match encode_push(push) {
+                Ok(bytes) => {
+                    slots.push((total, peer));
+                    entries.push((
+                        index,
+                        transport::ForwardedEntry {
+                            push_id: transport::PushId(push.push_id),
+                            push: bytes,
+                        },
+                    ));
                 }
-            }
-        };
-        {
-            let mut waiters = lock(&self.waiters);
-            if let Some(entry) = waiters.by_push.get_mut(&key) {
-                entry.remove(&seq);
-                if entry.is_empty() {
-                    waiters.by_push.remove(&key);
+                Err(e) => {
+                    verdicts[index] = Some(Err(Attempt::Final(PushError::Unavailable(format!(
+                        "unencodable push: {e}"
+                    )))));
                 }
             }
         }
-        match answer? {
+        // Waiters first, so no ack can arrive before its waiter.
+        let mut waiting: Vec<(usize, u64, oneshot::Receiver<AckResult>)> = Vec::new();
+        {
+            let mut waiters = lock(&self.waiters);
+            for (index, entry) in &entries {
+                let (tx, rx) = oneshot::channel();
+                let seq = waiters.next;
+                waiters.next += 1;
+                let key = (u128::from_be_bytes(entry.push_id.0), owner);
+                waiters.by_push.entry(key).or_default().insert(seq, tx);
+                waiting.push((*index, seq, rx));
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let mut unsent: BTreeMap<usize, Attempt> = BTreeMap::new();
+        for message in forward_messages(entries) {
+            let indexes = message.0;
+            let sent = link.try_send(message.1);
+            match sent {
+                Ok(()) => {
+                    metrics::counter!("herald_routing_forwarded_total")
+                        .increment(indexes.len() as u64);
+                }
+                Err(e) => {
+                    for index in indexes {
+                        let attempt = match &e {
+                            transport::SendError::Overloaded { .. } => overloaded(),
+                            transport::SendError::Stopped => resend("link"),
+                            _ => resend("unsendable"),
+                        };
+                        unsent.insert(index, attempt);
+                    }
+                }
+            }
+        }
+        let deadline = started + self.config.ack_timeout;
+        let answers = futures_util::future::join_all(waiting.iter_mut().map(|(index, _, rx)| {
+            let skip = unsent.contains_key(index);
+            async move {
+                if skip {
+                    return None;
+                }
+                tokio::time::timeout_at(deadline, rx).await.ok()?.ok()
+            }
+        }))
+        .await;
+        {
+            let mut waiters = lock(&self.waiters);
+            for (index, seq, _) in &waiting {
+                let key = (pushes[*index].id().as_u128(), owner);
+                if let Some(entry) = waiters.by_push.get_mut(&key) {
+                    entry.remove(seq);
+                    if entry.is_empty() {
+                        waiters.by_push.remove(&key);
+                    }
+                }
+            }
+        }
+        drop(slots);
+        for ((index, _, _), answer) in waiting.iter().zip(answers) {
+            let verdict = match (unsent.remove(index), answer) {
+                (Some(attempt), _) => Err(attempt),
+                (None, Some(result)) => {
+                    metrics::histogram!("herald_routing_forward_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    self.judge(owner, &pushes[*index], result)
+                }
+                (None, None) => Err(resend("timeout")),
+            };
+            verdicts[*index] = Some(verdict);
+        }
+        verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or(Err(resend("unsendable"))))
+            .collect()
+    }
+
+    /// What an owner's answer to `push` means for the origin.
+    fn judge(&self, owner: u64, push: &ForwardedPush, answer: AckResult) -> Result<(), Attempt> {
+        match answer {
             AckResult::Accepted => {
                 lock(&self.awaited).insert(push.id().as_u128(), owner);
                 Ok(())
@@ -581,7 +737,9 @@ impl Inner {
                 cause: "not_owner",
                 catch_up: Some(push.epoch + 1),
             }),
-            AckResult::Overloaded => Err(overloaded()),
+            AckResult::Overloaded => Err(Attempt::Final(PushError::Overloaded {
+                retry_after: FORWARD_OVERLOAD_RETRY_AFTER,
+            })),
             AckResult::InProgress => Err(Attempt::Resend {
                 cause: "in_progress",
                 catch_up: None,
@@ -606,36 +764,101 @@ impl Inner {
 
     /// Owner side: fence, then hand a forwarded push to the local engine.
     async fn serve(&self, from: u64, push_id: transport::PushId, bytes: &[u8]) -> AckResult {
-        let push = match decode_push(bytes) {
+        let push = match self.fence(from, push_id, bytes) {
             Ok(push) => push,
-            Err(e) => {
-                return refuse(
-                    "malformed",
-                    AckResult::Refused {
-                        reason: e.to_string(),
-                    },
-                );
-            }
+            Err(refused) => return refused,
         };
+        let id = push.id();
+        let sent = self.engine.send(&push.tenant, push.notification).await;
+        tracing::debug!(push = %id, from, result = ?sent, "forwarded push served");
+        ack_of(sent, id)
+    }
+
+    /// Owner side: fence each push of a [`PeerMessage::ForwardBatch`], then hand them to the
+    /// local engine in one batch per tenant (one WAL commit); one answer per push, in order.
+    async fn serve_batch(
+        &self,
+        from: u64,
+        entries: &[transport::ForwardedEntry],
+    ) -> Vec<(transport::PushId, AckResult)> {
+        let mut answers: Vec<Option<AckResult>> = entries.iter().map(|_| None).collect();
+        let mut by_tenant: BTreeMap<String, Vec<(usize, PushId, Notification)>> = BTreeMap::new();
+        for (index, entry) in entries.iter().enumerate() {
+            match self.fence(from, entry.push_id, &entry.push) {
+                Ok(push) => by_tenant.entry(push.tenant.clone()).or_default().push((
+                    index,
+                    push.id(),
+                    push.notification,
+                )),
+                Err(refused) => answers[index] = Some(refused),
+            }
+        }
+        for (tenant, items) in by_tenant {
+            let (places, notifications): (Vec<(usize, PushId)>, Vec<Notification>) = items
+                .into_iter()
+                .map(|(index, id, notification)| ((index, id), notification))
+                .unzip();
+            match self.engine.send_batch(&tenant, notifications).await {
+                Ok(sent) => {
+                    for ((index, id), sent) in places.into_iter().zip(sent) {
+                        answers[index] = Some(ack_of(sent, id));
+                    }
+                }
+                Err(e) => {
+                    for (index, id) in places {
+                        answers[index] = Some(ack_of(Err(e.clone()), id));
+                    }
+                }
+            }
+        }
+        tracing::debug!(from, pushes = entries.len(), "forwarded batch served");
+        entries
+            .iter()
+            .zip(answers)
+            .map(|(entry, answer)| {
+                let answer = answer.unwrap_or_else(|| AckResult::Refused {
+                    reason: "no answer".to_owned(),
+                });
+                (entry.push_id, answer)
+            })
+            .collect()
+    }
+
+    /// Owner side: decode a forwarded push and check it may be taken here (region, shard,
+    /// epoch, ownership); remembers where it came from.
+    fn fence(
+        &self,
+        from: u64,
+        push_id: transport::PushId,
+        bytes: &[u8],
+    ) -> Result<ForwardedPush, AckResult> {
+        let push = decode_push(bytes).map_err(|e| {
+            refuse(
+                "malformed",
+                AckResult::Refused {
+                    reason: e.to_string(),
+                },
+            )
+        })?;
         if push.push_id != push_id.0 {
-            return refuse(
+            return Err(refuse(
                 "malformed",
                 AckResult::Refused {
                     reason: "push id differs from the envelope's".to_owned(),
                 },
-            );
+            ));
         }
         if push.region != self.region {
-            return refuse("other_region", AckResult::NotOwner);
+            return Err(refuse("other_region", AckResult::NotOwner));
         }
         let shard = self.engine.shard_of(push.notification.device_token());
         if shard != push.shard {
-            return refuse(
+            return Err(refuse(
                 "malformed",
                 AckResult::Refused {
                     reason: format!("token is in shard {shard}, not {}", push.shard),
                 },
-            );
+            ));
         }
         let current = {
             let maps = self.maps.borrow();
@@ -643,40 +866,84 @@ impl Inner {
                 .map(|map| (map.epoch, map.owners.get(shard as usize).copied()))
         };
         match current {
-            None => return refuse("stale_epoch", AckResult::StaleEpoch { epoch: 0 }),
+            None => return Err(refuse("stale_epoch", AckResult::StaleEpoch { epoch: 0 })),
             Some((epoch, _)) if epoch != push.epoch => {
-                return refuse("stale_epoch", AckResult::StaleEpoch { epoch });
+                return Err(refuse("stale_epoch", AckResult::StaleEpoch { epoch }));
             }
             Some((_, owner)) if owner != Some(self.id) => {
-                return refuse("not_owner", AckResult::NotOwner);
+                return Err(refuse("not_owner", AckResult::NotOwner));
             }
             Some(_) => {}
         }
-        let id = push.id();
         if from != self.id {
-            lock(&self.origins).insert(id.as_u128(), from);
+            lock(&self.origins).insert(push.id().as_u128(), from);
         }
-        let sent = self.engine.send(&push.tenant, push.notification).await;
-        tracing::debug!(push = %id, from, result = ?sent, "forwarded push served");
-        match sent {
-            Ok(accepted) if accepted == id => AckResult::Accepted,
-            Ok(other) => refuse(
-                "malformed",
-                AckResult::Refused {
-                    reason: format!("engine accepted it as {other}"),
-                },
-            ),
-            Err(PushError::UnknownTenant(_)) => refuse("unknown_tenant", AckResult::UnknownTenant),
-            Err(PushError::Overloaded { .. }) => refuse("overloaded", AckResult::Overloaded),
-            Err(PushError::InProgress { .. }) => refuse("in_progress", AckResult::InProgress),
-            Err(e) => refuse(
-                "engine",
-                AckResult::Refused {
-                    reason: e.to_string(),
-                },
-            ),
-        }
+        Ok(push)
     }
+}
+
+/// The ack for a forwarded push the local engine answered `sent` for.
+fn ack_of(sent: Result<PushId, PushError>, id: PushId) -> AckResult {
+    match sent {
+        Ok(accepted) if accepted == id => AckResult::Accepted,
+        Ok(other) => refuse(
+            "malformed",
+            AckResult::Refused {
+                reason: format!("engine accepted it as {other}"),
+            },
+        ),
+        Err(PushError::UnknownTenant(_)) => refuse("unknown_tenant", AckResult::UnknownTenant),
+        Err(PushError::Overloaded { .. }) => refuse("overloaded", AckResult::Overloaded),
+        Err(PushError::InProgress { .. }) => refuse("in_progress", AckResult::InProgress),
+        Err(e) => refuse(
+            "engine",
+            AckResult::Refused {
+                reason: e.to_string(),
+            },
+        ),
+    }
+}
+
+/// The messages carrying `entries` (with the indexes each carries): a lone push as a
+/// [`PeerMessage::ForwardPush`], more as [`PeerMessage::ForwardBatch`]es of at most
+/// [`FORWARD_BATCH_PUSHES_MAX`] pushes and about [`FORWARD_BATCH_BYTES_MAX`] bytes.
+fn forward_messages(
+    entries: Vec<(usize, transport::ForwardedEntry)>,
+) -> Vec<(Vec<usize>, PeerMessage)> {
+    if let [(index, _)] = entries.as_slice() {
+        let index = *index;
+        let Some((_, entry)) = entries.into_iter().next() else {
+            return Vec::new();
+        };
+        let message = PeerMessage::ForwardPush {
+            push_id: entry.push_id,
+            push: entry.push,
+        };
+        return vec![(vec![index], message)];
+    }
+    let mut messages = Vec::new();
+    let mut indexes = Vec::new();
+    let mut pushes = Vec::new();
+    let mut bytes = 0;
+    for (index, entry) in entries {
+        if !pushes.is_empty()
+            && (pushes.len() == FORWARD_BATCH_PUSHES_MAX
+                || bytes + entry.push.len() > FORWARD_BATCH_BYTES_MAX)
+        {
+            let full = PeerMessage::ForwardBatch {
+                pushes: std::mem::take(&mut pushes),
+            };
+            messages.push((std::mem::take(&mut indexes), full));
+            bytes = 0;
+        }
+        bytes += entry.push.len();
+        indexes.push(index);
+        pushes.push(entry);
+    }
+    if !pushes.is_empty() {
+        messages.push((indexes, PeerMessage::ForwardBatch { pushes }));
+    }
+    messages
 }
 
 fn refuse(reason: &'static str, result: AckResult) -> AckResult {
@@ -732,6 +999,40 @@ async fn serve_inbound(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>) 
                         tracing::debug!(to = from.0, error = %e, "ack not sent");
                     }
                 });
+            }
+            PeerMessage::ForwardBatch { pushes } => {
+                let Some(link) = inner.link(from.0) else {
+                    tracing::warn!(from = from.0, "forwarded batch from a node without a link");
+                    continue;
+                };
+                // One serving permit per push: a batch counts as much as its pushes sent alone.
+                let permits = u32::try_from(pushes.len()).unwrap_or(u32::MAX);
+                let Ok(permit) = inner.serving.clone().try_acquire_many_owned(permits) else {
+                    let results = pushes
+                        .iter()
+                        .map(|p| (p.push_id, refuse("overloaded", AckResult::Overloaded)))
+                        .collect();
+                    let _ = link.try_send(PeerMessage::AckBatch { results });
+                    continue;
+                };
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let results = inner.serve_batch(from.0, &pushes).await;
+                    drop(permit);
+                    if herald_actors::buggify::fire("router_ack_lost", 0.03) {
+                        // The origin's ack timeout re-sends each push; the engine's dedupe
+                        // answers.
+                        return;
+                    }
+                    if let Err(e) = link.try_send(PeerMessage::AckBatch { results }) {
+                        tracing::debug!(to = from.0, error = %e, "batch ack not sent");
+                    }
+                });
+            }
+            PeerMessage::AckBatch { results } => {
+                for (push_id, result) in results {
+                    inner.on_ack(from.0, push_id, result);
+                }
             }
             PeerMessage::Ack { push_id, result } => inner.on_ack(from.0, push_id, result),
             PeerMessage::Outcome { push_id, outcome } => match decode_outcome(&outcome) {

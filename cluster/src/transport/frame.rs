@@ -146,6 +146,18 @@ pub enum PeerMessage {
         /// The [`Ping`](PeerMessage::Ping)'s nonce.
         nonce: u64,
     },
+    /// Pushes forwarded to their shards' owner together (one message, one engine batch at
+    /// the owner): answered by one [`AckBatch`](PeerMessage::AckBatch).
+    ForwardBatch {
+        /// The pushes: id and encoded push (opaque to the transport), as in
+        /// [`ForwardPush`](PeerMessage::ForwardPush).
+        pushes: Vec<ForwardedEntry>,
+    },
+    /// The owner's answers to a [`ForwardBatch`](PeerMessage::ForwardBatch), one per push.
+    AckBatch {
+        /// Push id and whether the owner took it.
+        results: Vec<(PushId, AckResult)>,
+    },
     /// Part of a Raft message too large for one frame (a snapshot); see
     /// [`raft::chunks`](crate::raft::chunks). Opaque here, like [`Raft`](PeerMessage::Raft).
     RaftPart {
@@ -176,8 +188,20 @@ impl PeerMessage {
             PeerMessage::Ping { .. } => "ping",
             PeerMessage::Pong { .. } => "pong",
             PeerMessage::RaftPart { .. } => "raft_part",
+            PeerMessage::ForwardBatch { .. } => "forward_batch",
+            PeerMessage::AckBatch { .. } => "ack_batch",
         }
     }
+}
+
+/// One push of a [`PeerMessage::ForwardBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedEntry {
+    /// The push id.
+    pub push_id: PushId,
+    /// The encoded push (opaque to the transport).
+    #[serde(with = "binary")]
+    pub push: Vec<u8>,
 }
 
 /// The owner's answer to a forwarded push.
@@ -523,6 +547,14 @@ mod tests {
             ),
             (push_id.clone(), bytes.clone())
                 .prop_map(|(push_id, push)| PeerMessage::ForwardPush { push_id, push }),
+            (push_id.clone(), bytes.clone()).prop_map(|(push_id, push)| {
+                PeerMessage::ForwardBatch {
+                    pushes: vec![ForwardedEntry { push_id, push }],
+                }
+            }),
+            push_id.clone().prop_map(|push_id| PeerMessage::AckBatch {
+                results: vec![(push_id, AckResult::Accepted)],
+            }),
             (push_id.clone(), ".{0,40}").prop_map(|(push_id, reason)| PeerMessage::Ack {
                 push_id,
                 result: AckResult::Refused { reason }

@@ -40,8 +40,8 @@ pub mod peer_link;
 pub mod tls;
 
 pub use frame::{
-    AckResult, ClusterId, Envelope, FrameError, FrameReader, NodeId, PeerMessage, ProposalAnswer,
-    PushId, decode_frame, encode_frame, write_frame,
+    AckResult, ClusterId, Envelope, ForwardedEntry, FrameError, FrameReader, NodeId, PeerMessage,
+    ProposalAnswer, PushId, decode_frame, encode_frame, write_frame,
 };
 pub use listener::{
     Acceptor, CloseReason, Inbound, InboundConfig, LinkClosed, Listener, serve_connection,
