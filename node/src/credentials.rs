@@ -63,7 +63,18 @@ pub struct LoadedTenant {
     fingerprint: [u8; 32],
 }
 
-/// Load one tenant's credentials and limits. `limits` gives the default `queue_max`.
+/// Where a token-auth tenant's [`TokenMinter`] comes from: [`local_minters`] (each node signs
+/// its own provider tokens), or a cluster's `ProviderTokens` (one token per key, cluster-wide).
+pub type MinterSource =
+    Arc<dyn Fn(SigningKey, SharedClock) -> Result<TokenMinter, String> + Send + Sync>;
+
+/// Minters that sign locally (`TokenMinter::with_default_interval`).
+pub fn local_minters() -> MinterSource {
+    Arc::new(|key, clock| Ok(TokenMinter::with_default_interval(key, clock)))
+}
+
+/// Load one tenant's credentials and limits with local minters. `limits` gives the default
+/// `queue_max`.
 ///
 /// # Errors
 /// [`CredentialError`] if a file is missing or unusable.
@@ -71,6 +82,19 @@ pub fn load_tenant(
     section: &TenantSection,
     limits: &LimitsSection,
     clock: SharedClock,
+) -> Result<LoadedTenant, CredentialError> {
+    load_tenant_with(section, limits, clock, &local_minters())
+}
+
+/// [`load_tenant`], the provider-token minter of a token-auth tenant from `minters`.
+///
+/// # Errors
+/// [`CredentialError`] if a file is missing or unusable, or `minters` refuses the key.
+pub fn load_tenant_with(
+    section: &TenantSection,
+    limits: &LimitsSection,
+    clock: SharedClock,
+    minters: &MinterSource,
 ) -> Result<LoadedTenant, CredentialError> {
     let err = |field: &str, message: String| CredentialError {
         tenant: section.id.clone(),
@@ -107,7 +131,7 @@ pub fn load_tenant(
             feed(key_id.as_bytes());
             feed(team.as_bytes());
             feed(pem.expose());
-            let minter = TokenMinter::with_default_interval(key, clock);
+            let minter = minters(key, clock).map_err(|e| err("p8", e))?;
             (Credentials::Token(minter), Some(key_id))
         }
         (None, Some(p12)) => {
@@ -195,10 +219,22 @@ pub fn load_tenants(
     config: &NodeConfig,
     clock: &SharedClock,
 ) -> Result<Vec<LoadedTenant>, CredentialError> {
+    load_tenants_with(config, clock, &local_minters())
+}
+
+/// [`load_tenants`] with the minters of `minters`.
+///
+/// # Errors
+/// The first tenant that does not load.
+pub fn load_tenants_with(
+    config: &NodeConfig,
+    clock: &SharedClock,
+    minters: &MinterSource,
+) -> Result<Vec<LoadedTenant>, CredentialError> {
     config
         .tenants
         .iter()
-        .map(|t| load_tenant(t, &config.limits, clock.clone()))
+        .map(|t| load_tenant_with(t, &config.limits, clock.clone(), minters))
         .collect()
 }
 
@@ -224,13 +260,22 @@ pub struct TenantCredentialStatus {
 
 /// Keeps the engine's tenant credentials in step with the files. See the
 /// [module docs](self).
-#[derive(Debug)]
 pub struct CredentialReloader {
     config_path: PathBuf,
     overrides: Overrides,
     engine: Herald,
     clock: SharedClock,
+    minters: MinterSource,
     state: Mutex<ReloaderState>,
+}
+
+impl std::fmt::Debug for CredentialReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialReloader")
+            .field("config_path", &self.config_path)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -272,8 +317,17 @@ impl CredentialReloader {
             overrides,
             engine,
             clock,
+            minters: local_minters(),
             state: Mutex::new(state),
         }
+    }
+
+    /// Reloaded token-auth tenants get their minters from `minters` (the node's
+    /// cluster-wide provider tokens).
+    #[must_use]
+    pub fn with_minters(mut self, minters: MinterSource) -> Self {
+        self.minters = minters;
+        self
     }
 
     /// The tenant sections of the configuration last loaded (topics, webhooks …).
@@ -320,7 +374,12 @@ impl CredentialReloader {
         // Watch the new file set from now on (a failed tenant is retried at its next change).
         let watched = signature(&self.config_path, &config.tenants);
         for section in &config.tenants {
-            let loaded = match load_tenant(section, &config.limits, self.clock.clone()) {
+            let loaded = match load_tenant_with(
+                section,
+                &config.limits,
+                self.clock.clone(),
+                &self.minters,
+            ) {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     tracing::error!(

@@ -23,8 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use herald_actors::apns::{
-    ApnsTlsConfig, DeviceToken, Notification, Payload, PushType, Reason, SigningKey, TokenMinter,
-    Topic,
+    ApnsTlsConfig, DeviceToken, Notification, Payload, PushType, Reason, SigningKey, Topic,
 };
 use herald_actors::backoff::Backoff;
 use herald_actors::breaker::BreakerState;
@@ -35,6 +34,7 @@ use herald_actors::{
     Credentials, Endpoint, Herald, Outcome, OutcomeRecord, PushError, PushId, TenantConfig, Tuning,
 };
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+use herald_cluster::provider_tokens::{ProviderTokenConfig, ProviderTokens};
 use herald_cluster::routing::{Router, RouterConfig};
 use herald_cluster::transport::tls::ClusterCa;
 use herald_cluster::transport::{ClusterId, LinkSecurity, NodeId};
@@ -130,6 +130,8 @@ struct DemoNode {
     cluster: ClusterNode,
     engine: Herald,
     router: Arc<Router>,
+    /// The node's part in the cluster-wide provider tokens (its tenants' minters).
+    _provider_tokens: ProviderTokens,
     /// Pushes this node's router accepted (the node the app server called).
     accepted: AtomicU64,
 }
@@ -139,7 +141,7 @@ async fn start_cluster(
     args: &DemoArgs,
     dir: &std::path::Path,
     emulator: &Emulator,
-    tenants: &[TenantConfig],
+    tenants: &[(&'static str, SigningKey)],
     clock: &SharedClock,
 ) -> anyhow::Result<Vec<DemoNode>> {
     let ca = ClusterCa::generate("herald demo").context("generating the cluster CA")?;
@@ -191,8 +193,14 @@ async fn start_cluster(
             .tuning(tuning)
             .wal(open_wal(args, dir, id)?)
             .token_state(cluster.token_state());
-        for tenant in tenants {
-            builder.tenant(tenant.clone());
+        // One provider token per key, cluster-wide: the leader signs, every node presents it.
+        let provider_tokens =
+            ProviderTokens::start(&cluster, clock.clone(), ProviderTokenConfig::default());
+        for (tenant, key) in tenants {
+            let minter = provider_tokens.register(key.clone())?;
+            let mut config = TenantConfig::new(*tenant, Credentials::Token(minter));
+            config.connections(1, args.connections.max(1));
+            builder.tenant(config);
         }
         let engine = builder
             .build()
@@ -209,6 +217,7 @@ async fn start_cluster(
             cluster,
             engine,
             router: Arc::new(router),
+            _provider_tokens: provider_tokens,
             accepted: AtomicU64::new(0),
         });
     }
@@ -249,7 +258,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         .context("starting the APNs emulator")?;
     let core = emulator.core().clone();
 
-    // The tenants: one per team, token credentials (the same on every node).
+    // The tenants: one per team, token credentials (the same key on every node).
     let mut tenants = Vec::new();
     let mut topics = Vec::new();
     for (tenant, team, bundle) in TENANTS {
@@ -257,10 +266,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
             .generate_team_key(team, &[bundle])
             .context("generating a demo signing key")?;
         let signing = SigningKey::from_p8_pem(key.p8_pem.as_bytes(), &key.key_id, &key.team_id)?;
-        let minter = TokenMinter::with_default_interval(signing, clock.clone());
-        let mut config = TenantConfig::new(tenant, Credentials::Token(minter));
-        config.connections(1, args.connections.max(1));
-        tenants.push(config);
+        tenants.push((tenant, signing));
         topics.push(bundle.parse::<Topic>()?);
     }
     let nodes = start_cluster(&args, dir.path(), &emulator, &tenants, &clock).await?;

@@ -33,6 +33,7 @@ use herald_actors::seams::{DetRng, SharedClock, SystemClock, TcpConnector};
 use herald_actors::wal::{FileWal, GroupCommitWal, WalClosed};
 use herald_actors::{Endpoint, Herald, OutcomeRecord, ShutdownReport, Tuning};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+use herald_cluster::provider_tokens::{ProviderTokenConfig, ProviderTokens};
 use herald_cluster::routing::{Router as ClusterRouter, RouterConfig};
 use herald_cluster::transport::tls::{LinkSecurity, MutualTls};
 use herald_cluster::transport::{ClusterId, NodeId};
@@ -45,7 +46,7 @@ use crate::api::{
     WebhookTarget, Webhooks,
 };
 use crate::config::{ApnsEnvironment, NodeConfig, Overrides, read_secret_line};
-use crate::credentials::{CredentialReloader, load_tenants};
+use crate::credentials::{CredentialReloader, MinterSource, load_tenants, load_tenants_with};
 use crate::ops::{self, ClusterProbe, DrainProbe, EngineProbe, METRICS_UPKEEP_PERIOD, OpsState};
 
 /// The write-ahead log's file name in `data_dir`.
@@ -107,6 +108,7 @@ pub struct Node {
     http: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
     wal: WalClosed,
+    provider_tokens: Arc<ProviderTokens>,
 }
 
 /// What a shutdown achieved.
@@ -155,10 +157,31 @@ impl Node {
         let clock: SharedClock = Arc::new(SystemClock);
         std::fs::create_dir_all(&config.node.data_dir)
             .with_context(|| format!("creating data_dir {}", config.node.data_dir.display()))?;
-        let tenants = load_tenants(&config, &clock)?;
+        // Checked before anything starts (a bad key file fails fast); loaded again below
+        // with the cluster's provider-token minters.
+        load_tenants(&config, &clock)?;
         let endpoint = endpoint(&config)?;
 
         let cluster = start_cluster(&config).await?;
+        // One provider token per signing key, cluster-wide: the leader signs it and
+        // replicates it; every node's tenants of that key present it.
+        let provider_tokens = Arc::new(ProviderTokens::start(
+            &cluster,
+            clock.clone(),
+            ProviderTokenConfig::default(),
+        ));
+        let minters: MinterSource = {
+            let tokens = provider_tokens.clone();
+            Arc::new(move |key, _clock| tokens.register(key).map_err(|e| e.to_string()))
+        };
+        let tenants = match load_tenants_with(&config, &clock, &minters) {
+            Ok(tenants) => tenants,
+            Err(e) => {
+                drop(provider_tokens);
+                cluster.stop().await;
+                return Err(e.into());
+            }
+        };
 
         let wal_path = config.node.data_dir.join(WAL_FILE);
         let wal = match FileWal::open(&wal_path) {
@@ -205,14 +228,17 @@ impl Node {
             }
         };
 
-        let reloader = Arc::new(CredentialReloader::new(
-            config_path.to_owned(),
-            overrides,
-            &config,
-            &tenants,
-            engine.clone(),
-            clock.clone(),
-        ));
+        let reloader = Arc::new(
+            CredentialReloader::new(
+                config_path.to_owned(),
+                overrides,
+                &config,
+                &tenants,
+                engine.clone(),
+                clock.clone(),
+            )
+            .with_minters(minters),
+        );
         let (stop, stop_rx) = watch::channel(false);
         let mut background = vec![
             reloader
@@ -272,7 +298,13 @@ impl Node {
             http,
             background,
             wal: wal_closed,
+            provider_tokens,
         })
+    }
+
+    /// The cluster-wide provider tokens this node's token-auth tenants present.
+    pub fn provider_tokens(&self) -> &ProviderTokens {
+        &self.provider_tokens
     }
 
     /// The address the HTTP server listens on.

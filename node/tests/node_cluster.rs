@@ -373,6 +373,35 @@ key = "pki/node-{id}.key.pem"
         "every push was sent by node 1: {holders:?} {shards:?}"
     );
 
+    // One provider token per signing key, cluster-wide: the leader signed it, every node's
+    // tenant presents the same JWT.
+    let kid = nodes[0]
+        .reloader()
+        .status("acme")
+        .and_then(|s| s.key_id)
+        .expect("acme signs with a key");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let jwts: Vec<Option<String>> = nodes
+            .iter()
+            .map(|n| {
+                let minter = n.provider_tokens().minter(&kid)?;
+                Some(minter.cached()?.jwt().to_owned())
+            })
+            .collect();
+        if jwts[0].is_some() && jwts.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes present different provider tokens: {:?}",
+            jwts.iter()
+                .map(|j| j.as_ref().map(|j| j.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // A key revoked on node 1 is refused by node 2 (the revocation is replicated).
     let doomed = keys
         .issue(&KeyRequest::tenant("acme", &[Scope::Read]), "acme-doomed")
