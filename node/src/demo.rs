@@ -29,7 +29,9 @@ use herald_actors::backoff::Backoff;
 use herald_actors::breaker::BreakerState;
 use herald_actors::limits;
 use herald_actors::seams::{DetRng, SharedClock, SystemClock};
-use herald_actors::wal::{FileWal, GroupCommitWal, MemoryWal, SharedWal};
+use herald_actors::wal::{
+    CompletionSync, FileWal, GroupCommitWal, MemoryWal, SharedWal, WalLimits,
+};
 use herald_actors::{
     Credentials, Endpoint, Herald, Outcome, OutcomeRecord, PushError, PushId, TenantConfig, Tuning,
 };
@@ -795,6 +797,7 @@ fn open_wal(args: &DemoArgs, dir: &std::path::Path, id: u64) -> anyhow::Result<S
         return Ok(Arc::new(MemoryWal::new()));
     }
     let path = dir.join(format!("wal-{id}.redb"));
-    let file = FileWal::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = FileWal::open_with(&path, WalLimits::default(), CompletionSync::LAZY)
+        .with_context(|| format!("opening {}", path.display()))?;
     Ok(Arc::new(GroupCommitWal::spawn(Arc::new(file))))
 }

@@ -30,7 +30,7 @@ use anyhow::{Context as _, bail};
 use axum::Router;
 use herald_actors::apns::ApnsTlsConfig;
 use herald_actors::seams::{DetRng, SharedClock, SystemClock, TcpConnector};
-use herald_actors::wal::{FileWal, GroupCommitWal, WalClosed};
+use herald_actors::wal::{CompletionSync, FileWal, GroupCommitWal, WalClosed, WalLimits};
 use herald_actors::{Endpoint, Herald, OutcomeRecord, ShutdownReport, Tuning};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::provider_tokens::{ProviderTokenConfig, ProviderTokens};
@@ -184,7 +184,9 @@ impl Node {
         };
 
         let wal_path = config.node.data_dir.join(WAL_FILE);
-        let wal = match FileWal::open(&wal_path) {
+        // Completions fsync'd lazily (durable with the next append): a crash may send a
+        // push again, never lose one; half the fsyncs under load (docs/benchmarks.md).
+        let wal = match FileWal::open_with(&wal_path, WalLimits::default(), CompletionSync::LAZY) {
             Ok(wal) => Arc::new(wal),
             Err(e) => {
                 cluster.stop().await;

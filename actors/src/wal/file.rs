@@ -21,6 +21,9 @@ const FINISHED: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("her
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("herald_wal_meta");
 /// Bytes of an encoded record before its payload: id (16) + shard (4).
 const HEADER_BYTES: usize = 20;
+/// [`CompletionSync::LAZY`]: completion commits made without an fsync in a row at most (the
+/// next one is fsync'd); an append's commit, always fsync'd, makes them durable sooner.
+pub const LAZY_COMPLETIONS_MAX: u32 = 16;
 /// Bytes of an encoded done marker before its note: id (16) + shard (4) + finish time in ms (8).
 const MARKER_BYTES: usize = 28;
 
@@ -47,8 +50,13 @@ const MARKER_BYTES: usize = 28;
 ///
 /// `append` is one redb write transaction committed with `Durability::Immediate` (redb's
 /// default: the commit is fsync'd before it returns), so one fsync per batch. `complete` is one
-/// more such transaction that deletes the records; redb reuses the freed pages (the file does
-/// not shrink). Wrap a `FileWal` in a [`GroupCommitWal`](super::GroupCommitWal) to share one
+/// more transaction that deletes the records; redb reuses the freed pages (the file does not
+/// shrink). How completions reach the disk is the [`CompletionSync`] the WAL was opened with:
+/// fsync'd each ([`CompletionSync::EveryCommit`], the default of [`FileWal::open`]), or
+/// lazily ([`CompletionSync::Lazy`]: durable with the next append, every `max`-th completion
+/// or on close; a crash may replay pushes completed since, which are then sent again —
+/// at-least-once — but never loses an acknowledged append). `herald node` uses `Lazy`: it
+/// halves the fsyncs under load (measured in `docs/benchmarks.md`). Wrap a `FileWal` in a [`GroupCommitWal`](super::GroupCommitWal) to share one
 /// fsync among concurrent callers.
 ///
 /// redb calls block, so every operation runs on tokio's blocking pool (`spawn_blocking`): call
@@ -72,9 +80,30 @@ struct Inner {
     len: AtomicUsize,
     bytes: AtomicU64,
     commits: AtomicU64,
+    sync: CompletionSync,
     /// Dropped after `db` (fields drop in declaration order), so its receivers see the close
     /// only once redb has released the file. Keep it the last field.
     closed: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Make the lazy completions durable: after a clean close nothing is sent twice.
+        let lazy = self
+            .index
+            .get_mut()
+            .map_or(0, |indexes| indexes.lazy_completions);
+        if lazy == 0 {
+            return;
+        }
+        let synced = (|| -> Result<(), redb::Error> {
+            self.db.begin_write()?.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = synced {
+            tracing::warn!(error = %e, path = %self.path.display(), "write-ahead log not synced on close");
+        }
+    }
 }
 
 /// Reports when a [`FileWal`]'s store is closed: every handle, and every operation still running
@@ -98,10 +127,34 @@ impl WalClosed {
     }
 }
 
+/// When a [`FileWal`]'s completions are fsync'd. See [`FileWal`], "Durability".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompletionSync {
+    /// Every completion commit is fsync'd before `complete` returns.
+    #[default]
+    EveryCommit,
+    /// Completion commits are not fsync'd; they become durable with the next append's commit
+    /// (always fsync'd), with every `max`-th completion commit in a row, or when the store is
+    /// closed. A crash replays at most the pushes completed since then.
+    Lazy {
+        /// Completion commits in a row before one is fsync'd (at least 1).
+        max: u32,
+    },
+}
+
+impl CompletionSync {
+    /// Lazy completions with [`LAZY_COMPLETIONS_MAX`] in a row at most.
+    pub const LAZY: CompletionSync = CompletionSync::Lazy {
+        max: LAZY_COMPLETIONS_MAX,
+    };
+}
+
 #[derive(Debug)]
 struct Indexes {
     pending: PendingIndex,
     finished: FinishedIndex,
+    /// Completion commits made without an fsync since the last fsync'd commit.
+    lazy_completions: u32,
 }
 
 impl FileWal {
@@ -125,6 +178,19 @@ impl FileWal {
     /// # Errors
     /// As [`FileWal::open`].
     pub fn open_with_limits(path: impl AsRef<Path>, limits: WalLimits) -> Result<Self, WalError> {
+        FileWal::open_with(path, limits, CompletionSync::EveryCommit)
+    }
+
+    /// Open the WAL stored at `path` (created if missing), bounded by `limits`, its
+    /// completions made durable as `sync` says.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        limits: WalLimits,
+        sync: CompletionSync,
+    ) -> Result<Self, WalError> {
         let path = path.as_ref().to_path_buf();
         let db = Database::create(&path).map_err(store_error)?;
         check_format(&db)?;
@@ -153,8 +219,10 @@ impl FileWal {
             index: Mutex::new(Indexes {
                 pending: index,
                 finished,
+                lazy_completions: 0,
             }),
             commits: AtomicU64::new(0),
+            sync,
             closed: tokio::sync::watch::Sender::new(()),
         };
         Ok(FileWal {
@@ -277,6 +345,8 @@ impl Inner {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 index.apply_append(&planned);
                 self.publish(index);
+                // This fsync'd commit made the lazy completions before it durable too.
+                guard.lazy_completions = 0;
                 Ok(())
             }
             Err(e) => {
@@ -292,15 +362,29 @@ impl Inner {
     /// transaction.
     fn complete(&self, done: &[Completion], at: Option<Timestamp>) -> Result<(), WalError> {
         let mut guard = self.lock();
-        let Indexes { pending, finished } = &mut *guard;
+        let Indexes {
+            pending,
+            finished,
+            lazy_completions,
+        } = &mut *guard;
         let ids: Vec<u128> = done.iter().map(|c| c.id).collect();
         let planned = pending.plan_complete(&ids);
         if planned.is_empty() {
             return Ok(());
         }
         let markers = at.map(|at| finished.plan(&pending.markers_for(&planned, done), at));
+        // With `CompletionSync::Lazy` completions are not fsync'd one by one: they become
+        // durable with the next append (always fsync'd), every `max`-th completion, or on
+        // close. A crash loses at most those: their pushes are replayed and sent again.
+        let durable = match self.sync {
+            CompletionSync::EveryCommit => true,
+            CompletionSync::Lazy { max } => *lazy_completions + 1 >= max.max(1),
+        };
         let written = (|| -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
+            let mut txn = self.db.begin_write()?;
+            if !durable {
+                txn.set_durability(redb::Durability::None)?;
+            }
             {
                 let mut table = txn.open_table(RECORDS)?;
                 for (_, seq) in &planned {
@@ -324,6 +408,7 @@ impl Inner {
         match written {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
+                *lazy_completions = if durable { 0 } else { *lazy_completions + 1 };
                 pending.apply_complete(&planned);
                 if let Some(markers) = &markers {
                     finished.apply(markers);

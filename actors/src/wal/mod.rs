@@ -94,7 +94,7 @@ mod file;
 mod group;
 mod memory;
 
-pub use file::{FileWal, WalClosed};
+pub use file::{CompletionSync, FileWal, LAZY_COMPLETIONS_MAX, WalClosed};
 pub use group::{GroupCommitConfig, GroupCommitWal};
 pub use memory::MemoryWal;
 
