@@ -1,5 +1,6 @@
 //! [`DeviceDirectory`]: the replicated device registry and feedback log
-//! ([`state::devices`](crate::state::devices)) as a handle an HTTP API can hold.
+//! ([`state::devices`](crate::state::devices)) and the tenants' webhooks, as a handle an HTTP
+//! API can hold.
 //!
 //! Changes are proposed through Raft (forwarded to the leader from a follower) and answered
 //! once applied on this node; reads are local, at this node's applied index (as stale as the
@@ -13,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::node::{ClusterMsg, ProposeError, StateRead, propose};
 use crate::state::devices::{DeviceApplied, DeviceChange, DeviceRecord, FeedbackSlice};
-use crate::state::{ApplyResult, Command};
+use crate::state::{ApplyResult, Command, WebhookRecord};
 
 /// How long a read waits for the cluster actor.
 pub const DEVICE_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,6 +94,40 @@ impl DeviceDirectory {
         let tenant = tenant.to_owned();
         self.read(move |machine| machine.devices().feedback_since(&tenant, cursor, limit))
             .await
+    }
+
+    /// Set (`Some`) or remove (`None`) `tenant`'s webhook cluster-wide; answers once applied
+    /// on this node.
+    ///
+    /// # Errors
+    /// [`ProposeError`] if it was not applied (invalid, no leader, full, timeout, …).
+    pub async fn set_webhook(
+        &self,
+        tenant: &str,
+        webhook: Option<WebhookRecord>,
+        timeout: Duration,
+    ) -> Result<(), ProposeError> {
+        let command = Command::SetWebhook {
+            tenant: tenant.to_owned(),
+            webhook,
+        };
+        match propose(&self.actor, command, timeout).await? {
+            ApplyResult::Applied | ApplyResult::Unchanged => Ok(()),
+            ApplyResult::Rejected(why) => Err(ProposeError::Refused(why.to_string())),
+            other => Err(ProposeError::Refused(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Every tenant's webhook, as applied on this node.
+    ///
+    /// # Errors
+    /// [`ReadError`] if the node did not answer within [`DEVICE_READ_TIMEOUT`].
+    pub async fn webhooks(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, WebhookRecord>, ReadError> {
+        self.read(|machine| machine.webhooks().clone()).await
     }
 
     async fn read<T: Send + 'static>(

@@ -684,9 +684,56 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
         Arc::new(ClusterRevocations::new(context.cluster.revocations())),
         seeds.next_u64(),
     )
-    .with_webhooks(webhooks)
+    .with_webhooks(webhooks.clone())
+    .with_replicated_webhooks(context.cluster.devices())
     .with_cluster(context.cluster.membership_handle());
+    // Webhooks set through any node's API are in the replicated state: follow them here.
+    tokio::spawn(follow_webhooks(
+        context.cluster.devices(),
+        webhooks,
+        context.stop.clone(),
+    ));
     Ok(crate::api::router(state))
+}
+
+/// How often a node looks for webhooks set or removed through another node.
+pub const WEBHOOK_FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// Keep `webhooks` in step with the replicated ones: set what was set or changed, remove what
+/// was removed (webhooks only from the configuration are left alone).
+async fn follow_webhooks(
+    directory: herald_cluster::devices::DeviceDirectory,
+    webhooks: Webhooks,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut applied: std::collections::BTreeMap<String, herald_cluster::state::WebhookRecord> =
+        std::collections::BTreeMap::new();
+    let mut tick = tokio::time::interval(WEBHOOK_FOLLOW_EVERY);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(current) = directory.webhooks().await else {
+            continue;
+        };
+        for (tenant, record) in &current {
+            if applied.get(tenant) == Some(record) {
+                continue;
+            }
+            match WebhookTarget::new(&record.url, &record.secret) {
+                Ok(target) => webhooks.set(tenant, target),
+                Err(e) => tracing::warn!(tenant, error = %e, "replicated webhook unusable"),
+            }
+        }
+        for tenant in applied.keys() {
+            if !current.contains_key(tenant) {
+                webhooks.remove(tenant);
+            }
+        }
+        applied = current;
+    }
 }
 
 fn adopt(backend: &LocalBackend, tenant: &crate::config::TenantSection) {

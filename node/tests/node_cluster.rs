@@ -515,6 +515,47 @@ key = "pki/node-{id}.key.pem"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A webhook set through node 1 is known to node 2 (every node posts the outcomes it
+    // finishes); removed through node 3, it is gone on node 1.
+    let hook =
+        serde_json::json!({"url": "http://127.0.0.1:9/herald", "secret": "s3cret-s3cret-s3cret"});
+    let (code, body) = call(api, "PUT", "/v1/webhook", &acme, Some(hook)).await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = call(other_api, "GET", "/v1/webhook", &acme, None).await;
+        if code == 200 {
+            assert_eq!(body["url"], "http://127.0.0.1:9/herald", "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 never learned the webhook: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Node 3 follows the replicated webhooks too; once it has it, it can remove it.
+        let (code, body) = call(third_api, "DELETE", "/v1/webhook", &acme, None).await;
+        if code == 204 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 never removed the webhook: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while call(api, "GET", "/v1/webhook", &acme, None).await.0 != 404 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 kept the removed webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Membership through the API: a fourth node starts with `cluster.join` and is added
     // with `POST /v1/cluster/members`; it becomes an active voter owning shards; then it is
     // drained away with `POST /v1/cluster/members/4/drain`.

@@ -139,6 +139,39 @@ pub enum Command {
     },
     /// Register and unregister devices (see [`super::devices`]).
     Devices(Vec<DeviceChange>),
+    /// Set (or, with `None`, remove) a tenant's webhook, cluster-wide: every node posts the
+    /// outcomes its engine finishes to it.
+    SetWebhook {
+        /// The tenant.
+        tenant: String,
+        /// Where to post, and the signing secret; `None` removes the webhook.
+        webhook: Option<WebhookRecord>,
+    },
+}
+
+/// Most bytes of a replicated webhook URL or secret.
+pub const WEBHOOK_FIELD_BYTES_MAX: usize = 2048;
+/// Most webhooks the replicated state holds (one per tenant).
+pub const WEBHOOKS_MAX: usize = 10_000;
+
+/// A tenant's webhook in the replicated state. The secret travels in the Raft log and
+/// snapshots (over the mutually authenticated node links, on the nodes' disks, like the
+/// tenants' key files); `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    /// The URL (`http://host[:port]/path`).
+    pub url: String,
+    /// The HMAC-SHA256 signing secret.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRecord")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The wire form of a command: the encoding version and the command.
@@ -262,6 +295,23 @@ impl Command {
                 Ok(())
             }
             Command::RevokeKey { id, .. } => check_identifier("key id", id),
+            Command::SetWebhook { tenant, webhook } => {
+                check_identifier("tenant", tenant)?;
+                if let Some(webhook) = webhook {
+                    for (what, value) in [
+                        ("webhook url", &webhook.url),
+                        ("webhook secret", &webhook.secret),
+                    ] {
+                        if value.is_empty() || value.len() > WEBHOOK_FIELD_BYTES_MAX {
+                            return Err(invalid(format!(
+                                "{what} of {} bytes outside 1..={WEBHOOK_FIELD_BYTES_MAX}",
+                                value.len()
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
             Command::Devices(changes) => {
                 if changes.is_empty() || changes.len() > DEVICE_CHANGES_PER_COMMAND_MAX {
                     return Err(invalid(format!(

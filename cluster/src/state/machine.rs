@@ -10,7 +10,8 @@ use herald_actors::token_state::{
 use serde::{Deserialize, Serialize};
 
 use super::command::{
-    Command, CommandError, MemberState, NodeId, TenantLimits, TokenEventRecord, timestamp_wire,
+    Command, CommandError, MemberState, NodeId, TenantLimits, TokenEventRecord, WEBHOOKS_MAX,
+    WebhookRecord, timestamp_wire,
 };
 use super::devices::{DeviceApplied, DeviceOp, DeviceState, DevicesImage};
 use super::rebalance::{RebalanceError, rebalance};
@@ -147,6 +148,9 @@ pub enum Rejection {
     /// [`REVOKED_KEYS_MAX`](super::command::REVOKED_KEYS_MAX) keys are revoked and unexpired.
     #[error("{0} keys are revoked, the most the state holds")]
     RevocationsFull(usize),
+    /// [`WEBHOOKS_MAX`] tenants have a webhook.
+    #[error("{0} webhooks are set, the most the state holds")]
+    WebhooksFull(usize),
 }
 
 /// Why a snapshot could not be restored.
@@ -189,6 +193,8 @@ pub struct StateMachine {
     revocations_version: u64,
     /// Registered devices and the feedback log.
     devices: DeviceState,
+    /// Tenants' webhooks.
+    webhooks: BTreeMap<String, WebhookRecord>,
 }
 
 impl StateMachine {
@@ -392,6 +398,23 @@ impl StateMachine {
                     )
                     .collect(),
             ),
+            Command::SetWebhook { tenant, webhook } => match webhook {
+                Some(record) if self.webhooks.get(tenant) == Some(record) => ApplyResult::Unchanged,
+                Some(_)
+                    if !self.webhooks.contains_key(tenant)
+                        && self.webhooks.len() >= WEBHOOKS_MAX =>
+                {
+                    ApplyResult::Rejected(Rejection::WebhooksFull(self.webhooks.len()))
+                }
+                Some(record) => {
+                    self.webhooks.insert(tenant.clone(), record.clone());
+                    ApplyResult::Applied
+                }
+                None => match self.webhooks.remove(tenant) {
+                    Some(_) => ApplyResult::Applied,
+                    None => ApplyResult::Unchanged,
+                },
+            },
             Command::Devices(changes) => ApplyResult::Devices(
                 changes
                     .iter()
@@ -412,6 +435,11 @@ impl StateMachine {
                     .collect(),
             ),
         }
+    }
+
+    /// Every tenant's webhook, as applied here.
+    pub fn webhooks(&self) -> &BTreeMap<String, WebhookRecord> {
+        &self.webhooks
     }
 
     /// Registered devices and the feedback log, as applied here.
@@ -510,6 +538,7 @@ impl StateMachine {
             provider_tokens: self.provider_tokens.clone(),
             revoked_keys: self.revoked_keys.clone(),
             devices: self.devices.image(),
+            webhooks: self.webhooks.clone(),
             tokens_max: self.tokens.entries_max() as u64,
             tokens: self
                 .tokens
@@ -558,6 +587,7 @@ impl StateMachine {
             revoked_keys: image.revoked_keys,
             revocations_version: 0,
             devices: DeviceState::from_image(image.devices),
+            webhooks: image.webhooks,
         })
     }
 
@@ -672,6 +702,9 @@ struct Image {
     /// Added after version 1 shipped; absent in older images.
     #[serde(default)]
     devices: DevicesImage,
+    /// Added after version 1 shipped; absent in older images.
+    #[serde(default)]
+    webhooks: BTreeMap<String, WebhookRecord>,
 }
 
 #[derive(Serialize, Deserialize)]

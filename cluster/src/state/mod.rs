@@ -33,7 +33,8 @@ mod rebalance;
 pub use command::{
     COMMAND_VERSION, Command, CommandError, Envelope, IDENTIFIER_BYTES_MAX, MemberState, NodeId,
     PROVIDER_TOKEN_JWT_BYTES_MAX, REVOKED_KEYS_MAX, SHARDS_MAX, TENANT_TOPICS_MAX,
-    TOKEN_EVENTS_PER_COMMAND_MAX, TenantLimits, TokenEventRecord, decode, encode,
+    TOKEN_EVENTS_PER_COMMAND_MAX, TenantLimits, TokenEventRecord, WEBHOOK_FIELD_BYTES_MAX,
+    WEBHOOKS_MAX, WebhookRecord, decode, encode,
 };
 pub use machine::{
     ApplyResult, Member, ProviderTokenRecord, Rejection, SNAPSHOT_VERSION, ShardMap, SnapshotError,

@@ -681,6 +681,16 @@ pub(crate) async fn set_webhook(
         ));
     }
     let target = super::WebhookTarget::new(&request.url, &request.secret)?;
+    if let Some(directory) = &state.replicated_webhooks {
+        let record = herald_cluster::state::WebhookRecord {
+            url: request.url.clone(),
+            secret: request.secret.clone(),
+        };
+        directory
+            .set_webhook(tenant, Some(record), super::REGISTRATION_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::new("unavailable", e.to_string()))?;
+    }
     hooks.set(tenant, target);
     Ok(Json(json!({"url": request.url})))
 }
@@ -701,9 +711,16 @@ pub(crate) async fn delete_webhook(
     caller: Caller,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant_for(Scope::Push, None)?;
-    if webhooks(&state)?.remove(tenant) {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::new("not_found", "no webhook is set"))
+    let hooks = webhooks(&state)?;
+    if hooks.get(tenant).is_none() {
+        return Err(ApiError::new("not_found", "no webhook is set"));
     }
+    if let Some(directory) = &state.replicated_webhooks {
+        directory
+            .set_webhook(tenant, None, super::REGISTRATION_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::new("unavailable", e.to_string()))?;
+    }
+    hooks.remove(tenant);
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -178,6 +178,8 @@ pub struct ApiState {
     revocations: Arc<dyn RevocationSet>,
     rng: Arc<Mutex<DetRng>>,
     webhooks: Option<Webhooks>,
+    /// Where `PUT`/`DELETE /v1/webhook` are replicated (a cluster node), if anywhere.
+    replicated_webhooks: Option<herald_cluster::devices::DeviceDirectory>,
     cluster: Option<herald_cluster::membership::MembershipHandle>,
 }
 
@@ -196,8 +198,19 @@ impl ApiState {
             revocations,
             rng: Arc::new(Mutex::new(DetRng::from_seed(rng_seed))),
             webhooks: None,
+            replicated_webhooks: None,
             cluster: None,
         }
+    }
+
+    /// Replicate `PUT`/`DELETE /v1/webhook` through `directory` (every node of the cluster
+    /// then posts to the webhook; see `docs/api.md`). Needs [`with_webhooks`](Self::with_webhooks).
+    pub fn with_replicated_webhooks(
+        mut self,
+        directory: herald_cluster::devices::DeviceDirectory,
+    ) -> Self {
+        self.replicated_webhooks = Some(directory);
+        self
     }
 
     /// Serve `GET /v1/cluster` from `cluster` (without, it answers 503).

@@ -393,3 +393,34 @@ fn devices_replicate_with_feedback_and_survive_snapshots() {
     assert!(encode(&Command::Devices(vec![bad])).is_err());
     assert!(encode(&Command::Devices(vec![])).is_err());
 }
+
+#[test]
+fn webhooks_replicate_survive_snapshots_and_hide_their_secret() {
+    use crate::state::WebhookRecord;
+    let record = WebhookRecord {
+        url: "http://hooks.example/herald".into(),
+        secret: "very-secret-value".into(),
+    };
+    let set = |webhook: Option<WebhookRecord>| Command::SetWebhook {
+        tenant: "acme".into(),
+        webhook,
+    };
+    let mut m = StateMachine::new();
+    let results = run(
+        &mut m,
+        &[set(Some(record.clone())), set(Some(record.clone()))],
+    );
+    assert_eq!(results, vec![ApplyResult::Applied, ApplyResult::Unchanged]);
+    assert_eq!(m.webhooks().get("acme"), Some(&record));
+    let restored = StateMachine::restore(&m.snapshot().unwrap()).unwrap();
+    assert_eq!(restored, m);
+    assert!(!format!("{record:?}").contains("very-secret-value"));
+    assert_eq!(run(&mut m, &[set(None)]), vec![ApplyResult::Applied]);
+    assert_eq!(run(&mut m, &[set(None)]), vec![ApplyResult::Unchanged]);
+    assert!(m.webhooks().is_empty());
+    let empty = WebhookRecord {
+        url: String::new(),
+        secret: "x".into(),
+    };
+    assert!(encode(&set(Some(empty))).is_err());
+}
