@@ -5,6 +5,8 @@
 //! Election timeouts are fixed per node (no raft-rs randomness); every wait is a generous
 //! deadline on an observed condition, never a sleep that assumes a machine speed.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use herald_actors::seams::Timestamp;
 use herald_actors::token_state::{TokenKey, TokenState, TokenValidity};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
-use herald_cluster::transport::{ClusterCa, ClusterId, LinkSecurity, LinkTimings, NodeId};
+use herald_cluster::transport::{ClusterCa, ClusterId, LinkSecurity, NodeId};
 use tokio::net::TcpListener;
 
 const CLUSTER: ClusterId = ClusterId(7);
@@ -35,16 +37,7 @@ fn config(id: u64, ca: &ClusterCa, peers: &BTreeMap<u64, SocketAddr>, dir: &Path
         security,
     );
     config.tick = TICK;
-    // Fixed, distinct election timeouts: node 1 times out first, then 2, then 3.
-    let election_tick = config.driver.election_tick;
-    config
-        .driver
-        .fixed_election_timeout(election_tick + 4 * id as usize);
-    config.link_timings = LinkTimings {
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        ..LinkTimings::default()
-    };
+    support::distinct_timeouts_and_fast_links(&mut config);
     config
 }
 

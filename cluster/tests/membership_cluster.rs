@@ -9,6 +9,8 @@
 //! Election timeouts are fixed per node; every wait is a generous deadline on an observed
 //! condition.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use herald_cluster::membership::{
 };
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::state::MemberState;
-use herald_cluster::transport::{ClusterCa, ClusterId, LinkSecurity, LinkTimings, NodeId};
+use herald_cluster::transport::{ClusterCa, ClusterId, LinkSecurity, NodeId};
 use tokio::net::TcpListener;
 
 const CLUSTER: ClusterId = ClusterId(11);
@@ -82,15 +84,7 @@ impl Harness {
             security,
         );
         config.tick = TICK;
-        let election_tick = config.driver.election_tick;
-        config
-            .driver
-            .fixed_election_timeout(election_tick + 4 * id as usize);
-        config.link_timings = LinkTimings {
-            backoff_base: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-            ..LinkTimings::default()
-        };
+        support::distinct_timeouts_and_fast_links(&mut config);
         config.membership.start = start;
         config.membership.shard_count = SHARDS;
         config.membership.founder_regions = self

@@ -7,6 +7,8 @@
 //! condition; "not earlier" is checked after the new leader completed several checks as a
 //! ready leader (observed, not slept).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use herald_actors::apns::{
 use herald_actors::seams::{Clock as _, ManualClock, Timestamp};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::provider_tokens::{ProviderTokenConfig, ProviderTokens};
-use herald_cluster::transport::{ClusterId, LinkSecurity, LinkTimings};
+use herald_cluster::transport::{ClusterId, LinkSecurity};
 use tokio::net::TcpListener;
 
 const CLUSTER: ClusterId = ClusterId(11);
@@ -46,15 +48,7 @@ fn config(id: u64, peers: &BTreeMap<u64, SocketAddr>) -> ClusterConfig {
         LinkSecurity::Plaintext,
     );
     config.tick = TICK;
-    let election_tick = config.driver.election_tick;
-    config
-        .driver
-        .fixed_election_timeout(election_tick + 4 * id as usize);
-    config.link_timings = LinkTimings {
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        ..LinkTimings::default()
-    };
+    support::distinct_timeouts_and_fast_links(&mut config);
     config
 }
 

@@ -5,6 +5,8 @@
 //! third node joins: it must end at the leader's applied index with the same state-machine
 //! digest and every token known. Every wait is a generous deadline on an observed condition.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,9 +16,7 @@ use herald_actors::token_state::{TokenEvent, TokenKey, TokenState, TokenValidity
 use herald_cluster::membership::StartMode;
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::state::{ApplyResult, Command, TOKEN_EVENTS_PER_COMMAND_MAX, TokenEventRecord};
-use herald_cluster::transport::{
-    ClusterCa, ClusterId, FRAME_BYTES_MAX, LinkSecurity, LinkTimings, NodeId,
-};
+use herald_cluster::transport::{ClusterCa, ClusterId, FRAME_BYTES_MAX, LinkSecurity, NodeId};
 use tokio::net::TcpListener;
 
 const CLUSTER: ClusterId = ClusterId(13);
@@ -50,15 +50,7 @@ fn config(
         security,
     );
     config.tick = TICK;
-    let election_tick = config.driver.election_tick;
-    config
-        .driver
-        .fixed_election_timeout(election_tick + 4 * id as usize);
-    config.link_timings = LinkTimings {
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        ..LinkTimings::default()
-    };
+    support::distinct_timeouts_and_fast_links(&mut config);
     config.membership.start = start;
     config.membership.shard_count = 8;
     config.membership.founder_regions =

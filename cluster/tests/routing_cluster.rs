@@ -14,6 +14,8 @@
 //! Every wait is a generous deadline on an observed condition, never a sleep that assumes a
 //! machine speed.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,8 +32,8 @@ use herald_cluster::routing::wire::{
 use herald_cluster::routing::{Router, RouterConfig};
 use herald_cluster::state::{ApplyResult, Command, MemberState, ShardMap};
 use herald_cluster::transport::{
-    self, AckResult, ClusterCa, ClusterId, Inbound, InboundConfig, LinkSecurity, LinkTimings,
-    NodeId, PeerLink, PeerLinkArguments, PeerLinkConfig, PeerMessage, spawn_listener,
+    self, AckResult, ClusterCa, ClusterId, Inbound, InboundConfig, LinkSecurity, NodeId, PeerLink,
+    PeerLinkArguments, PeerLinkConfig, PeerMessage, spawn_listener,
 };
 use herald_sim::emulator::{Emulator, EmulatorConfig, GeneratedKey, TeamConfig};
 use ractor::Actor;
@@ -117,15 +119,7 @@ impl Env {
         config.tick = TICK;
         // These tests pin members and shard maps themselves, epoch by epoch.
         config.membership.planner = false;
-        let election_tick = config.driver.election_tick;
-        config
-            .driver
-            .fixed_election_timeout(election_tick + 4 * id as usize);
-        config.link_timings = LinkTimings {
-            backoff_base: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-            ..LinkTimings::default()
-        };
+        support::distinct_timeouts_and_fast_links(&mut config);
         config
     }
 

@@ -6,6 +6,8 @@
 //! TLS from a generated CA, all delivering to one APNs emulator (plaintext h2c on
 //! 127.0.0.1). Every wait is a generous deadline on an observed condition.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use herald_actors::{Credentials, Endpoint, Herald, Outcome, PushId, TenantConfig
 use herald_cluster::membership::StartMode;
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::routing::{Router, RouterConfig};
-use herald_cluster::transport::{ClusterCa, ClusterId, LinkSecurity, LinkTimings, NodeId};
+use herald_cluster::transport::{ClusterCa, ClusterId, LinkSecurity, NodeId};
 use herald_sim::emulator::{Emulator, EmulatorConfig, GeneratedKey, TeamConfig};
 use tokio::net::TcpListener;
 
@@ -95,15 +97,7 @@ impl Env {
             security,
         );
         config.tick = TICK;
-        let election_tick = config.driver.election_tick;
-        config
-            .driver
-            .fixed_election_timeout(election_tick + 4 * id as usize);
-        config.link_timings = LinkTimings {
-            backoff_base: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-            ..LinkTimings::default()
-        };
+        support::distinct_timeouts_and_fast_links(&mut config);
         config.membership.start = start;
         config.membership.shard_count = SHARDS as usize;
         config.membership.founder_regions =
