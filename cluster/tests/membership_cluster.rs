@@ -464,11 +464,20 @@ async fn a_silent_node_fails_over_and_gets_its_shards_back() {
         assert!(active_voter(status, silent), "still a member and a voter");
         assert!(status.region("eu").unwrap().epoch > before);
     }
+    // The leader reports whom it failed over; followers report nobody.
+    let leader = h.leader().await;
+    let statuses = h.statuses().await;
+    assert_eq!(statuses[&leader].unreachable, vec![silent]);
+    for (id, status) in &statuses {
+        if *id != leader {
+            assert!(status.unreachable.is_empty());
+        }
+    }
 
     // Back from its disk: heard again, it gets its share back at a newer epoch.
     h.start(silent, StartMode::Bootstrap).await;
     h.wait_all("the node is back with its share", |s| {
-        balanced(s, "eu", &[1, 2, 3])
+        balanced(s, "eu", &[1, 2, 3]) && s.unreachable.is_empty()
     })
     .await;
     h.stop_all().await;

@@ -165,6 +165,15 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 c["applied_index"],
                 c["committed_index"]
             );
+            let silent: Vec<String> = c["unreachable"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect();
+            if !silent.is_empty() {
+                println!("unreachable (shards failed over): {}", silent.join(", "));
+            }
         }
         AdminCommand::Members(client) => {
             let c = cluster(&client).await?;

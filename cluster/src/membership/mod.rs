@@ -238,6 +238,9 @@ pub struct ClusterStatus {
     pub learners: Vec<NodeId>,
     /// Every region's shard map.
     pub regions: Vec<RegionStatus>,
+    /// On the leader: active members silent past `failover_after`, whose shards failed over
+    /// to the other members of their region (sorted). Empty on followers.
+    pub unreachable: Vec<NodeId>,
 }
 
 impl ClusterStatus {
@@ -690,7 +693,7 @@ impl Membership {
     pub(crate) fn handle(&mut self, message: MembershipMsg, driver: &mut RaftDriver) -> bool {
         match message {
             MembershipMsg::Status(reply) => {
-                let _ = reply.send(status(driver));
+                let _ = reply.send(status(driver, &self.unreachable_members));
                 false
             }
             MembershipMsg::Propose(command, reply) => {
@@ -723,6 +726,8 @@ impl Membership {
             self.leading_since.get_or_insert(self.ticks);
         } else {
             self.leading_since = None;
+            // Only a leader judges who is silent.
+            self.unreachable_members.clear();
         }
         if driver.role() == Role::Leader && self.config.planner {
             proposed |= self.lead(driver);
@@ -904,7 +909,7 @@ impl Membership {
 }
 
 /// The status of the cluster as applied on `driver`'s node.
-fn status(driver: &RaftDriver) -> ClusterStatus {
+fn status(driver: &RaftDriver, unreachable: &BTreeSet<NodeId>) -> ClusterStatus {
     let conf = driver.conf_state();
     let machine = driver.machine();
     let voting = |id: NodeId| {
@@ -951,6 +956,7 @@ fn status(driver: &RaftDriver) -> ClusterStatus {
                 }
             })
             .collect(),
+        unreachable: unreachable.iter().copied().collect(),
     }
 }
 

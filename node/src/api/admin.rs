@@ -229,6 +229,7 @@ pub(crate) async fn cluster_status(
         "committed_index": status.committed_index,
         "members": members,
         "regions": regions,
+        "unreachable": status.unreachable,
     })))
 }
 
