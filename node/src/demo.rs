@@ -502,6 +502,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         .unwrap_or(0)
         - unregistered_before;
 
+    // The second wave was waited for through the outcome stores: let the collectors take
+    // the last records off the streams before they stop (else a node's "finished here" may
+    // miss the very last push).
+    let expected = accepted_at.len() as u64 + second_wave;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let taken = {
+            let s = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            s.records.len() as u64 + s.lagged
+        };
+        if taken >= expected || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for c in &collectors {
         c.abort();
     }
