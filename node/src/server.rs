@@ -157,9 +157,6 @@ impl Node {
         let clock: SharedClock = Arc::new(SystemClock);
         std::fs::create_dir_all(&config.node.data_dir)
             .with_context(|| format!("creating data_dir {}", config.node.data_dir.display()))?;
-        // Checked before anything starts (a bad key file fails fast); loaded again below
-        // with the cluster's provider-token minters.
-        load_tenants(&config, &clock)?;
         let endpoint = endpoint(&config)?;
 
         let cluster = start_cluster(&config).await?;

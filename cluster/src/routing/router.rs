@@ -910,16 +910,17 @@ fn ack_of(sent: Result<PushId, PushError>, id: PushId) -> AckResult {
 fn forward_messages(
     entries: Vec<(usize, transport::ForwardedEntry)>,
 ) -> Vec<(Vec<usize>, PeerMessage)> {
-    if let [(index, _)] = entries.as_slice() {
-        let index = *index;
-        let Some((_, entry)) = entries.into_iter().next() else {
-            return Vec::new();
-        };
-        let message = PeerMessage::ForwardPush {
-            push_id: entry.push_id,
-            push: entry.push,
-        };
-        return vec![(vec![index], message)];
+    if entries.len() == 1 {
+        return entries
+            .into_iter()
+            .map(|(index, entry)| {
+                let message = PeerMessage::ForwardPush {
+                    push_id: entry.push_id,
+                    push: entry.push,
+                };
+                (vec![index], message)
+            })
+            .collect();
     }
     let mut messages = Vec::new();
     let mut indexes = Vec::new();
