@@ -151,6 +151,8 @@ pub(crate) enum ShardMsg {
     },
     /// A timer fired: release due retries, check answer deadlines.
     Wake,
+    /// The WAL completion started by [`ShardState::flush_completions`] finished.
+    Completed,
     /// Test hook: fail as a crash would.
     Crash,
 }
@@ -214,9 +216,12 @@ pub(crate) struct ShardState {
     /// Pushes whose WAL append is in progress, and how many of them are in lanes 5 and 1.
     appending: BTreeSet<PushKey>,
     appending_low: usize,
-    /// The pushes finished while handling the current message, to complete in the WAL (each
-    /// with its outcome as the done marker's note).
+    /// The pushes finished and not yet handed to the WAL for completion (each with its
+    /// outcome as the done marker's note).
     completed: Vec<Completion>,
+    /// The WAL completion in progress (at most one per shard: what finishes meanwhile waits in
+    /// `completed` and goes with the next one).
+    completing: Option<tokio::task::JoinHandle<()>>,
     shard_label: String,
     span: tracing::Span,
 }
@@ -250,6 +255,7 @@ impl Actor for ShardActor {
             appending: BTreeSet::new(),
             appending_low: 0,
             completed: Vec::new(),
+            completing: None,
             shard_label: args.shard.to_string(),
             span: tracing::debug_span!("shard", shard = args.shard),
         };
@@ -257,7 +263,7 @@ impl Actor for ShardActor {
         async {
             state.recover().await?;
             state.pump(&myself).await;
-            state.flush_completions().await;
+            state.flush_completions(&myself);
             Ok::<(), ActorProcessingErr>(())
         }
         .instrument(span)
@@ -273,6 +279,25 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
         on_message(myself, msg, state).instrument(span).await
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Complete what finished before the stop, so a clean stop sends nothing twice.
+        if let Some(completing) = state.completing.take() {
+            let _ = completing.await;
+        }
+        let done = std::mem::take(&mut state.completed);
+        if !done.is_empty() {
+            let now = state.engine.clock.now();
+            if let Err(error) = state.engine.wal.complete_with(done, now).await {
+                tracing::warn!(shard = state.shard, %error, "WAL completion failed");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -294,10 +319,11 @@ async fn on_message(
             state.wake_at = None;
             state.wake().await;
         }
+        ShardMsg::Completed => state.completing = None,
         ShardMsg::Crash => return Err("shard crash requested".into()),
     }
     state.pump(&myself).await;
-    state.flush_completions().await;
+    state.flush_completions(&myself);
     Ok(())
 }
 
@@ -883,19 +909,29 @@ impl ShardState {
         self.finish_sync(id, outcome);
     }
 
-    /// Complete every push finished while handling this message, in one WAL operation (one
-    /// fsync for a file WAL, however many pushes finished).
-    async fn flush_completions(&mut self) {
-        if self.completed.is_empty() {
+    /// Complete the finished pushes in the write-ahead log, in one WAL operation, in a task:
+    /// the shard keeps answering and dispatching while the WAL writes. One completion runs at
+    /// a time per shard; pushes finished meanwhile go with the next, so under load a
+    /// completion carries everything finished during the previous one's commit. Their number
+    /// is bounded by the shard's queue bound (each was a queued push).
+    fn flush_completions(&mut self, myself: &ActorRef<ShardMsg>) {
+        if self.completed.is_empty() || self.completing.is_some() {
             return;
         }
         let done = std::mem::take(&mut self.completed);
         // With done markers, so the dedupe memory and the outcomes survive a restart.
         let now = self.engine.clock.now();
-        if let Err(error) = self.engine.wal.complete_with(done, now).await {
-            // The pushes will be replayed after a restart (at-least-once).
-            tracing::warn!(shard = self.shard, %error, "WAL completion failed");
-        }
+        let engine = self.engine.clone();
+        let shard = self.shard;
+        let me = myself.clone();
+        let task = async move {
+            if let Err(error) = engine.wal.complete_with(done, now).await {
+                // The pushes will be replayed after a restart (at-least-once).
+                tracing::warn!(shard, %error, "WAL completion failed");
+            }
+            let _ = me.send_message(ShardMsg::Completed);
+        };
+        self.completing = Some(tokio::spawn(task.instrument(self.span.clone())));
     }
 
     /// `finish` without waiting: the write-ahead log completion is left for
