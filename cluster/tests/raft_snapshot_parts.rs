@@ -14,7 +14,7 @@ use std::time::Duration;
 use herald_actors::seams::Timestamp;
 use herald_actors::token_state::{TokenEvent, TokenKey, TokenState, TokenValidity};
 use herald_cluster::membership::StartMode;
-use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
+use herald_cluster::node::{ClusterConfig, ClusterNode, ProposeError, StorageLocation};
 use herald_cluster::state::{ApplyResult, Command, TOKEN_EVENTS_PER_COMMAND_MAX, TokenEventRecord};
 use herald_cluster::transport::{ClusterCa, ClusterId, FRAME_BYTES_MAX, LinkSecurity, NodeId};
 use tokio::net::TcpListener;
@@ -102,7 +102,7 @@ async fn a_joiner_catches_up_by_a_snapshot_larger_than_a_frame() {
 
     // Fill the state: registrations in the largest commands allowed.
     for batch in 0..TOKENS / TOKEN_EVENTS_PER_COMMAND_MAX {
-        let events = (0..TOKEN_EVENTS_PER_COMMAND_MAX)
+        let events: Vec<TokenEventRecord> = (0..TOKEN_EVENTS_PER_COMMAND_MAX)
             .map(|i| TokenEventRecord {
                 tenant: TENANT.to_owned(),
                 token: token_hex(batch * TOKEN_EVENTS_PER_COMMAND_MAX + i),
@@ -111,12 +111,28 @@ async fn a_joiner_catches_up_by_a_snapshot_larger_than_a_frame() {
                 },
             })
             .collect();
-        // Asked of node 1: forwarded to the leader if node 1 is a follower.
-        let result = nodes[&1].propose(Command::TokenEvents(events), WAIT).await;
-        assert!(
-            matches!(result, Ok(ApplyResult::TokenEvents(_))),
-            "batch {batch} not applied"
-        );
+        // Asked of node 1: forwarded to the leader if node 1 is a follower. A leadership
+        // change (two founders on a loaded machine) may leave a proposal's fate unknown:
+        // registering again is idempotent, so propose again.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let result = nodes[&1]
+                .propose(Command::TokenEvents(events.clone()), WAIT)
+                .await;
+            match result {
+                Ok(ApplyResult::TokenEvents(_)) => break,
+                Err(
+                    e @ (ProposeError::NotLeader { .. }
+                    | ProposeError::LeadershipLost
+                    | ProposeError::LeaderUnreachable { .. }
+                    | ProposeError::Overloaded),
+                ) if tokio::time::Instant::now() < deadline => {
+                    println!("batch {batch}: {e}; proposing again");
+                    tokio::time::sleep(POLL).await;
+                }
+                other => panic!("batch {batch} not applied: {other:?}"),
+            }
+        }
     }
     let image = nodes[&1].inspect(WAIT).await.unwrap().snapshot.unwrap();
     println!("state: {} bytes for {TOKENS} tokens", image.len());
