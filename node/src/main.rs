@@ -4,6 +4,11 @@
 use clap::{Parser, Subcommand};
 use herald_node::{admin_cmd, bench, certs_cmd, demo, emulator_cmd, push_cmd, server};
 
+/// mimalloc instead of glibc's malloc: a node allocates and frees per push on several threads,
+/// where glibc's arenas and consolidation cost a fifth of the CPU (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Herald: a distributed APNs provider.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about)]
