@@ -37,10 +37,13 @@ impl Default for GroupCommitConfig {
 /// (one transaction, one fsync) and answers every caller. While that commit runs, new requests
 /// queue up and form the next group, so the commit rate adapts to the fsync latency by itself.
 ///
-/// Only consecutive requests of the same kind are merged (appends with appends, completions
-/// with completions, completions keeping done markers with their like), so the wrapped WAL sees
-/// operations in the order callers issued them. Merged `complete_at` calls keep their markers
-/// with the latest of their finish times.
+/// A group's completions are merged too (one operation for those keeping done markers, one
+/// for plain `complete`s; merged `complete_at` calls keep their markers with the latest of
+/// their finish times) and committed **after** the group's appends: an append's callers are
+/// waiting to acknowledge pushes, a completion only reclaims space. That reordering is safe
+/// because a record is completed only after its append returned, i.e. in an earlier group;
+/// the one exception, a completion naming an id that an append of the same group writes
+/// again, is detected, and then the completions go first, as their callers issued them.
 ///
 /// Each caller keeps its own answer: if the merged batch fails with [`WalError::Full`] or
 /// [`WalError::RecordTooLarge`], the writer retries each caller's batch on its own, so one
@@ -130,7 +133,6 @@ impl GroupCommitWal {
             requests: receiver,
             group_records_max: config.group_records_max,
             commits: Arc::clone(&commits),
-            carried: None,
         };
         tokio::spawn(writer.run());
         GroupCommitWal {
@@ -223,8 +225,6 @@ struct Writer {
     requests: mpsc::Receiver<Request>,
     group_records_max: usize,
     commits: Arc<AtomicU64>,
-    /// A request drained that did not fit the group being formed: it starts the next one.
-    carried: Option<Request>,
 }
 
 type Reply = oneshot::Sender<Result<(), WalError>>;
@@ -237,83 +237,118 @@ struct Completions {
     replies: Vec<Reply>,
 }
 
+impl Completions {
+    fn new(at: Option<Timestamp>) -> Self {
+        Completions {
+            done: Vec::new(),
+            at,
+            replies: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, done: Vec<Completion>, at: Option<Timestamp>, reply: Reply) {
+        self.done.extend(done);
+        self.at = self.at.max(at);
+        self.replies.push(reply);
+    }
+}
+
+/// Everything the writer took from the queue for one round.
+struct Group {
+    appends: Vec<(Vec<WalRecord>, Reply)>,
+    /// `complete_at`/`complete_with` calls (they keep done markers).
+    marked: Completions,
+    /// Plain `complete` calls.
+    plain: Completions,
+}
+
+impl Group {
+    fn new() -> Self {
+        Group {
+            appends: Vec::new(),
+            marked: Completions::new(Some(Timestamp::EPOCH)),
+            plain: Completions::new(None),
+        }
+    }
+
+    fn add(&mut self, request: Request) -> usize {
+        match request {
+            Request::Append { batch, reply } => {
+                let n = batch.len();
+                self.appends.push((batch, reply));
+                n
+            }
+            Request::Complete { done, at, reply } => {
+                let n = done.len();
+                match at {
+                    Some(_) => self.marked.add(done, at, reply),
+                    None => self.plain.add(done, None, reply),
+                }
+                n
+            }
+        }
+    }
+
+    /// True if a completion of this group names a record an append of this group writes
+    /// (possible only when an id is reused right after it finished): then the completions
+    /// must go first, as their callers issued them first.
+    fn completes_an_appended_id(&self) -> bool {
+        if self.marked.replies.is_empty() && self.plain.replies.is_empty() {
+            return false;
+        }
+        let appended: std::collections::BTreeSet<u128> = self
+            .appends
+            .iter()
+            .flat_map(|(batch, _)| batch.iter().map(|r| r.id))
+            .collect();
+        self.marked
+            .done
+            .iter()
+            .chain(&self.plain.done)
+            .any(|c| appended.contains(&c.id))
+    }
+}
+
 impl Writer {
     async fn run(mut self) {
         loop {
-            let first = match self.carried.take() {
-                Some(request) => request,
-                None => match self.requests.recv().await {
-                    Some(request) => request,
-                    None => return, // every handle dropped
-                },
+            let Some(first) = self.requests.recv().await else {
+                return; // every handle dropped
             };
-            match first {
-                Request::Append { batch, reply } => {
-                    let group = self.drain_appends(batch, reply);
-                    self.commit_appends(group).await;
-                }
-                Request::Complete { done, at, reply } => {
-                    let group = self.drain_completions(done, at, reply);
-                    self.commit_completions(group).await;
+            let mut group = Group::new();
+            let mut records = group.add(first);
+            while records < self.group_records_max {
+                match self.requests.try_recv() {
+                    Ok(request) => records += group.add(request),
+                    Err(_) => break,
                 }
             }
-        }
-    }
-
-    fn drain_appends(
-        &mut self,
-        batch: Vec<WalRecord>,
-        reply: Reply,
-    ) -> Vec<(Vec<WalRecord>, Reply)> {
-        let mut records = batch.len();
-        let mut group = vec![(batch, reply)];
-        while records < self.group_records_max {
-            match self.requests.try_recv() {
-                Ok(Request::Append { batch, reply }) => {
-                    records += batch.len();
-                    group.push((batch, reply));
-                }
-                Ok(other) => {
-                    self.carried = Some(other);
-                    break;
-                }
-                Err(_) => break,
+            let Group {
+                appends,
+                marked,
+                plain,
+            } = if group.completes_an_appended_id() {
+                self.commit_completions(std::mem::replace(
+                    &mut group.marked,
+                    Completions::new(None),
+                ))
+                .await;
+                self.commit_completions(std::mem::replace(
+                    &mut group.plain,
+                    Completions::new(None),
+                ))
+                .await;
+                group
+            } else {
+                group
+            };
+            // Appends first: their callers wait to acknowledge pushes, while completions only
+            // reclaim space (nobody waits on them but the shard's next completion).
+            if !appends.is_empty() {
+                self.commit_appends(appends).await;
             }
-        }
-        group
-    }
-
-    fn drain_completions(
-        &mut self,
-        done: Vec<Completion>,
-        at: Option<Timestamp>,
-        reply: Reply,
-    ) -> Completions {
-        let mut all = done;
-        let mut latest = at;
-        let mut replies = vec![reply];
-        while all.len() < self.group_records_max {
-            match self.requests.try_recv() {
-                Ok(Request::Complete {
-                    done,
-                    at: this,
-                    reply,
-                }) if this.is_some() == latest.is_some() => {
-                    all.extend(done);
-                    latest = latest.max(this);
-                    replies.push(reply);
-                }
-                Ok(other) => {
-                    self.carried = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        Completions {
-            done: all,
-            at: latest,
-            replies,
+            self.commit_completions(marked).await;
+            self.commit_completions(plain).await;
         }
     }
 
@@ -352,6 +387,9 @@ impl Writer {
     }
 
     async fn commit_completions(&self, group: Completions) {
+        if group.replies.is_empty() {
+            return;
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         let result = match group.at {
             Some(at) => self.inner.complete_with(group.done, at).await,

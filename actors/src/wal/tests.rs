@@ -281,6 +281,137 @@ async fn group_commit_coalesces_waiting_appenders() {
     );
 }
 
+/// A WAL that logs the operations it is given, holding each append until the test releases it.
+#[derive(Debug)]
+struct LoggedWal {
+    inner: MemoryWal,
+    gate: Semaphore,
+    ops: std::sync::Mutex<Vec<String>>,
+}
+
+impl Wal for LoggedWal {
+    fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>> {
+        Box::pin(async move {
+            self.gate.acquire().await.unwrap().forget();
+            self.ops
+                .lock()
+                .unwrap()
+                .push(format!("append {:?}", ids(&batch)));
+            self.inner.append(batch).await
+        })
+    }
+    fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
+        self.ops.lock().unwrap().push(format!("complete {ids:?}"));
+        self.inner.complete(ids)
+    }
+    fn complete_with(
+        &self,
+        done: Vec<Completion>,
+        at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), WalError>> {
+        let ids: Vec<u128> = done.iter().map(|c| c.id).collect();
+        self.ops
+            .lock()
+            .unwrap()
+            .push(format!("complete_with {ids:?}"));
+        self.inner.complete_with(done, at)
+    }
+    fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
+        self.inner.replay()
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn bytes(&self) -> u64 {
+        self.inner.bytes()
+    }
+}
+
+#[tokio::test]
+async fn group_commit_puts_appends_before_completions_unless_an_id_is_reused() {
+    let logged = Arc::new(LoggedWal {
+        inner: MemoryWal::new(),
+        gate: Semaphore::new(1),
+        ops: std::sync::Mutex::new(Vec::new()),
+    });
+    let wal = GroupCommitWal::spawn(logged.clone());
+    let at = Timestamp::from_secs(1_700_000_000);
+    wal.append(vec![record(0, "a"), record(1, "b")])
+        .await
+        .unwrap();
+    // Hold the writer on an append, queue a round behind it, release.
+    let round = |held_id: u128, requests: Vec<BoxFuture<'static, Result<(), WalError>>>| {
+        let wal = wal.clone();
+        let logged = logged.clone();
+        async move {
+            let commits = wal.commits();
+            let held = tokio::spawn({
+                let wal = wal.clone();
+                async move { wal.append(vec![record(held_id, "h")]).await }
+            });
+            while wal.commits() == commits {
+                tokio::task::yield_now().await;
+            }
+            let waiting: Vec<_> = requests.into_iter().map(tokio::spawn).collect();
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            logged.gate.add_permits(10);
+            held.await.unwrap().unwrap();
+            for task in waiting {
+                task.await.unwrap().unwrap();
+            }
+        }
+    };
+    let w = wal.clone();
+    // Completions queued before an append are committed after it.
+    round(
+        100,
+        vec![
+            Box::pin(async move { w.complete_with(vec![Completion::bare(0)], at).await }),
+            {
+                let w = wal.clone();
+                Box::pin(async move { w.append(vec![record(2, "c")]).await })
+            },
+            {
+                let w = wal.clone();
+                Box::pin(async move { w.complete(vec![1]).await })
+            },
+        ],
+    )
+    .await;
+    // An id completed and appended again in one round: the completion goes first.
+    let w = wal.clone();
+    round(
+        101,
+        vec![
+            Box::pin(async move { w.complete_with(vec![Completion::bare(2)], at).await }),
+            {
+                let w = wal.clone();
+                Box::pin(async move { w.append(vec![record(2, "again")]).await })
+            },
+        ],
+    )
+    .await;
+    let ops = logged.ops.lock().unwrap().clone();
+    assert_eq!(
+        ops[1..],
+        [
+            "append [100]",
+            "append [2]",
+            "complete_with [0]",
+            "complete [1]",
+            "append [101]",
+            "complete_with [2]",
+            "append [2]",
+        ],
+        "{ops:?}"
+    );
+    let replayed = wal.replay().await.unwrap();
+    let again = replayed.iter().find(|r| r.id == 2).expect("2 pending");
+    assert_eq!(&again.data[..], b"again");
+}
+
 #[tokio::test]
 async fn group_commit_answers_each_caller_on_its_own_when_a_batch_does_not_fit() {
     let gated = Arc::new(GatedWal {
