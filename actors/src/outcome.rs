@@ -16,9 +16,9 @@
 //! assert_eq!(a.to_string(), "00000000-0000-0000-0000-000000000001");
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::apns::{ApnsId, DeviceToken, Reason};
 use crate::seams::Timestamp;
@@ -397,10 +397,11 @@ pub struct OutcomeStore {
 
 #[derive(Debug, Default)]
 struct StoreInner {
-    by_key: BTreeMap<(PushId, String), Outcome>,
-    /// The tenant that recorded an outcome under an id last.
-    latest: BTreeMap<PushId, String>,
-    order: VecDeque<(PushId, String)>,
+    /// The kept outcomes of each id, one per tenant, the one recorded last at the end. Only
+    /// looked up, never iterated (so the map's order cannot leak into behaviour).
+    by_id: HashMap<PushId, Vec<(Arc<str>, Outcome)>>,
+    /// Eviction order: (id, tenant) in the order first recorded.
+    order: VecDeque<(PushId, Arc<str>)>,
 }
 
 impl OutcomeStore {
@@ -425,16 +426,27 @@ impl OutcomeStore {
     /// Remember `outcome` for push `id` of `tenant` (replacing an older one).
     pub fn record_for(&self, tenant: &str, id: PushId, outcome: Outcome) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (id, tenant.to_owned());
-        if inner.by_key.insert(key.clone(), outcome).is_none() {
-            inner.order.push_back(key);
+        let kept = inner.by_id.entry(id).or_default();
+        match kept.iter().position(|(t, _)| &**t == tenant) {
+            Some(at) => {
+                // Known: replace it, and it becomes the latest (its eviction place stays).
+                let (t, _) = kept.remove(at);
+                kept.push((t, outcome));
+            }
+            None => {
+                let tenant: Arc<str> = Arc::from(tenant);
+                kept.push((Arc::clone(&tenant), outcome));
+                inner.order.push_back((id, tenant));
+            }
         }
-        inner.latest.insert(id, tenant.to_owned());
         while inner.order.len() > self.kept_max {
-            if let Some(old) = inner.order.pop_front() {
-                inner.by_key.remove(&old);
-                if inner.latest.get(&old.0) == Some(&old.1) {
-                    inner.latest.remove(&old.0);
+            let Some((old, tenant)) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(kept) = inner.by_id.get_mut(&old) {
+                kept.retain(|(t, _)| *t != tenant);
+                if kept.is_empty() {
+                    inner.by_id.remove(&old);
                 }
             }
         }
@@ -444,21 +456,22 @@ impl OutcomeStore {
     /// tenants used the id.
     pub fn get(&self, id: PushId) -> Option<Outcome> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tenant) = inner.latest.get(&id) {
-            return inner.by_key.get(&(id, tenant.clone())).cloned();
-        }
         inner
-            .by_key
-            .range((id, String::new())..)
-            .take_while(|((i, _), _)| *i == id)
-            .map(|(_, o)| o.clone())
-            .next()
+            .by_id
+            .get(&id)
+            .and_then(|kept| kept.last())
+            .map(|(_, outcome)| outcome.clone())
     }
 
     /// The outcome of push `id` of `tenant`, if it is known and still kept.
     pub fn get_for(&self, tenant: &str, id: PushId) -> Option<Outcome> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.by_key.get(&(id, tenant.to_owned())).cloned()
+        inner
+            .by_id
+            .get(&id)?
+            .iter()
+            .find(|(t, _)| &**t == tenant)
+            .map(|(_, outcome)| outcome.clone())
     }
 
     /// How many outcomes are kept.
@@ -500,6 +513,22 @@ mod tests {
         assert_eq!(store.get(id), Some(Outcome::Delivered { apns_id: None }));
         store.record_for("c", PushId::from_u128(3), Outcome::Expired);
         assert_eq!(store.get(id), None);
+    }
+
+    #[test]
+    fn recording_again_replaces_and_makes_latest_without_a_second_place() {
+        let store = OutcomeStore::new(2);
+        let id = PushId::from_u128(4);
+        store.record_for("a", id, Outcome::Expired);
+        store.record_for("b", id, Outcome::Expired);
+        store.record_for("a", id, Outcome::Delivered { apns_id: None });
+        assert_eq!(store.len(), 2, "a replacement takes no new place");
+        assert_eq!(store.get(id), Some(Outcome::Delivered { apns_id: None }));
+        assert_eq!(store.get_for("b", id), Some(Outcome::Expired));
+        // a was recorded first: it goes first, although it was replaced last.
+        store.record_for("c", PushId::from_u128(8), Outcome::Expired);
+        assert_eq!(store.get_for("a", id), None);
+        assert_eq!(store.get(id), Some(Outcome::Expired), "b's is what is left");
     }
 
     #[test]
