@@ -293,8 +293,10 @@ async fn bench(emulator: &EmulatorTarget<'_>, args: EngineArgs) -> anyhow::Resul
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let rss_connected = rss_kb();
     let emulator_rss_connected = emulator.emulator_rss_kb();
-    // Warm up: every connection carries requests (TLS and HTTP/2 set up, token accepted).
-    let warm = (connections * 200).min(limits::SEND_BATCH_MAX);
+    // Warm up: every connection carries requests (TLS and HTTP/2 set up, token accepted). The
+    // same number per tenant whatever the pool size, so runs with different `--connections`
+    // differ by their connections only: compare them for the cost of one connection.
+    let warm = WARM_UP_PUSHES_PER_TENANT;
     let done = Arc::new(AtomicU64::new(0));
     let collector = count_outcomes(&herald, done.clone());
     let mut sent = 0;
@@ -394,8 +396,9 @@ async fn bench(emulator: &EmulatorTarget<'_>, args: EngineArgs) -> anyhow::Resul
         (Some(engine), Some(before), Some(connected), Some(after)) => println!(
             "memory (VmRSS, Linux): {engine} KB before the engine, {before} KB with {} shards and \
              no tenant, {connected} KB with {open} connections open and idle ({:.0} KB per \
-             connection), {after} KB after {warm} warm-up pushes per tenant ({:.0} KB per \
-             connection) ({ends}); peak under load {} KB",
+             connection, the tenants' own cost included), {after} KB after {warm} warm-up pushes \
+             per tenant ({:.0} KB per connection, with the pushes' state) ({ends}); peak under \
+             load {} KB",
             args.shards,
             per(before, connected),
             per(before, after),
@@ -614,6 +617,9 @@ fn workload(bundle: &str, seed: u64) -> anyhow::Result<Workload> {
         payload,
     })
 }
+
+/// Warm-up pushes per tenant before the warm memory sample (at most one `send_batch`).
+const WARM_UP_PUSHES_PER_TENANT: usize = 800;
 
 /// CPU time (user + system, ms) used so far by this process's threads, except the in-process
 /// emulator's (threads named `emulator…`): the load generator's CPU. Linux only (0 elsewhere);

@@ -266,6 +266,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         .map_or(0, |l| l.emulator.core().accepted_count());
 
     let totals = Arc::new(Totals::default());
+    let cpu_before = crate::bench_engine::load_cpu_ms();
     let started = tokio::time::Instant::now();
     let end = started + Duration::from_secs(args.secs);
     let mut tasks = Vec::new();
@@ -335,6 +336,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         latency.add(h).context("merging histograms")?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_ms = crate::bench_engine::load_cpu_ms().saturating_sub(cpu_before);
     let accepted = totals.accepted.load(Ordering::Relaxed);
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
@@ -364,6 +366,15 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         ms(0.90),
         ms(0.99),
         latency.max() as f64 / 1000.0
+    );
+    // With an in-process target this is everything on the machine's cores: load generator,
+    // node(s) and emulator. Pushes/s move with other load on a shared machine; CPU per push
+    // much less, so compare this figure between builds.
+    println!(
+        "  CPU of this process during the load: {:.2} s = {:.1} µs per accepted push ({:.2} cores)",
+        cpu_ms as f64 / 1000.0,
+        cpu_ms as f64 * 1000.0 / accepted.max(1) as f64,
+        cpu_ms as f64 / 1000.0 / elapsed
     );
     if let Some(local) = local {
         // Every accepted push reaches the emulator (delivered) — within a bound.
