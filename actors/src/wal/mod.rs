@@ -78,7 +78,7 @@
 //! # }).unwrap();
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -352,8 +352,10 @@ impl Default for WalLimits {
 #[derive(Debug)]
 pub(crate) struct PendingIndex {
     limits: WalLimits,
-    /// Pending id → (sequence number, payload bytes, shard).
-    by_id: BTreeMap<u128, (u64, usize, u32)>,
+    /// Pending id → (sequence number, payload bytes, shard). A hash map: ids are random, the
+    /// map holds up to `WAL_RECORDS_MAX` of them, and it is only looked up, never iterated (so
+    /// its order cannot leak into behaviour).
+    by_id: HashMap<u128, (u64, usize, u32)>,
     bytes: u64,
     next_seq: u64,
 }
@@ -362,7 +364,7 @@ impl PendingIndex {
     pub(crate) fn new(limits: WalLimits) -> Self {
         PendingIndex {
             limits,
-            by_id: BTreeMap::new(),
+            by_id: HashMap::new(),
             bytes: 0,
             next_seq: 0,
         }
@@ -442,13 +444,14 @@ impl PendingIndex {
 
     /// The sequence numbers of the pending records among `ids` (each once).
     pub(crate) fn plan_complete(&self, ids: &[u128]) -> Vec<(u128, u64)> {
-        let mut found: BTreeMap<u128, u64> = BTreeMap::new();
-        for id in ids {
-            if let Some((seq, _, _)) = self.by_id.get(id) {
-                found.insert(*id, *seq);
-            }
-        }
-        found.into_iter().collect()
+        let mut found: Vec<(u128, u64)> = ids
+            .iter()
+            .filter_map(|id| self.by_id.get(id).map(|(seq, _, _)| (*id, *seq)))
+            .collect();
+        // In id order, each once.
+        found.sort_unstable();
+        found.dedup_by_key(|(id, _)| *id);
+        found
     }
 
     /// Record that the records of `planned` (from [`Self::plan_complete`]) left the store.
@@ -472,7 +475,8 @@ impl PendingIndex {
         planned: &[(u128, u64)],
         done: &[Completion],
     ) -> Vec<(u128, u32, Bytes)> {
-        let mut notes: BTreeMap<u128, Bytes> = BTreeMap::new();
+        // Looked up and removed from, never iterated.
+        let mut notes: HashMap<u128, Bytes> = HashMap::with_capacity(done.len());
         for completion in done {
             notes
                 .entry(completion.id)
