@@ -208,12 +208,30 @@ async fn group_commit_over_file_wal_suite() {
     .await;
 }
 
-/// A WAL that holds every append until the test releases it, and records batch sizes.
+/// A WAL that holds every append until the test releases it, and records batch sizes and the
+/// operations it is given.
 #[derive(Debug)]
 struct GatedWal {
     inner: MemoryWal,
     gate: Semaphore,
     batches: std::sync::Mutex<Vec<usize>>,
+    ops: std::sync::Mutex<Vec<String>>,
+}
+
+impl GatedWal {
+    /// Over `inner`, letting `permits` appends through before the test adds more.
+    fn new(inner: MemoryWal, permits: usize) -> Arc<Self> {
+        Arc::new(GatedWal {
+            inner,
+            gate: Semaphore::new(permits),
+            batches: std::sync::Mutex::new(Vec::new()),
+            ops: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn log(&self, op: &str, ids: &[u128]) {
+        self.ops.lock().unwrap().push(format!("{op} {ids:?}"));
+    }
 }
 
 impl Wal for GatedWal {
@@ -221,11 +239,22 @@ impl Wal for GatedWal {
         Box::pin(async move {
             self.gate.acquire().await.unwrap().forget();
             self.batches.lock().unwrap().push(batch.len());
+            self.log("append", &ids(&batch));
             self.inner.append(batch).await
         })
     }
     fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
+        self.log("complete", &ids);
         self.inner.complete(ids)
+    }
+    fn complete_with(
+        &self,
+        done: Vec<Completion>,
+        at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), WalError>> {
+        let ids: Vec<u128> = done.iter().map(|c| c.id).collect();
+        self.log("complete_with", &ids);
+        self.inner.complete_with(done, at)
     }
     fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
         self.inner.replay()
@@ -240,11 +269,7 @@ impl Wal for GatedWal {
 
 #[tokio::test]
 async fn group_commit_coalesces_waiting_appenders() {
-    let gated = Arc::new(GatedWal {
-        inner: MemoryWal::new(),
-        gate: Semaphore::new(0),
-        batches: std::sync::Mutex::new(Vec::new()),
-    });
+    let gated = GatedWal::new(MemoryWal::new(), 0);
     let wal = GroupCommitWal::spawn(gated.clone());
     // The first append is taken by the writer and held at the gate...
     let first = tokio::spawn({
@@ -281,59 +306,9 @@ async fn group_commit_coalesces_waiting_appenders() {
     );
 }
 
-/// A WAL that logs the operations it is given, holding each append until the test releases it.
-#[derive(Debug)]
-struct LoggedWal {
-    inner: MemoryWal,
-    gate: Semaphore,
-    ops: std::sync::Mutex<Vec<String>>,
-}
-
-impl Wal for LoggedWal {
-    fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>> {
-        Box::pin(async move {
-            self.gate.acquire().await.unwrap().forget();
-            self.ops
-                .lock()
-                .unwrap()
-                .push(format!("append {:?}", ids(&batch)));
-            self.inner.append(batch).await
-        })
-    }
-    fn complete(&self, ids: Vec<u128>) -> BoxFuture<'_, Result<(), WalError>> {
-        self.ops.lock().unwrap().push(format!("complete {ids:?}"));
-        self.inner.complete(ids)
-    }
-    fn complete_with(
-        &self,
-        done: Vec<Completion>,
-        at: Timestamp,
-    ) -> BoxFuture<'_, Result<(), WalError>> {
-        let ids: Vec<u128> = done.iter().map(|c| c.id).collect();
-        self.ops
-            .lock()
-            .unwrap()
-            .push(format!("complete_with {ids:?}"));
-        self.inner.complete_with(done, at)
-    }
-    fn replay(&self) -> BoxFuture<'_, Result<Vec<WalRecord>, WalError>> {
-        self.inner.replay()
-    }
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-    fn bytes(&self) -> u64 {
-        self.inner.bytes()
-    }
-}
-
 #[tokio::test]
 async fn group_commit_puts_appends_before_completions_unless_an_id_is_reused() {
-    let logged = Arc::new(LoggedWal {
-        inner: MemoryWal::new(),
-        gate: Semaphore::new(1),
-        ops: std::sync::Mutex::new(Vec::new()),
-    });
+    let logged = GatedWal::new(MemoryWal::new(), 1);
     let wal = GroupCommitWal::spawn(logged.clone());
     let at = Timestamp::from_secs(1_700_000_000);
     wal.append(vec![record(0, "a"), record(1, "b")])
@@ -414,11 +389,7 @@ async fn group_commit_puts_appends_before_completions_unless_an_id_is_reused() {
 
 #[tokio::test]
 async fn group_commit_answers_each_caller_on_its_own_when_a_batch_does_not_fit() {
-    let gated = Arc::new(GatedWal {
-        inner: MemoryWal::with_limits(small_limits()),
-        gate: Semaphore::new(0),
-        batches: std::sync::Mutex::new(Vec::new()),
-    });
+    let gated = GatedWal::new(MemoryWal::with_limits(small_limits()), 0);
     let wal = GroupCommitWal::spawn(gated.clone());
     let first = tokio::spawn({
         let wal = wal.clone();
@@ -460,11 +431,7 @@ async fn group_commit_answers_each_caller_on_its_own_when_a_batch_does_not_fit()
 
 #[tokio::test]
 async fn group_commit_queue_full_is_overload() {
-    let gated = Arc::new(GatedWal {
-        inner: MemoryWal::new(),
-        gate: Semaphore::new(0),
-        batches: std::sync::Mutex::new(Vec::new()),
-    });
+    let gated = GatedWal::new(MemoryWal::new(), 0);
     let wal = GroupCommitWal::spawn_with(
         gated.clone(),
         GroupCommitConfig {
