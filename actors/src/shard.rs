@@ -296,10 +296,7 @@ impl Actor for ShardActor {
         }
         let done = std::mem::take(&mut state.completed);
         if !done.is_empty() {
-            let now = state.engine.clock.now();
-            if let Err(error) = state.engine.wal.complete_with(done, now).await {
-                tracing::warn!(shard = state.shard, %error, "WAL completion failed");
-            }
+            complete_in_wal(&state.engine, state.shard, done).await;
         }
         Ok(())
     }
@@ -923,16 +920,11 @@ impl ShardState {
             return;
         }
         let done = std::mem::take(&mut self.completed);
-        // With done markers, so the dedupe memory and the outcomes survive a restart.
-        let now = self.engine.clock.now();
         let engine = self.engine.clone();
         let shard = self.shard;
         let me = myself.clone();
         let task = async move {
-            if let Err(error) = engine.wal.complete_with(done, now).await {
-                // The pushes will be replayed after a restart (at-least-once).
-                tracing::warn!(shard, %error, "WAL completion failed");
-            }
+            complete_in_wal(&engine, shard, done).await;
             let _ = me.send_message(ShardMsg::Completed);
         };
         self.completing = Some(tokio::spawn(task.instrument(self.span.clone())));
@@ -1022,6 +1014,16 @@ impl ShardState {
     fn publish_gauges(&self) {
         self.depth_gauge.set(self.entries.len() as f64);
         self.inflight_gauge.set(self.in_flight.len() as f64);
+    }
+}
+
+/// Complete `done` in the write-ahead log, with done markers finished now (so the dedupe
+/// memory and the outcomes survive a restart). A failure only logs: the pushes are replayed
+/// after a restart (at-least-once).
+async fn complete_in_wal(engine: &EngineShared, shard: u32, done: Vec<Completion>) {
+    let now = engine.clock.now();
+    if let Err(error) = engine.wal.complete_with(done, now).await {
+        tracing::warn!(shard, %error, "WAL completion failed");
     }
 }
 

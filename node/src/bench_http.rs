@@ -368,8 +368,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         latency.max() as f64 / 1000.0
     );
     // With an in-process target this is everything on the machine's cores: load generator,
-    // node(s) and emulator. Pushes/s move with other load on a shared machine; CPU per push
-    // much less, so compare this figure between builds.
+    // node(s) and emulator: the cost of a push, beside the rate the cores allowed.
     println!(
         "  CPU of this process during the load: {:.2} s = {:.1} µs per accepted push ({:.2} cores)",
         cpu_ms as f64 / 1000.0,

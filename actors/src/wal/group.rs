@@ -230,6 +230,7 @@ struct Writer {
 type Reply = oneshot::Sender<Result<(), WalError>>;
 
 /// Completions merged into one operation of the wrapped WAL.
+#[derive(Default)]
 struct Completions {
     done: Vec<Completion>,
     /// The latest finish time of merged `complete_at` calls (`None`: plain `complete`s).
@@ -238,14 +239,6 @@ struct Completions {
 }
 
 impl Completions {
-    fn new(at: Option<Timestamp>) -> Self {
-        Completions {
-            done: Vec::new(),
-            at,
-            replies: Vec::new(),
-        }
-    }
-
     fn add(&mut self, done: Vec<Completion>, at: Option<Timestamp>, reply: Reply) {
         self.done.extend(done);
         self.at = self.at.max(at);
@@ -254,6 +247,7 @@ impl Completions {
 }
 
 /// Everything the writer took from the queue for one round.
+#[derive(Default)]
 struct Group {
     appends: Vec<(Vec<WalRecord>, Reply)>,
     /// `complete_at`/`complete_with` calls (they keep done markers).
@@ -263,14 +257,6 @@ struct Group {
 }
 
 impl Group {
-    fn new() -> Self {
-        Group {
-            appends: Vec::new(),
-            marked: Completions::new(Some(Timestamp::EPOCH)),
-            plain: Completions::new(None),
-        }
-    }
-
     fn add(&mut self, request: Request) -> usize {
         match request {
             Request::Append { batch, reply } => {
@@ -315,7 +301,7 @@ impl Writer {
             let Some(first) = self.requests.recv().await else {
                 return; // every handle dropped
             };
-            let mut group = Group::new();
+            let mut group = Group::default();
             let mut records = group.add(first);
             while records < self.group_records_max {
                 match self.requests.try_recv() {
@@ -323,36 +309,30 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let completions_first = group.completes_an_appended_id();
             let Group {
                 appends,
                 marked,
                 plain,
-            } = if group.completes_an_appended_id() {
-                self.commit_completions(std::mem::replace(
-                    &mut group.marked,
-                    Completions::new(None),
-                ))
-                .await;
-                self.commit_completions(std::mem::replace(
-                    &mut group.plain,
-                    Completions::new(None),
-                ))
-                .await;
-                group
-            } else {
-                group
-            };
-            // Appends first: their callers wait to acknowledge pushes, while completions only
-            // reclaim space (nobody waits on them but the shard's next completion).
-            if !appends.is_empty() {
+            } = group;
+            if completions_first {
+                self.commit_completions(marked).await;
+                self.commit_completions(plain).await;
                 self.commit_appends(appends).await;
+            } else {
+                // Appends first: their callers wait to acknowledge pushes, while completions
+                // only reclaim space (nobody waits on them but the shard's next completion).
+                self.commit_appends(appends).await;
+                self.commit_completions(marked).await;
+                self.commit_completions(plain).await;
             }
-            self.commit_completions(marked).await;
-            self.commit_completions(plain).await;
         }
     }
 
     async fn commit_appends(&self, group: Vec<(Vec<WalRecord>, Reply)>) {
+        if group.is_empty() {
+            return;
+        }
         let merged: Vec<WalRecord> = if group.len() == 1 {
             group[0].0.clone()
         } else {

@@ -314,8 +314,13 @@ async fn group_commit_puts_appends_before_completions_unless_an_id_is_reused() {
     wal.append(vec![record(0, "a"), record(1, "b")])
         .await
         .unwrap();
-    // Hold the writer on an append, queue a round behind it, release.
-    let round = |held_id: u128, requests: Vec<BoxFuture<'static, Result<(), WalError>>>| {
+    enum Op {
+        Append(u128, &'static str),
+        Complete(u128),
+        CompleteWith(u128),
+    }
+    // Hold the writer on an append (of `held_id`), queue `ops` as one round behind it, release.
+    let round = |held_id: u128, ops: Vec<Op>| {
         let wal = wal.clone();
         let logged = logged.clone();
         async move {
@@ -327,7 +332,21 @@ async fn group_commit_puts_appends_before_completions_unless_an_id_is_reused() {
             while wal.commits() == commits {
                 tokio::task::yield_now().await;
             }
-            let waiting: Vec<_> = requests.into_iter().map(tokio::spawn).collect();
+            let waiting: Vec<_> = ops
+                .into_iter()
+                .map(|op| {
+                    let wal = wal.clone();
+                    tokio::spawn(async move {
+                        match op {
+                            Op::Append(id, data) => wal.append(vec![record(id, data)]).await,
+                            Op::Complete(id) => wal.complete(vec![id]).await,
+                            Op::CompleteWith(id) => {
+                                wal.complete_with(vec![Completion::bare(id)], at).await
+                            }
+                        }
+                    })
+                })
+                .collect();
             for _ in 0..100 {
                 tokio::task::yield_now().await;
             }
@@ -338,36 +357,14 @@ async fn group_commit_puts_appends_before_completions_unless_an_id_is_reused() {
             }
         }
     };
-    let w = wal.clone();
     // Completions queued before an append are committed after it.
     round(
         100,
-        vec![
-            Box::pin(async move { w.complete_with(vec![Completion::bare(0)], at).await }),
-            {
-                let w = wal.clone();
-                Box::pin(async move { w.append(vec![record(2, "c")]).await })
-            },
-            {
-                let w = wal.clone();
-                Box::pin(async move { w.complete(vec![1]).await })
-            },
-        ],
+        vec![Op::CompleteWith(0), Op::Append(2, "c"), Op::Complete(1)],
     )
     .await;
     // An id completed and appended again in one round: the completion goes first.
-    let w = wal.clone();
-    round(
-        101,
-        vec![
-            Box::pin(async move { w.complete_with(vec![Completion::bare(2)], at).await }),
-            {
-                let w = wal.clone();
-                Box::pin(async move { w.append(vec![record(2, "again")]).await })
-            },
-        ],
-    )
-    .await;
+    round(101, vec![Op::CompleteWith(2), Op::Append(2, "again")]).await;
     let ops = logged.ops.lock().unwrap().clone();
     assert_eq!(
         ops[1..],
