@@ -174,6 +174,13 @@ pub enum ProviderTokenError {
         /// The key id.
         key_id: String,
     },
+    /// Another key (other key bytes) is registered under this key id: one of the two `.p8`
+    /// files is wrong, and its tenant must not present the other key's tokens.
+    #[error("key id {key_id} is registered with another key")]
+    KeyMismatch {
+        /// The key id.
+        key_id: String,
+    },
 }
 
 /// A node's part in cluster-wide provider tokens. See the [module docs](self).
@@ -249,16 +256,22 @@ impl ProviderTokens {
     /// Serve `key`: returns its [`TokenMinter`] (replicated mode), to give to every tenant
     /// of the key. The minter gets the newest replicated token at once (if there is one)
     /// and every later one; on the leader, the key's tokens are minted from now on.
-    /// Registering a key id again returns the same minter.
+    /// Registering the same key again returns the same minter.
     ///
     /// # Errors
     /// [`ProviderTokenError::TeamMismatch`] if the key id is registered with another team,
+    /// [`ProviderTokenError::KeyMismatch`] if it is registered with other key bytes,
     /// [`ProviderTokenError::TooManyKeys`] past [`PROVIDER_TOKEN_KEYS_MAX`].
     pub fn register(&self, key: SigningKey) -> Result<TokenMinter, ProviderTokenError> {
         let mut keys = self.shared.lock_keys();
         if let Some(registered) = keys.get(key.key_id()) {
             if registered.key.team_id() != key.team_id() {
                 return Err(ProviderTokenError::TeamMismatch {
+                    key_id: key.key_id().to_owned(),
+                });
+            }
+            if !registered.key.same_key(&key) {
+                return Err(ProviderTokenError::KeyMismatch {
                     key_id: key.key_id().to_owned(),
                 });
             }

@@ -19,7 +19,7 @@ use herald_actors::apns::{
 };
 use herald_actors::seams::{Clock as _, ManualClock, Timestamp};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
-use herald_cluster::provider_tokens::{ProviderTokenConfig, ProviderTokens};
+use herald_cluster::provider_tokens::{ProviderTokenConfig, ProviderTokenError, ProviderTokens};
 use herald_cluster::transport::{ClusterId, LinkSecurity};
 use tokio::net::TcpListener;
 
@@ -149,8 +149,22 @@ async fn one_token_per_key_rotated_by_the_leader_and_taken_over_on_failover() {
             .unwrap();
         let tokens = ProviderTokens::start(&node, Arc::new(clock.clone()), tokens_config);
         let minter = tokens.register(key.clone()).unwrap();
-        // Registering again gives the same minter.
+        // Registering again gives the same minter; another key (or team) under the same
+        // key id is refused, so a wrong `.p8` never borrows this key's tokens.
         assert!(tokens.register(key.clone()).is_ok());
+        let impostor = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let impostor = SigningKey::from_p8_pem(impostor.as_bytes(), KEY_ID, TEAM_ID).unwrap();
+        assert!(matches!(
+            tokens.register(impostor),
+            Err(ProviderTokenError::KeyMismatch { .. })
+        ));
+        let other_team = SigningKey::from_p8_pem(p8.as_bytes(), KEY_ID, "TEAM654321").unwrap();
+        assert!(matches!(
+            tokens.register(other_team),
+            Err(ProviderTokenError::TeamMismatch { .. })
+        ));
         members.insert(
             id,
             Member {

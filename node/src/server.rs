@@ -21,6 +21,7 @@
 //! (releasing its store), and the HTTP server finishes its open requests. Every WAL append
 //! and completion is committed (fsync'd) before it returns, so nothing is left to flush.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ use herald_actors::{Endpoint, Herald, OutcomeRecord, ShutdownReport, Tuning};
 use herald_cluster::node::{ClusterConfig, ClusterNode, StorageLocation};
 use herald_cluster::provider_tokens::{ProviderTokenConfig, ProviderTokens};
 use herald_cluster::routing::{Router as ClusterRouter, RouterConfig};
+use herald_cluster::state::ApiTenantRecord;
 use herald_cluster::transport::tls::{LinkSecurity, MutualTls};
 use herald_cluster::transport::{ClusterId, NodeId};
 use tokio::net::TcpListener;
@@ -42,8 +44,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    ApiKeys, ApiState, Backends, ClusterRevocations, LocalBackend, ReplicatedDevices, TenantInfo,
-    WebhookTarget, Webhooks,
+    ApiKeys, ApiState, Backends, ClusterRevocations, LocalBackend, ReplicatedDevices,
+    ReplicatedTenants, TenantInfo, WebhookTarget, Webhooks, api_tenant_config,
 };
 use crate::config::{ApnsEnvironment, NodeConfig, Overrides, read_secret_line};
 use crate::credentials::{CredentialReloader, MinterSource, load_tenants, load_tenants_with};
@@ -60,7 +62,6 @@ pub const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub const WAL_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the HTTP API is built from: the parts of a starting node.
-#[derive(Debug)]
 pub struct NodeContext<'a> {
     /// The configuration in force.
     pub config: &'a NodeConfig,
@@ -76,8 +77,22 @@ pub struct NodeContext<'a> {
     pub clock: &'a SharedClock,
     /// Turns true when the node stops (end background tasks then).
     pub stop: &'a watch::Receiver<bool>,
+    /// Where token-auth tenants get their provider-token minters (the cluster's).
+    pub minters: &'a MinterSource,
+    /// The tenants created through the API (replicated) the engine was built with.
+    api_tenants: BTreeMap<String, ApiTenantRecord>,
     /// The engine's outcome stream subscribed before it started (see [`Self::outcomes`]).
     early_outcomes: Mutex<Option<broadcast::Receiver<OutcomeRecord>>>,
+}
+
+impl std::fmt::Debug for NodeContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeContext")
+            .field("engine", self.engine)
+            .field("cluster", self.cluster)
+            .field("api_tenants", &self.api_tenants.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeContext<'_> {
@@ -179,6 +194,9 @@ impl Node {
                 return Err(e.into());
             }
         };
+        // Tenants created through the API of any node (replicated): started with the engine,
+        // so pushes of theirs recovered from the write-ahead log find them.
+        let api_tenants = boot_api_tenants(&config, &cluster, &clock, &minters).await;
 
         let wal_path = config.node.data_dir.join(WAL_FILE);
         // Completions fsync'd lazily (durable with the next append): a crash may send a
@@ -205,6 +223,9 @@ impl Node {
             .token_state(cluster.token_state());
         for t in &tenants {
             builder.tenant(t.config.clone());
+        }
+        for (_, config) in api_tenants.values() {
+            builder.tenant(config.clone());
         }
         let engine = match builder.build().await {
             Ok(engine) => engine,
@@ -236,7 +257,7 @@ impl Node {
                 engine.clone(),
                 clock.clone(),
             )
-            .with_minters(minters),
+            .with_minters(minters.clone()),
         );
         let (stop, stop_rx) = watch::channel(false);
         let mut background = vec![
@@ -260,6 +281,11 @@ impl Node {
             router: &router,
             clock: &clock,
             stop: &stop_rx,
+            minters: &minters,
+            api_tenants: api_tenants
+                .into_iter()
+                .map(|(id, (record, _))| (id, record))
+                .collect(),
             early_outcomes: Mutex::new(Some(early_outcomes)),
         };
         let app = ops::router(state).merge(api(&context));
@@ -670,9 +696,20 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
         backend.clone(),
         context.clock.clone(),
     ));
+    // Tenants created through any node's API are in the replicated state: follow them here.
+    let tenants = ReplicatedTenants::new(
+        context.cluster.devices(),
+        backend.clone(),
+        context.minters.clone(),
+        context.clock.clone(),
+        config.limits.tenant_queue_max,
+        context.api_tenants.clone(),
+    );
+    tokio::spawn(tenants.clone().follow(context.stop.clone()));
     let backends = Backends {
         devices: replicated.clone(),
         feedback: replicated,
+        tenants: Arc::new(tenants),
         ..Backends::local(&backend)
     };
     let state = ApiState::new(
@@ -691,6 +728,38 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
         context.stop.clone(),
     ));
     Ok(crate::api::router(state))
+}
+
+/// The replicated API-made tenants this node can start: each with its engine configuration.
+/// A tenant whose id a configured tenant has, or whose key does not load here, is left out
+/// (logged); the API's follower retries it when its record changes.
+async fn boot_api_tenants(
+    config: &NodeConfig,
+    cluster: &ClusterNode,
+    clock: &SharedClock,
+    minters: &MinterSource,
+) -> BTreeMap<String, (ApiTenantRecord, herald_actors::TenantConfig)> {
+    let records = match cluster.devices().api_tenants().await {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(error = %e, "replicated tenants not read at start; followed later");
+            return BTreeMap::new();
+        }
+    };
+    let mut started = BTreeMap::new();
+    for (id, record) in records {
+        if config.tenants.iter().any(|t| t.id == id) {
+            tracing::error!(tenant = %id, "replicated tenant shadowed by a configured one; kept the configured one");
+            continue;
+        }
+        match api_tenant_config(&id, &record, config.limits.tenant_queue_max, clock, minters) {
+            Ok(engine_config) => {
+                started.insert(id, (record, engine_config));
+            }
+            Err(e) => tracing::error!(tenant = %id, error = %e, "replicated tenant not started"),
+        }
+    }
+    started
 }
 
 /// How often a node looks for webhooks set or removed through another node.

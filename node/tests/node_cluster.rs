@@ -556,6 +556,92 @@ key = "pki/node-{id}.key.pem"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A tenant created through node 1's API is served by every node (its pushes go to
+    // their shards' owners): pushes sent to node 2 are delivered, node 3 lists it. A key
+    // that does not load is refused before anything is replicated.
+    let beta_key = emulator
+        .core()
+        .generate_team_key("TEAMBBBBBB", &["com.example.beta"])
+        .unwrap();
+    let create = serde_json::json!({
+        "id": "beta", "team_id": "TEAMBBBBBB", "key_id": beta_key.key_id, "p8_pem": beta_key.p8_pem,
+    });
+    let (code, body) = call(api, "POST", "/v1/tenants", &admin, Some(create.clone())).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = call(other_api, "POST", "/v1/tenants", &admin, Some(create)).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("tenant_exists")),
+        "{body}"
+    );
+    let bad = serde_json::json!({
+        "id": "gamma", "team_id": "TEAMBBBBBB", "key_id": beta_key.key_id, "p8_pem": "not a key",
+    });
+    let (code, body) = call(api, "POST", "/v1/tenants", &admin, Some(bad)).await;
+    assert_eq!(code, 400, "{body}");
+    let beta = keys
+        .issue(
+            &KeyRequest::tenant("beta", &[Scope::Push, Scope::Read]),
+            "beta-1",
+        )
+        .unwrap()
+        .key;
+    let beta_pushes: Vec<serde_json::Value> = (0..24u8)
+        .map(|i| {
+            serde_json::json!({
+                "device_token": hex::encode([i.wrapping_mul(53).wrapping_add(7); 32]),
+                "topic": "com.example.beta",
+                "payload": {"aps": {"alert": format!("beta {i}")}},
+            })
+        })
+        .collect();
+    let delivered_before = emulator.core().accepted_count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let beta_ids: Vec<String> = loop {
+        let batch = serde_json::json!({ "pushes": beta_pushes });
+        let (code, body) = call(other_api, "POST", "/v1/push/batch", &beta, Some(batch)).await;
+        if code == 200 && body["accepted"] == 24 {
+            break body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 never took beta's batch: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while emulator.core().accepted_count() < delivered_before + 24 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "beta's pushes were not all delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = call(
+        other_api,
+        "GET",
+        &format!("/v1/pushes/{}", beta_ids[0]),
+        &beta,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("delivered")),
+        "{body}"
+    );
+    let (code, body) = call(third_api, "GET", "/v1/tenants/beta", &admin, None).await;
+    assert_eq!(
+        (code, body["key_id"].as_str()),
+        (200, Some(beta_key.key_id.as_str())),
+        "{body}"
+    );
+
     // Membership through the API: a fourth node starts with `cluster.join` and is added
     // with `POST /v1/cluster/members`; it becomes an active voter owning shards; then it is
     // drained away with `POST /v1/cluster/members/4/drain`.
@@ -637,6 +723,19 @@ key = "pki/node-4.key.pem"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Node 4 joined after beta was created: it serves beta too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while call(node4.api_addr(), "GET", "/v1/tenants/beta", &admin, None)
+        .await
+        .0
+        != 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 never learned tenant beta"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (code, body) = call(api, "POST", "/v1/cluster/members/4/drain", &admin, None).await;
     assert_eq!(code, 202, "{body}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -658,6 +757,20 @@ key = "pki/node-4.key.pem"
         (404, Some("member_not_found"))
     );
     node4.shutdown().await;
+
+    // Removed through node 3, tenant beta is gone from node 1 too.
+    let (code, body) = call(third_api, "DELETE", "/v1/tenants/beta", &admin, None).await;
+    assert_eq!(code, 204, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while call(api, "GET", "/v1/tenants/beta", &admin, None).await.0 != 404 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 kept the removed tenant"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, body) = call(third_api, "DELETE", "/v1/tenants/beta", &admin, None).await;
+    assert_eq!(code, 404, "{body}");
 
     // A certificate naming another node is refused at start.
     let wrong = dir.path().join("node-1.toml");

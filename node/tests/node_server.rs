@@ -124,6 +124,33 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A minimal HTTP/1.1 request with a bearer key and a JSON body: (status, body).
+async fn post(addr: std::net::SocketAddr, path: &str, key: &str, body: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !f().await {
@@ -147,11 +174,16 @@ fn notification(i: u64) -> Notification {
 
 /// Send `count` pushes starting at `from`, in batches, retrying `Overloaded`.
 async fn send(engine: &Herald, from: u64, count: u64) -> Vec<PushId> {
+    send_as(engine, "acme", from, count).await
+}
+
+/// [`send`] for `tenant`.
+async fn send_as(engine: &Herald, tenant: &str, from: u64, count: u64) -> Vec<PushId> {
     let mut ids = Vec::new();
     let batch: Vec<Notification> = (from..from + count).map(notification).collect();
     for n in batch {
         loop {
-            match engine.send("acme", n.clone()).await {
+            match engine.send(tenant, n.clone()).await {
                 Ok(id) => {
                     ids.push(id);
                     break;
@@ -256,6 +288,64 @@ async fn ops_endpoints_answer_and_shutdown_drains() {
         .await
         .unwrap();
     let ids = send(node.engine(), 2_000, 10).await;
+    all_delivered(node.engine(), &ids).await;
+    assert!(node.shutdown().await.engine.drained);
+    s.emulator.shutdown().await;
+    drop(s.dir);
+}
+
+/// A tenant created through the API is replicated with its key: after a restart the engine
+/// starts with it, so its pushes still pending in the write-ahead log are delivered (not
+/// failed as pushes of an unknown tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tenants_restart_with_the_node_and_deliver_their_pending_pushes() {
+    let (s, _) = setup("").await;
+    let overrides = Overrides {
+        shutdown_deadline_secs: Some(1),
+        ..Overrides::default()
+    };
+    let node = Node::start(&s.config_path, overrides.clone())
+        .await
+        .unwrap();
+    let addr = node.api_addr();
+    wait_until("/readyz 200", async || get(addr, "/readyz").await.0 == 200).await;
+    let keys =
+        herald_node::api::ApiKeys::hs256(&[b'k'; 48], Arc::new(herald_actors::seams::SystemClock))
+            .unwrap();
+    let admin = keys
+        .issue(&herald_node::api::KeyRequest::admin(), "admin-1")
+        .unwrap()
+        .key;
+    let beta_key = s
+        .emulator
+        .core()
+        .generate_team_key(TEAM, &[BUNDLE])
+        .unwrap();
+    let create = serde_json::json!({
+        "id": "beta", "team_id": TEAM, "key_id": beta_key.key_id, "p8_pem": beta_key.p8_pem,
+    });
+    let (status, body) = post(addr, "/v1/tenants", &admin, &create.to_string()).await;
+    assert_eq!(status, 201, "{body}");
+
+    // APNs answers slowly: the shutdown deadline passes with beta's pushes in flight.
+    let slow = FaultProfile {
+        slow_response_rate: 1.0,
+        slow_response_ms: 30_000,
+        ..FaultProfile::default()
+    };
+    s.emulator.core().set_faults(slow).unwrap();
+    let ids = send_as(node.engine(), "beta", 0, 20).await;
+    let summary = node.shutdown().await;
+    assert!(
+        !summary.engine.drained && summary.engine.remaining > 0,
+        "{summary:?}"
+    );
+    s.emulator
+        .core()
+        .set_faults(FaultProfile::default())
+        .unwrap();
+
+    let node = Node::start(&s.config_path, overrides).await.unwrap();
     all_delivered(node.engine(), &ids).await;
     assert!(node.shutdown().await.engine.drained);
     s.emulator.shutdown().await;

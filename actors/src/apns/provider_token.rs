@@ -36,7 +36,10 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::apns::{AuthError, ConnectionAuth, Reason};
 use crate::limits::{
@@ -56,6 +59,9 @@ pub struct SigningKey {
     key: EncodingKey,
     key_id: Arc<str>,
     team_id: Arc<str>,
+    /// SHA-256 of the key's PKCS#8 DER bytes (of the PEM text if it has no PEM private-key
+    /// block): tells two keys with one key id apart without keeping the key bytes.
+    fingerprint: [u8; 32],
 }
 
 impl SigningKey {
@@ -72,10 +78,15 @@ impl SigningKey {
         validate_apple_id("team id", team_id)?;
         // The error text from jsonwebtoken names the problem, never the key bytes.
         let key = EncodingKey::from_ec_pem(p8_pem).map_err(|e| AuthError::Key(e.to_string()))?;
+        let fingerprint = match PrivateKeyDer::from_pem_slice(p8_pem) {
+            Ok(der) => Sha256::digest(der.secret_der()),
+            Err(_) => Sha256::digest(p8_pem),
+        };
         let signing_key = SigningKey {
             key,
             key_id: Arc::from(key_id),
             team_id: Arc::from(team_id),
+            fingerprint: fingerprint.into(),
         };
         signing_key.sign(Timestamp::EPOCH)?;
         Ok(signing_key)
@@ -89,6 +100,15 @@ impl SigningKey {
     /// The team id (`iss`).
     pub fn team_id(&self) -> &str {
         &self.team_id
+    }
+
+    /// True when `other` is the same key: same key id, team id and key bytes. Two `.p8`
+    /// files claiming one key id but holding different keys are not the same key (one of
+    /// them is wrong, and must not borrow the other's provider tokens).
+    pub fn same_key(&self, other: &SigningKey) -> bool {
+        self.key_id == other.key_id
+            && self.team_id == other.team_id
+            && self.fingerprint == other.fingerprint
     }
 
     /// Sign a provider token issued at `iat` (rounded down to whole seconds, as the JWT

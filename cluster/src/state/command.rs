@@ -147,6 +147,51 @@ pub enum Command {
         /// Where to post, and the signing secret; `None` removes the webhook.
         webhook: Option<WebhookRecord>,
     },
+    /// Create a tenant through the HTTP API (`POST /v1/tenants`), with its token-auth
+    /// credentials, on every node. Refused if a tenant of that id was created so already.
+    CreateApiTenant {
+        /// The tenant id.
+        tenant: String,
+        /// Its credentials and limits.
+        record: ApiTenantRecord,
+    },
+    /// Remove a tenant created with [`Command::CreateApiTenant`] from every node.
+    RemoveApiTenant {
+        /// The tenant id.
+        tenant: String,
+    },
+}
+
+/// Most tenants created through the API the replicated state holds.
+pub const API_TENANTS_MAX: usize = 10_000;
+/// Most bytes of a replicated `.p8` key (PEM text; a P-256 key is about 240).
+pub const API_TENANT_P8_BYTES_MAX: usize = 8192;
+
+/// A tenant created through the HTTP API, as replicated: its token-auth credentials and queue
+/// bound. The `.p8` key travels in the Raft log and snapshots (over the mutually authenticated
+/// node links, on the nodes' disks, like the configured tenants' key files); `Debug` redacts
+/// it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTenantRecord {
+    /// Apple team id.
+    pub team_id: String,
+    /// Apple key id.
+    pub key_id: String,
+    /// The `.p8` signing key (PKCS#8 PEM).
+    pub p8_pem: String,
+    /// Most pushes queued at once (the node's default when `None`).
+    pub queue_max: Option<u64>,
+}
+
+impl std::fmt::Debug for ApiTenantRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTenantRecord")
+            .field("team_id", &self.team_id)
+            .field("key_id", &self.key_id)
+            .field("p8_pem", &"<redacted>")
+            .field("queue_max", &self.queue_max)
+            .finish()
+    }
 }
 
 /// Most bytes of a replicated webhook URL or secret.
@@ -312,6 +357,22 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::CreateApiTenant { tenant, record } => {
+                check_identifier("tenant", tenant)?;
+                check_identifier("team id", &record.team_id)?;
+                check_identifier("key id", &record.key_id)?;
+                if record.p8_pem.is_empty() || record.p8_pem.len() > API_TENANT_P8_BYTES_MAX {
+                    return Err(invalid(format!(
+                        "p8 key of {} bytes outside 1..={API_TENANT_P8_BYTES_MAX}",
+                        record.p8_pem.len()
+                    )));
+                }
+                if record.queue_max == Some(0) {
+                    return Err(invalid("queue_max 0".to_owned()));
+                }
+                Ok(())
+            }
+            Command::RemoveApiTenant { tenant } => check_identifier("tenant", tenant),
             Command::Devices(changes) => {
                 if changes.is_empty() || changes.len() > DEVICE_CHANGES_PER_COMMAND_MAX {
                     return Err(invalid(format!(
@@ -478,7 +539,48 @@ mod tests {
                     at: Timestamp::from_millis(1234),
                 },
             }]),
+            Command::CreateApiTenant {
+                tenant: "globex".into(),
+                record: ApiTenantRecord {
+                    team_id: "TEAM123456".into(),
+                    key_id: "ABC123DEFG".into(),
+                    p8_pem: "-----BEGIN PRIVATE KEY-----".into(),
+                    queue_max: Some(500),
+                },
+            },
+            Command::RemoveApiTenant {
+                tenant: "globex".into(),
+            },
         ]
+    }
+
+    #[test]
+    fn api_tenant_records_redact_the_key_and_are_bounded() {
+        let record = ApiTenantRecord {
+            team_id: "TEAM123456".into(),
+            key_id: "ABC123DEFG".into(),
+            p8_pem: "secret-key-material".into(),
+            queue_max: None,
+        };
+        assert!(!format!("{record:?}").contains("secret-key-material"));
+        for p8_pem in [String::new(), "k".repeat(API_TENANT_P8_BYTES_MAX + 1)] {
+            let command = Command::CreateApiTenant {
+                tenant: "globex".into(),
+                record: ApiTenantRecord {
+                    p8_pem,
+                    ..record.clone()
+                },
+            };
+            assert!(matches!(encode(&command), Err(CommandError::Invalid(_))));
+        }
+        let command = Command::CreateApiTenant {
+            tenant: "globex".into(),
+            record: ApiTenantRecord {
+                queue_max: Some(0),
+                ..record
+            },
+        };
+        assert!(matches!(encode(&command), Err(CommandError::Invalid(_))));
     }
 
     #[test]

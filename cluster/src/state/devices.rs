@@ -183,6 +183,19 @@ impl DeviceState {
         }
     }
 
+    /// Forget every device and feedback entry of `tenant` (it was removed): a tenant created
+    /// again under its id starts empty.
+    pub fn remove_tenant(&mut self, tenant: &str) {
+        if let Some(devices) = self.devices.remove(tenant) {
+            self.device_count -= devices.len();
+        }
+        if let Some(log) = self.tenants.remove(tenant) {
+            for global in log.kept.values() {
+                self.feedback.remove(global);
+            }
+        }
+    }
+
     fn remove(&mut self, tenant: &str, token: &str, registered_by_ms: u64) -> bool {
         let Some(devices) = self.devices.get_mut(tenant) else {
             return false;

@@ -10,8 +10,8 @@ use herald_actors::token_state::{
 use serde::{Deserialize, Serialize};
 
 use super::command::{
-    Command, CommandError, MemberState, NodeId, TenantLimits, TokenEventRecord, WEBHOOKS_MAX,
-    WebhookRecord, timestamp_wire,
+    API_TENANTS_MAX, ApiTenantRecord, Command, CommandError, MemberState, NodeId, TenantLimits,
+    TokenEventRecord, WEBHOOKS_MAX, WebhookRecord, timestamp_wire,
 };
 use super::devices::{DeviceApplied, DeviceOp, DeviceState, DevicesImage};
 use super::rebalance::{RebalanceError, rebalance};
@@ -151,6 +151,12 @@ pub enum Rejection {
     /// [`WEBHOOKS_MAX`] tenants have a webhook.
     #[error("{0} webhooks are set, the most the state holds")]
     WebhooksFull(usize),
+    /// A tenant of this id was created through the API already (with other credentials).
+    #[error("tenant {0} exists")]
+    TenantExists(String),
+    /// [`API_TENANTS_MAX`] tenants were created through the API.
+    #[error("{0} tenants were created through the API, the most the state holds")]
+    ApiTenantsFull(usize),
 }
 
 /// Why a snapshot could not be restored.
@@ -195,6 +201,8 @@ pub struct StateMachine {
     devices: DeviceState,
     /// Tenants' webhooks.
     webhooks: BTreeMap<String, WebhookRecord>,
+    /// Tenants created through the HTTP API, with their credentials.
+    api_tenants: BTreeMap<String, ApiTenantRecord>,
 }
 
 impl StateMachine {
@@ -288,6 +296,10 @@ impl StateMachine {
     /// - `SetProviderToken` installs a valid token whose `kid` and `iat` match, if newer than
     ///   the key's current one.
     /// - `TokenEvents` merges each event last-writer-wins into the token table.
+    /// - `CreateApiTenant` adds a tenant made through the API (the same record again is
+    ///   `Unchanged`, another record under its id is refused); `RemoveApiTenant` removes it,
+    ///   its webhook, devices and feedback (an unknown one is `Unchanged`, so a retried
+    ///   removal is harmless).
     ///
     /// # Panics
     /// If `index` is not the next index (entries are applied in order, exactly once).
@@ -415,6 +427,25 @@ impl StateMachine {
                     None => ApplyResult::Unchanged,
                 },
             },
+            Command::CreateApiTenant { tenant, record } => match self.api_tenants.get(tenant) {
+                Some(existing) if existing == record => ApplyResult::Unchanged,
+                Some(_) => ApplyResult::Rejected(Rejection::TenantExists(tenant.clone())),
+                None if self.api_tenants.len() >= API_TENANTS_MAX => {
+                    ApplyResult::Rejected(Rejection::ApiTenantsFull(self.api_tenants.len()))
+                }
+                None => {
+                    self.api_tenants.insert(tenant.clone(), record.clone());
+                    ApplyResult::Applied
+                }
+            },
+            Command::RemoveApiTenant { tenant } => match self.api_tenants.remove(tenant) {
+                Some(_) => {
+                    self.webhooks.remove(tenant);
+                    self.devices.remove_tenant(tenant);
+                    ApplyResult::Applied
+                }
+                None => ApplyResult::Unchanged,
+            },
             Command::Devices(changes) => ApplyResult::Devices(
                 changes
                     .iter()
@@ -440,6 +471,11 @@ impl StateMachine {
     /// Every tenant's webhook, as applied here.
     pub fn webhooks(&self) -> &BTreeMap<String, WebhookRecord> {
         &self.webhooks
+    }
+
+    /// The tenants created through the HTTP API, with their credentials, as applied here.
+    pub fn api_tenants(&self) -> &BTreeMap<String, ApiTenantRecord> {
+        &self.api_tenants
     }
 
     /// Registered devices and the feedback log, as applied here.
@@ -539,6 +575,7 @@ impl StateMachine {
             revoked_keys: self.revoked_keys.clone(),
             devices: self.devices.image(),
             webhooks: self.webhooks.clone(),
+            api_tenants: self.api_tenants.clone(),
             tokens_max: self.tokens.entries_max() as u64,
             tokens: self
                 .tokens
@@ -588,6 +625,7 @@ impl StateMachine {
             revocations_version: 0,
             devices: DeviceState::from_image(image.devices),
             webhooks: image.webhooks,
+            api_tenants: image.api_tenants,
         })
     }
 
@@ -705,6 +743,9 @@ struct Image {
     /// Added after version 1 shipped; absent in older images.
     #[serde(default)]
     webhooks: BTreeMap<String, WebhookRecord>,
+    /// Added after version 1 shipped; absent in older images.
+    #[serde(default)]
+    api_tenants: BTreeMap<String, ApiTenantRecord>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -31,7 +31,8 @@ mod machine;
 mod rebalance;
 
 pub use command::{
-    COMMAND_VERSION, Command, CommandError, Envelope, IDENTIFIER_BYTES_MAX, MemberState, NodeId,
+    API_TENANT_P8_BYTES_MAX, API_TENANTS_MAX, ApiTenantRecord, COMMAND_VERSION, Command,
+    CommandError, Envelope, IDENTIFIER_BYTES_MAX, MemberState, NodeId,
     PROVIDER_TOKEN_JWT_BYTES_MAX, REVOKED_KEYS_MAX, SHARDS_MAX, TENANT_TOPICS_MAX,
     TOKEN_EVENTS_PER_COMMAND_MAX, TenantLimits, TokenEventRecord, WEBHOOK_FIELD_BYTES_MAX,
     WEBHOOKS_MAX, WebhookRecord, decode, encode,

@@ -21,6 +21,7 @@ mod json;
 pub mod limits;
 mod local;
 mod replicated;
+mod replicated_tenants;
 mod webhooks;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,6 +46,9 @@ pub use error::{ApiError, ERROR_CODES};
 pub use idempotency::push_id_for_key;
 pub use local::LocalBackend;
 pub use replicated::{REGISTRATION_TIMEOUT, ReplicatedDevices};
+pub use replicated_tenants::{
+    ReplicatedTenants, TENANT_FOLLOW_EVERY, TENANT_PROPOSE_TIMEOUT, api_tenant_config,
+};
 pub use webhooks::{SIGNATURE_HEADER, WebhookTarget, Webhooks, webhook_signature};
 
 /// One route: its method, its path (axum syntax, `{param}`) and what serves it.

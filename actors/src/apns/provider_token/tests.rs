@@ -43,6 +43,22 @@ fn verify(jwt: &str, kp: &rcgen::KeyPair) -> Claims {
 }
 
 #[test]
+fn same_key_compares_ids_and_key_bytes() {
+    let kp = key_pair();
+    let pem = kp.serialize_pem();
+    let key = SigningKey::from_p8_pem(pem.as_bytes(), KEY_ID, TEAM_ID).unwrap();
+    // The same key read again, with other line endings: the same key.
+    let crlf = pem.replace('\n', "\r\n");
+    let again = SigningKey::from_p8_pem(crlf.as_bytes(), KEY_ID, TEAM_ID).unwrap();
+    assert!(key.same_key(&again));
+    // Another key under the same ids, or the same key under another key id: not the same.
+    let (other, _) = signing_key();
+    assert!(!key.same_key(&other));
+    let renamed = SigningKey::from_p8_pem(pem.as_bytes(), "ZZZ123DEFG", TEAM_ID).unwrap();
+    assert!(!key.same_key(&renamed));
+}
+
+#[test]
 fn sign_verify_round_trip() {
     let (key, kp) = signing_key();
     let token = key.sign(Timestamp::from_millis(1_700_000_000_999)).unwrap();

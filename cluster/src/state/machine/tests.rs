@@ -424,3 +424,76 @@ fn webhooks_replicate_survive_snapshots_and_hide_their_secret() {
     };
     assert!(encode(&set(Some(empty))).is_err());
 }
+
+#[test]
+fn api_tenants_replicate_survive_snapshots_and_take_their_webhook_along() {
+    use crate::state::devices::{DeviceChange, DeviceOp};
+    use crate::state::{ApiTenantRecord, WebhookRecord};
+    let record = ApiTenantRecord {
+        team_id: "TEAM123456".into(),
+        key_id: "ABC123DEFG".into(),
+        p8_pem: "-----BEGIN PRIVATE KEY-----".into(),
+        queue_max: Some(100),
+    };
+    let create = |record: &ApiTenantRecord| Command::CreateApiTenant {
+        tenant: "globex".into(),
+        record: record.clone(),
+    };
+    let remove = Command::RemoveApiTenant {
+        tenant: "globex".into(),
+    };
+    let other = ApiTenantRecord {
+        key_id: "ZZZ123DEFG".into(),
+        ..record.clone()
+    };
+    let hook = Command::SetWebhook {
+        tenant: "globex".into(),
+        webhook: Some(WebhookRecord {
+            url: "http://hooks.example/h".into(),
+            secret: "s".into(),
+        }),
+    };
+    let device = Command::Devices(vec![DeviceChange {
+        tenant: "globex".into(),
+        token: "ab".repeat(32),
+        op: DeviceOp::Register {
+            topic: "com.globex.app".into(),
+            tags: vec![],
+            at_ms: 1,
+        },
+    }]);
+    let mut m = StateMachine::new();
+    let results = run(
+        &mut m,
+        &[create(&record), create(&record), create(&other), hook],
+    );
+    assert!(matches!(
+        run(&mut m, &[device])[..],
+        [ApplyResult::Devices(_)]
+    ));
+    m.devices.invalidated("globex", &"cd".repeat(32), 3);
+    assert_eq!(
+        results,
+        vec![
+            ApplyResult::Applied,
+            // A retried creation is harmless; another tenant under the same id is refused.
+            ApplyResult::Unchanged,
+            ApplyResult::Rejected(Rejection::TenantExists("globex".into())),
+            ApplyResult::Applied,
+        ]
+    );
+    assert_eq!(m.api_tenants().get("globex"), Some(&record));
+    let restored = StateMachine::restore(&m.snapshot().unwrap()).unwrap();
+    assert_eq!(restored, m);
+    assert_eq!(m.devices().device_count(), 1);
+    // Removing it removes its webhook, devices and feedback; removing it again changes
+    // nothing.
+    assert_eq!(
+        run(&mut m, &[remove.clone(), remove]),
+        vec![ApplyResult::Applied, ApplyResult::Unchanged]
+    );
+    assert!(m.api_tenants().is_empty() && m.webhooks().is_empty());
+    assert_eq!(m.devices().device_count(), 0);
+    let feedback = m.devices().feedback_since("globex", 0, 10);
+    assert!(feedback.entries.is_empty(), "{feedback:?}");
+}
