@@ -328,7 +328,26 @@ async fn on_message(
     Ok(())
 }
 
-/// What a push's done marker keeps (its note, JSON): whose push it was and how it ended.
+/// How the shard writes its WAL records ([`Push`]) and done notes ([`DoneNote`]):
+/// MessagePack (rmp-serde, fields by position: none of them is ever skipped). About half the
+/// bytes and CPU of JSON, which escaped the payload into a string.
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec(value).map_err(|e| e.to_string())
+}
+
+/// Read back what [`encode`] wrote, or the JSON that builds before 2026-12-07 wrote (a JSON
+/// object starts with `{`, which no MessagePack array or map does), so a WAL written by an
+/// older build replays. (An older build cannot read the new records: no downgrade.)
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    } else {
+        rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// What a push's done marker keeps (its note, [`encode`]d): whose push it was and how it
+/// ended.
 #[derive(Debug, Serialize, Deserialize)]
 struct DoneNote {
     tenant: String,
@@ -371,8 +390,7 @@ impl ShardState {
             if marker.note.is_empty() {
                 continue;
             }
-            match serde_json::from_slice::<DoneNote>(&marker.note)
-                .map_err(|e| e.to_string())
+            match decode::<DoneNote>(&marker.note)
                 .and_then(|note| Ok((note.outcome.to_outcome()?, note)))
             {
                 Ok((outcome, note)) => self.engine.outcomes.record_for(
@@ -386,13 +404,13 @@ impl ShardState {
             }
         }
         for record in records.into_iter().filter(|r| r.shard == shard) {
-            match serde_json::from_slice::<Push>(&record.data) {
+            match decode::<Push>(&record.data) {
                 Ok(push) => {
                     if !self.entries.contains_key(&push.key()) {
                         self.insert(push, record.id);
                     }
                 }
-                Err(e) => unreadable.push((record.id, e.to_string())),
+                Err(e) => unreadable.push((record.id, e)),
             }
         }
         for (wal_id, error) in unreadable {
@@ -491,7 +509,7 @@ impl ShardState {
                 answers.push(Some(Enqueued::Full));
                 continue;
             }
-            match serde_json::to_vec(&push) {
+            match encode(&push) {
                 Ok(data) => {
                     if is_low {
                         low += 1;
@@ -502,7 +520,7 @@ impl ShardState {
                     fresh.push(push);
                     answers.push(None);
                 }
-                Err(e) => answers.push(Some(Enqueued::WalFailed(e.to_string()))),
+                Err(e) => answers.push(Some(Enqueued::WalFailed(e))),
             }
         }
         if records.is_empty() {
@@ -962,7 +980,7 @@ impl ShardState {
         };
         // A note that cannot be encoded (never expected) only costs the outcome after a
         // restart: the marker, and so the dedupe memory, is kept.
-        let note = serde_json::to_vec(&note).unwrap_or_default();
+        let note = encode(&note).unwrap_or_default();
         self.completed.push(Completion::new(entry.wal_id, note));
         let now = self.engine.clock.now();
         self.remember(id, now, now);
@@ -1145,5 +1163,76 @@ mod tests {
             hit[shard_of(&DeviceToken::from_bytes(&[b; 32]).unwrap(), 4) as usize] += 1;
         }
         assert!(hit.iter().all(|c| (32..96).contains(c)), "{hit:?}");
+    }
+
+    fn sample_push(expiring: bool) -> Push {
+        use crate::apns::{Payload, PushType, Topic};
+        let mut payload = Payload::new();
+        payload.alert("caf\u{e9} \"quoted\" \\ line\nbreak");
+        let mut builder = Notification::builder(
+            DeviceToken::from_bytes(&[7; 32]).unwrap(),
+            "com.example.app".parse::<Topic>().unwrap(),
+            PushType::Alert,
+        );
+        builder.payload(&payload);
+        if expiring {
+            builder
+                .priority(crate::apns::Priority::Normal)
+                .expiration(crate::apns::Expiration::At(Timestamp::from_secs(1_800_000_000)))
+                .collapse_id("score".parse().unwrap());
+        }
+        Push {
+            push_id: u128::MAX - 5,
+            tenant: "acme".to_owned(),
+            notification: builder.build().unwrap(),
+            accepted_at_ms: 1_700_000_000_123,
+        }
+    }
+
+    #[test]
+    fn wal_records_and_done_notes_round_trip_and_old_json_still_reads() {
+        for push in [sample_push(false), sample_push(true)] {
+            let bytes = encode(&push).unwrap();
+            assert_ne!(bytes.first(), Some(&b'{'));
+            let back: Push = decode(&bytes).unwrap();
+            assert_eq!(
+                (back.push_id, &back.tenant, &back.notification, back.accepted_at_ms),
+                (push.push_id, &push.tenant, &push.notification, push.accepted_at_ms)
+            );
+            // What builds before MessagePack wrote.
+            let json = serde_json::to_vec(&push).unwrap();
+            let old: Push = decode(&json).unwrap();
+            assert_eq!(old.notification, push.notification);
+            assert!(bytes.len() < json.len(), "{} vs {}", bytes.len(), json.len());
+        }
+        let outcomes = [
+            StoredOutcome::Delivered {
+                apns_id: Some("ABC".into()),
+            },
+            StoredOutcome::Delivered { apns_id: None },
+            StoredOutcome::Unregistered { at_ms: 5 },
+            StoredOutcome::Rejected {
+                reason: "BadDeviceToken".into(),
+            },
+            StoredOutcome::TenantRemoved,
+            StoredOutcome::Expired,
+            StoredOutcome::Coalesced { by: [9; 16] },
+        ];
+        for outcome in outcomes {
+            let note = DoneNote {
+                tenant: "acme".into(),
+                push_id: 42,
+                outcome: outcome.clone(),
+            };
+            for bytes in [encode(&note).unwrap(), serde_json::to_vec(&note).unwrap()] {
+                let back: DoneNote = decode(&bytes).unwrap();
+                assert_eq!((back.tenant.as_str(), back.push_id), ("acme", 42));
+                assert_eq!(back.outcome, outcome);
+            }
+        }
+        // Garbage is an error, never a panic.
+        for bytes in [&b""[..], b"{", b"\x94\x01", b"\xff\xff"] {
+            assert!(decode::<Push>(bytes).is_err());
+        }
     }
 }
