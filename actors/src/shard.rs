@@ -29,7 +29,7 @@
 //! Every push ends with exactly one outcome. Restart policy: the engine supervisor restarts
 //! a failed shard (one-for-one, restart-intensity limited); the new shard replays the write-ahead log.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -200,21 +200,24 @@ pub(crate) struct ShardState {
     engine: Arc<EngineShared>,
     load: Arc<AtomicUsize>,
     rng: DetRng,
-    entries: BTreeMap<PushKey, Entry>,
+    /// The pushes the shard holds. `entries`, `recent_set` and `appending` are hash tables
+    /// (keys are SHA-256-derived, lookups per push message were a B-tree walk): they are only
+    /// looked up, never iterated, so their order cannot reach behaviour.
+    entries: HashMap<PushKey, Entry>,
     ready: BTreeSet<(u8, u64, PushKey)>,
     delayed: BTreeSet<(Instant, u64, PushKey)>,
     in_flight: BTreeSet<(Instant, PushKey)>,
     collapse: BTreeMap<(String, DeviceToken, CollapseId), PushKey>,
     /// Finished pushes remembered for dedupe, oldest first, with their finish time.
     recent: VecDeque<(PushKey, Timestamp)>,
-    recent_set: BTreeSet<PushKey>,
+    recent_set: HashSet<PushKey>,
     next_seq: u64,
     next_dispatch: u64,
     wake_at: Option<Instant>,
     /// Pushes held in lanes 5 and 1.
     low_lanes: usize,
     /// Pushes whose WAL append is in progress, and how many of them are in lanes 5 and 1.
-    appending: BTreeSet<PushKey>,
+    appending: HashSet<PushKey>,
     appending_low: usize,
     /// The pushes finished and not yet handed to the WAL for completion (each with its
     /// outcome as the done marker's note).
@@ -226,6 +229,10 @@ pub(crate) struct ShardState {
     /// with a label per message was a measurable share of a push's CPU).
     depth_gauge: metrics::Gauge,
     inflight_gauge: metrics::Gauge,
+    /// `herald_pushes_total` by (outcome, reason) and `herald_push_latency_seconds` by outcome,
+    /// registered on first use (a few dozen label pairs at most: outcomes × APNs reasons).
+    outcome_counters: BTreeMap<(&'static str, String), metrics::Counter>,
+    latency_histograms: BTreeMap<&'static str, metrics::Histogram>,
     span: tracing::Span,
 }
 
@@ -244,23 +251,25 @@ impl Actor for ShardActor {
             rng: args.engine.fork_rng(),
             engine: args.engine,
             load: args.load,
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
             in_flight: BTreeSet::new(),
             collapse: BTreeMap::new(),
             recent: VecDeque::new(),
-            recent_set: BTreeSet::new(),
+            recent_set: HashSet::new(),
             next_seq: 0,
             next_dispatch: 0,
             wake_at: None,
             low_lanes: 0,
-            appending: BTreeSet::new(),
+            appending: HashSet::new(),
             appending_low: 0,
             completed: Vec::new(),
             completing: None,
             depth_gauge: metrics::gauge!("herald_queue_depth", "shard" => args.shard.to_string()),
             inflight_gauge: metrics::gauge!("herald_inflight", "shard" => args.shard.to_string()),
+            outcome_counters: BTreeMap::new(),
+            latency_histograms: BTreeMap::new(),
             span: tracing::debug_span!("shard", shard = args.shard),
         };
         let span = state.span.clone();
@@ -986,13 +995,22 @@ impl ShardState {
         self.remember(id, now, now);
         release(&self.load);
         self.engine.release_tenant(&entry.push.tenant);
-        metrics::counter!(
-            "herald_pushes_total",
-            "outcome" => outcome.label(),
-            "reason" => outcome.reason_label()
-        )
-        .increment(1);
-        metrics::histogram!("herald_push_latency_seconds", "outcome" => outcome.label())
+        let label = outcome.label();
+        self.outcome_counters
+            .entry((label, outcome.reason_label()))
+            .or_insert_with_key(|(label, reason)| {
+                metrics::counter!(
+                    "herald_pushes_total",
+                    "outcome" => *label,
+                    "reason" => reason.clone()
+                )
+            })
+            .increment(1);
+        self.latency_histograms
+            .entry(label)
+            .or_insert_with(|| {
+                metrics::histogram!("herald_push_latency_seconds", "outcome" => label)
+            })
             .record(entry.started.elapsed().as_secs_f64());
         self.engine.publish(OutcomeRecord {
             push_id: entry.id,
