@@ -1008,9 +1008,9 @@ impl ShardState {
             .increment(1);
         self.latency_histograms
             .entry(label)
-            .or_insert_with(|| {
-                metrics::histogram!("herald_push_latency_seconds", "outcome" => label)
-            })
+            .or_insert_with(
+                || metrics::histogram!("herald_push_latency_seconds", "outcome" => label),
+            )
             .record(entry.started.elapsed().as_secs_f64());
         self.engine.publish(OutcomeRecord {
             push_id: entry.id,
@@ -1196,7 +1196,9 @@ mod tests {
         if expiring {
             builder
                 .priority(crate::apns::Priority::Normal)
-                .expiration(crate::apns::Expiration::At(Timestamp::from_secs(1_800_000_000)))
+                .expiration(crate::apns::Expiration::At(Timestamp::from_secs(
+                    1_800_000_000,
+                )))
                 .collapse_id("score".parse().unwrap());
         }
         Push {
@@ -1214,14 +1216,29 @@ mod tests {
             assert_ne!(bytes.first(), Some(&b'{'));
             let back: Push = decode(&bytes).unwrap();
             assert_eq!(
-                (back.push_id, &back.tenant, &back.notification, back.accepted_at_ms),
-                (push.push_id, &push.tenant, &push.notification, push.accepted_at_ms)
+                (
+                    back.push_id,
+                    &back.tenant,
+                    &back.notification,
+                    back.accepted_at_ms
+                ),
+                (
+                    push.push_id,
+                    &push.tenant,
+                    &push.notification,
+                    push.accepted_at_ms
+                )
             );
             // What builds before MessagePack wrote.
             let json = serde_json::to_vec(&push).unwrap();
             let old: Push = decode(&json).unwrap();
             assert_eq!(old.notification, push.notification);
-            assert!(bytes.len() < json.len(), "{} vs {}", bytes.len(), json.len());
+            assert!(
+                bytes.len() < json.len(),
+                "{} vs {}",
+                bytes.len(),
+                json.len()
+            );
         }
         let outcomes = [
             StoredOutcome::Delivered {

@@ -1,6 +1,6 @@
 //! Certificate authentication: a client certificate chain and its private key.
 //!
-//! Apple issues APNs client certificates ("Apple Push Services: <bundle id>") as a `.p12`
+//! Apple issues APNs client certificates ("Apple Push Services: \<bundle id\>") as a `.p12`
 //! (PKCS#12) export from Keychain Access, or as PEM after conversion with `openssl`.
 //! [`ClientIdentity`] loads either, checks that the key matches the certificate, and reads
 //! the team id and topic from the certificate subject when they are there: Apple puts the

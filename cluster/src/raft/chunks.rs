@@ -2,7 +2,7 @@
 //!
 //! raft-rs puts a whole snapshot in one `MsgSnapshot`. The transport's frames are at most
 //! [`FRAME_BYTES_MAX`](crate::transport::FRAME_BYTES_MAX) and its outbound queue at most
-//! [`OUTBOUND_QUEUE_BYTES_MAX`](crate::transport::OUTBOUND_QUEUE_BYTES_MAX), so an encoded Raft
+//! [`OUTBOUND_QUEUE_BYTES_MAX`], so an encoded Raft
 //! message longer than the chunk size travels as [`PeerMessage::RaftPart`]s:
 //!
 //! - the sender ([`send_parts`], a task per message) queues the parts one by one, waiting for
@@ -10,7 +10,7 @@
 //!   [`PARTS_SEND_TIMEOUT`];
 //! - the receiver ([`Reassembly`]) keeps one message in assembly per peer, tolerates
 //!   duplicated and reordered parts, drops a message whose parts exceed
-//!   [`RAFT_MESSAGE_BYTES_MAX`](super::RAFT_MESSAGE_BYTES_MAX), and hands back the whole
+//!   [`RAFT_MESSAGE_BYTES_MAX`], and hands back the whole
 //!   message once every part arrived. A new message from the same peer replaces an unfinished
 //!   one: a lost part costs that message, which raft-rs sends again (a snapshot is re-sent
 //!   after the follower rejects the log that follows it).
