@@ -78,6 +78,33 @@ async fn call(
     (status, json)
 }
 
+/// `POST /v1/push/batch` of `pushes` to `addr` with `key`, again until every push is accepted
+/// (within 60 s): the push ids.
+async fn batch_until_accepted(
+    addr: SocketAddr,
+    key: &str,
+    pushes: &[serde_json::Value],
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let batch = serde_json::json!({ "pushes": pushes });
+        let (code, body) = call(addr, "POST", "/v1/push/batch", key, Some(batch)).await;
+        if code == 200 && body["accepted"] == pushes.len() {
+            return body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch never accepted by {addr}: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while status(addr, path).await != Some(want) {
@@ -300,30 +327,7 @@ key = "pki/node-{id}.key.pem"
         })
         .collect();
     // Right after start the shard map may still be on its way: retry the batch until taken.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let ids: Vec<String> = loop {
-        let (code, body) = call(
-            api,
-            "POST",
-            "/v1/push/batch",
-            &acme,
-            Some(serde_json::json!({ "pushes": pushes })),
-        )
-        .await;
-        if code == 200 && body["accepted"] == 24 {
-            break body["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_owned())
-                .collect();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "batch never accepted: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let ids = batch_until_accepted(api, &acme, &pushes).await;
     for id in &ids {
         let path = format!("/v1/pushes/{id}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -596,24 +600,8 @@ key = "pki/node-{id}.key.pem"
         })
         .collect();
     let delivered_before = emulator.core().accepted_count();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let beta_ids: Vec<String> = loop {
-        let batch = serde_json::json!({ "pushes": beta_pushes });
-        let (code, body) = call(other_api, "POST", "/v1/push/batch", &beta, Some(batch)).await;
-        if code == 200 && body["accepted"] == 24 {
-            break body["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_owned())
-                .collect();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 2 never took beta's batch: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // Until every node runs beta, a push to one that does not yet is refused: retry.
+    let beta_ids = batch_until_accepted(other_api, &beta, &beta_pushes).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while emulator.core().accepted_count() < delivered_before + 24 {
         assert!(

@@ -103,35 +103,26 @@ connections_max = 2
 
 /// A minimal HTTP/1.1 GET: (status, body).
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: herald\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: herald\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
-/// A minimal HTTP/1.1 request with a bearer key and a JSON body: (status, body).
+/// A minimal HTTP/1.1 POST with a bearer key and a JSON body: (status, body).
 async fn post(addr: std::net::SocketAddr, path: &str, key: &str, body: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    exchange(addr, request).await
+}
+
+/// Send `request` on a new connection and read the answer to its end: (status, body).
+async fn exchange(addr: std::net::SocketAddr, request: String) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
