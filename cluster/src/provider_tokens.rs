@@ -205,6 +205,8 @@ struct TokensShared {
 struct Registered {
     key: SigningKey,
     minter: TokenMinter,
+    /// Registrations not released yet ([`ProviderTokens::release`]).
+    users: usize,
     /// The issue time of the replicated token last installed (parsing is skipped when
     /// it has not changed).
     installed_at: Option<Timestamp>,
@@ -256,7 +258,8 @@ impl ProviderTokens {
     /// Serve `key`: returns its [`TokenMinter`] (replicated mode), to give to every tenant
     /// of the key. The minter gets the newest replicated token at once (if there is one)
     /// and every later one; on the leader, the key's tokens are minted from now on.
-    /// Registering the same key again returns the same minter.
+    /// Registering the same key again returns the same minter; each registration counts until
+    /// given back with [`release`](Self::release).
     ///
     /// # Errors
     /// [`ProviderTokenError::TeamMismatch`] if the key id is registered with another team,
@@ -264,7 +267,7 @@ impl ProviderTokens {
     /// [`ProviderTokenError::TooManyKeys`] past [`PROVIDER_TOKEN_KEYS_MAX`].
     pub fn register(&self, key: SigningKey) -> Result<TokenMinter, ProviderTokenError> {
         let mut keys = self.shared.lock_keys();
-        if let Some(registered) = keys.get(key.key_id()) {
+        if let Some(registered) = keys.get_mut(key.key_id()) {
             if registered.key.team_id() != key.team_id() {
                 return Err(ProviderTokenError::TeamMismatch {
                     key_id: key.key_id().to_owned(),
@@ -275,6 +278,7 @@ impl ProviderTokens {
                     key_id: key.key_id().to_owned(),
                 });
             }
+            registered.users += 1;
             return Ok(registered.minter.clone());
         }
         if keys.len() >= PROVIDER_TOKEN_KEYS_MAX {
@@ -284,6 +288,7 @@ impl ProviderTokens {
         let mut registered = Registered {
             key,
             minter: minter.clone(),
+            users: 1,
             installed_at: None,
         };
         if let Some(record) = self
@@ -300,6 +305,21 @@ impl ProviderTokens {
         // The leader mints for the new key without waiting for the next period.
         self.shared.wake.notify_one();
         Ok(minter)
+    }
+
+    /// Give back one registration of `key_id` (a tenant using it was removed, or a key was
+    /// registered only to be checked). Once every registration is given back, the key is
+    /// no longer served: the leader stops minting for it and a key of another team, or other
+    /// bytes, may take its id. Minters handed out keep working (signing locally once their
+    /// last token ages). Unknown key ids are ignored.
+    pub fn release(&self, key_id: &str) {
+        let mut keys = self.shared.lock_keys();
+        if let Some(registered) = keys.get_mut(key_id) {
+            registered.users = registered.users.saturating_sub(1);
+            if registered.users == 0 {
+                keys.remove(key_id);
+            }
+        }
     }
 
     /// The minter of a registered key id.
@@ -329,7 +349,7 @@ impl Drop for ProviderTokens {
 
 impl TokensShared {
     fn lock_keys(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Registered>> {
-        // Every critical section only inserts or updates one entry.
+        // Every critical section only inserts, updates or removes one entry.
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -165,6 +165,21 @@ async fn one_token_per_key_rotated_by_the_leader_and_taken_over_on_failover() {
             tokens.register(other_team),
             Err(ProviderTokenError::TeamMismatch { .. })
         ));
+        // Registrations count: a key is served until every one is given back, then its id
+        // is free for another key.
+        let spare_p8 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let spare = SigningKey::from_p8_pem(spare_p8.as_bytes(), "SPARE12345", TEAM_ID).unwrap();
+        tokens.register(spare.clone()).unwrap();
+        tokens.register(spare).unwrap();
+        tokens.release("SPARE12345");
+        assert!(tokens.minter("SPARE12345").is_some());
+        tokens.release("SPARE12345");
+        assert!(tokens.minter("SPARE12345").is_none());
+        let reused = SigningKey::from_p8_pem(p8.as_bytes(), "SPARE12345", "TEAM654321").unwrap();
+        tokens.register(reused).unwrap();
+        tokens.release("SPARE12345");
         members.insert(
             id,
             Member {

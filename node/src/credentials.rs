@@ -68,6 +68,11 @@ pub struct LoadedTenant {
 pub type MinterSource =
     Arc<dyn Fn(SigningKey, SharedClock) -> Result<TokenMinter, String> + Send + Sync>;
 
+/// Gives back one [`MinterSource`] registration of a key id, once the tenant that asked for
+/// it is gone (a cluster's `ProviderTokens::release`: the key is no longer minted for when no
+/// tenant uses it).
+pub type KeyRelease = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Minters that sign locally (`TokenMinter::with_default_interval`).
 pub fn local_minters() -> MinterSource {
     Arc::new(|key, clock| Ok(TokenMinter::with_default_interval(key, clock)))

@@ -48,7 +48,9 @@ use crate::api::{
     ReplicatedTenants, TenantInfo, WebhookTarget, Webhooks, api_tenant_config,
 };
 use crate::config::{ApnsEnvironment, NodeConfig, Overrides, read_secret_line};
-use crate::credentials::{CredentialReloader, MinterSource, load_tenants, load_tenants_with};
+use crate::credentials::{
+    CredentialReloader, KeyRelease, MinterSource, load_tenants, load_tenants_with,
+};
 use crate::ops::{self, ClusterProbe, DrainProbe, EngineProbe, METRICS_UPKEEP_PERIOD, OpsState};
 
 /// The write-ahead log's file name in `data_dir`.
@@ -79,6 +81,8 @@ pub struct NodeContext<'a> {
     pub stop: &'a watch::Receiver<bool>,
     /// Where token-auth tenants get their provider-token minters (the cluster's).
     pub minters: &'a MinterSource,
+    /// Gives a [`minters`](Self::minters) registration back when its tenant is removed.
+    pub release_key: &'a KeyRelease,
     /// The tenants created through the API (replicated) the engine was built with.
     api_tenants: BTreeMap<String, ApiTenantRecord>,
     /// The engine's outcome stream subscribed before it started (see [`Self::outcomes`]).
@@ -186,6 +190,10 @@ impl Node {
             let tokens = provider_tokens.clone();
             Arc::new(move |key, _clock| tokens.register(key).map_err(|e| e.to_string()))
         };
+        let release_key: KeyRelease = {
+            let tokens = provider_tokens.clone();
+            Arc::new(move |key_id| tokens.release(key_id))
+        };
         let tenants = match load_tenants_with(&config, &clock, &minters) {
             Ok(tenants) => tenants,
             Err(e) => {
@@ -282,6 +290,7 @@ impl Node {
             clock: &clock,
             stop: &stop_rx,
             minters: &minters,
+            release_key: &release_key,
             api_tenants: api_tenants
                 .into_iter()
                 .map(|(id, (record, _))| (id, record))
@@ -701,6 +710,7 @@ pub fn api_router(context: &NodeContext<'_>) -> anyhow::Result<Router> {
         context.cluster.devices(),
         backend.clone(),
         context.minters.clone(),
+        context.release_key.clone(),
         context.clock.clone(),
         config.limits.tenant_queue_max,
         context.api_tenants.clone(),

@@ -623,6 +623,18 @@ key = "pki/node-{id}.key.pem"
         (200, Some("delivered")),
         "{body}"
     );
+    // Every node runs beta, so every node serves its signing key.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !nodes
+        .iter()
+        .all(|n| n.provider_tokens().minter(&beta_key.key_id).is_some())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a node never served beta's key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (code, body) = call(third_api, "GET", "/v1/tenants/beta", &admin, None).await;
     assert_eq!(
         (code, body["key_id"].as_str()),
@@ -759,6 +771,18 @@ key = "pki/node-4.key.pem"
     }
     let (code, body) = call(third_api, "DELETE", "/v1/tenants/beta", &admin, None).await;
     assert_eq!(code, 404, "{body}");
+    // No node serves beta's signing key any more (the leader stops minting for it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while nodes
+        .iter()
+        .any(|n| n.provider_tokens().minter(&beta_key.key_id).is_some())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a node still serves the removed tenant's key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A certificate naming another node is refused at start.
     let wrong = dir.path().join("node-1.toml");

@@ -22,7 +22,7 @@ use herald_cluster::state::ApiTenantRecord;
 use super::backend::{AdminError, TenantAdmin, TenantInfo, TenantSpec};
 use super::limits;
 use super::local::{LocalBackend, check_tenant_id};
-use crate::credentials::MinterSource;
+use crate::credentials::{KeyRelease, MinterSource};
 
 /// How long a tenant creation or removal may take to be applied through Raft.
 pub const TENANT_PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +40,7 @@ struct Inner {
     directory: DeviceDirectory,
     local: LocalBackend,
     minters: MinterSource,
+    release: KeyRelease,
     clock: SharedClock,
     queue_max_default: usize,
     /// What this node's engine runs of the replicated tenants: the record each was started
@@ -63,12 +64,14 @@ impl fmt::Debug for ReplicatedTenants {
 
 impl ReplicatedTenants {
     /// Tenants proposed through `directory` and run by `local`'s engine, signing with minters
-    /// from `minters` (the cluster's provider tokens); `queue_max_default` for a tenant
-    /// created without one. `running` are the replicated tenants the engine was built with.
+    /// from `minters` (the cluster's provider tokens; each registration given back with
+    /// `release` when its tenant stops); `queue_max_default` for a tenant created without one.
+    /// `running` are the replicated tenants the engine was built with (their keys registered).
     pub fn new(
         directory: DeviceDirectory,
         local: LocalBackend,
         minters: MinterSource,
+        release: KeyRelease,
         clock: SharedClock,
         queue_max_default: usize,
         running: BTreeMap<String, ApiTenantRecord>,
@@ -81,6 +84,7 @@ impl ReplicatedTenants {
                 directory,
                 local,
                 minters,
+                release,
                 clock,
                 queue_max_default,
                 started: tokio::sync::Mutex::new(Started {
@@ -115,7 +119,9 @@ impl ReplicatedTenants {
             match self.inner.local.delete(&id).await {
                 Ok(()) | Err(AdminError::Unknown(_)) => {
                     tracing::info!(tenant = %id, "replicated tenant removed");
-                    started.running.remove(&id);
+                    if let Some(record) = started.running.remove(&id) {
+                        (self.inner.release)(&record.key_id);
+                    }
                 }
                 Err(e) => tracing::warn!(tenant = %id, error = %e, "replicated tenant not removed"),
             }
@@ -134,7 +140,9 @@ impl ReplicatedTenants {
                 Ok(()) => {
                     tracing::info!(tenant = %id, update, "replicated tenant started");
                     started.failed.remove(id);
-                    started.running.insert(id.clone(), record.clone());
+                    if let Some(old) = started.running.insert(id.clone(), record.clone()) {
+                        (self.inner.release)(&old.key_id);
+                    }
                 }
                 Err(why) => {
                     metrics::counter!("herald_api_tenant_start_failures_total").increment(1);
@@ -180,17 +188,19 @@ impl ReplicatedTenants {
         } else {
             herald.add_tenant(config).await
         };
-        match started {
-            Ok(()) => {
-                self.inner.local.adopt_tenant(info(id, record));
-                Ok(())
-            }
-            Err(TenantError::Exists(_)) => Err(
+        let Err(error) = started else {
+            self.inner.local.adopt_tenant(info(id, record));
+            return Ok(());
+        };
+        // Not started: give back the registration `api_tenant_config` made.
+        (self.inner.release)(&record.key_id);
+        Err(match error {
+            TenantError::Exists(_) => {
                 "a tenant of this id from this node's configuration is running; it is kept"
-                    .to_owned(),
-            ),
-            Err(e) => Err(e.to_string()),
-        }
+                    .to_owned()
+            }
+            other => other.to_string(),
+        })
     }
 }
 
@@ -243,7 +253,8 @@ impl TenantAdmin for ReplicatedTenants {
                 p8_pem: spec.p8_pem,
                 queue_max: spec.queue_max.map(|max| max as u64),
             };
-            // Check the credentials here first, so a bad key is a 400 and never replicated.
+            // Check the credentials here first, so a bad key is a 400 and never replicated
+            // (the check's registration of the key is given back below).
             api_tenant_config(
                 &spec.id,
                 &record,
@@ -255,17 +266,25 @@ impl TenantAdmin for ReplicatedTenants {
                 field: "p8_pem",
                 message,
             })?;
-            self.inner
+            let key_id = record.key_id.clone();
+            let created = self
+                .inner
                 .directory
                 .create_api_tenant(&spec.id, record, TENANT_PROPOSE_TIMEOUT)
-                .await
-                .map_err(|e| match e {
-                    ApiTenantError::Exists(id) => AdminError::Exists(id),
-                    ApiTenantError::Full(n) => AdminError::Full(n),
-                    other => AdminError::Unavailable(other.to_string()),
-                })?;
+                .await;
             // Applied here: start it now rather than at the next period.
-            let failed = self.sync().await?;
+            let synced = if created.is_ok() {
+                Some(self.sync().await)
+            } else {
+                None
+            };
+            (self.inner.release)(&key_id);
+            created.map_err(|e| match e {
+                ApiTenantError::Exists(id) => AdminError::Exists(id),
+                ApiTenantError::Full(n) => AdminError::Full(n),
+                other => AdminError::Unavailable(other.to_string()),
+            })?;
+            let failed = synced.unwrap_or_else(|| Ok(BTreeMap::new()))?;
             if let Some(why) = failed.get(&spec.id) {
                 return Err(AdminError::Unavailable(format!(
                     "created, but not started on this node: {why}"
