@@ -294,7 +294,8 @@ impl StateMachine {
     ///   unchanged and every owner is an active member of the region.
     /// - `UpsertTenant` / `RemoveTenant` replace / delete a tenant.
     /// - `SetProviderToken` installs a valid token whose `kid` and `iat` match, if newer than
-    ///   the key's current one.
+    ///   the key's current one, and forgets the tokens of keys issued more than
+    ///   [`PROVIDER_TOKEN_FORGOTTEN_AFTER`] before it.
     /// - `TokenEvents` merges each event last-writer-wins into the token table.
     /// - `CreateApiTenant` adds a tenant made through the API (the same record again is
     ///   `Unchanged`, another record under its id is refused); `RemoveApiTenant` removes it,
@@ -711,9 +712,22 @@ impl StateMachine {
                 issued_at,
             },
         );
+        // Forget the tokens of keys nobody minted for in a long time (released keys, removed
+        // tenants): APNs refuses a token past 60 minutes anyway, and a key still served gets a
+        // new one every 20–40 minutes. Keeps the map bounded by the keys in use.
+        let forget_before = issued_at
+            .as_secs()
+            .saturating_sub(PROVIDER_TOKEN_FORGOTTEN_AFTER.as_secs());
+        self.provider_tokens
+            .retain(|_, record| record.issued_at.as_secs() >= forget_before);
         ApplyResult::Applied
     }
 }
+
+/// A key's replicated provider token is forgotten once a token of another key is applied
+/// this much later (see `StateMachine::apply`, `SetProviderToken`).
+pub const PROVIDER_TOKEN_FORGOTTEN_AFTER: std::time::Duration =
+    std::time::Duration::from_secs(3 * 3600);
 
 /// The member life cycle's allowed moves (`from != to`, `from` not `Removed`).
 fn transition_allowed(from: MemberState, to: MemberState) -> bool {

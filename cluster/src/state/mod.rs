@@ -38,7 +38,7 @@ pub use command::{
     WEBHOOKS_MAX, WebhookRecord, decode, encode,
 };
 pub use machine::{
-    ApplyResult, Member, ProviderTokenRecord, Rejection, SNAPSHOT_VERSION, ShardMap, SnapshotError,
-    StateMachine, Tenant,
+    ApplyResult, Member, PROVIDER_TOKEN_FORGOTTEN_AFTER, ProviderTokenRecord, Rejection,
+    SNAPSHOT_VERSION, ShardMap, SnapshotError, StateMachine, Tenant,
 };
 pub use rebalance::{RebalanceError, rebalance};

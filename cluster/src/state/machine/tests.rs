@@ -154,6 +154,28 @@ fn provider_tokens_newest_wins() {
     ));
     let installed = m.provider_tokens()["ABC123DEFG"].token().unwrap();
     assert_eq!(installed, newer);
+    // A key nobody mints for any more is forgotten once another key's token is that much
+    // newer; until then it is kept.
+    let other = {
+        let p8 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        SigningKey::from_p8_pem(p8.as_bytes(), "OTHER12345", "TEAM123456").unwrap()
+    };
+    let forgotten_after = super::PROVIDER_TOKEN_FORGOTTEN_AFTER.as_secs();
+    let soon = other
+        .sign(Timestamp::from_secs(2_000 + forgotten_after))
+        .unwrap();
+    assert_eq!(run(&mut m, &[set(&soon)]), vec![ApplyResult::Applied]);
+    assert_eq!(m.provider_tokens().len(), 2);
+    let later = other
+        .sign(Timestamp::from_secs(2_001 + forgotten_after))
+        .unwrap();
+    assert_eq!(run(&mut m, &[set(&later)]), vec![ApplyResult::Applied]);
+    assert_eq!(
+        m.provider_tokens().keys().collect::<Vec<_>>(),
+        vec!["OTHER12345"]
+    );
 }
 
 fn populated() -> StateMachine {
