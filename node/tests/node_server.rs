@@ -5,7 +5,10 @@
 //!   later pushes still succeed);
 //! - a broken key file keeps the old credentials;
 //! - shutdown (the SIGTERM path) drains and stops every part; the node restarts on the same
-//!   data directory.
+//!   data directory;
+//! - a tenant created through the API restarts with the node and delivers its pushes pending
+//!   in the write-ahead log;
+//! - two `.p8` files claiming one key id stop the node at start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -426,6 +429,34 @@ async fn p8_swap_while_pushes_flow_loses_nothing_and_uses_the_new_key() {
     assert!(s.emulator.core().accepted_count() >= (ids.len() + later.len()) as u64);
 
     assert!(node.shutdown().await.engine.drained);
+    s.emulator.shutdown().await;
+}
+
+/// Two tenants whose `.p8` files claim one key id but hold different keys: the node refuses
+/// to start (naming the tenant), rather than let one present the other's provider tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_keys_under_one_key_id_are_refused_at_start() {
+    let extra = r#"
+[[tenants]]
+id = "impostor"
+team_id = "TEAMAAAAAA"
+key_id_file = "keys/acme.kid"
+p8 = "other.p8"
+topics = ["com.example.acme"]
+"#;
+    let (s, _) = setup(extra).await;
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .unwrap()
+        .serialize_pem();
+    std::fs::write(s.dir.path().join("other.p8"), other).unwrap();
+    let error = Node::start(&s.config_path, Overrides::default())
+        .await
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("impostor") && message.contains("registered with another key"),
+        "{message}"
+    );
     s.emulator.shutdown().await;
 }
 
