@@ -46,6 +46,11 @@ pub struct HttpArgs {
     /// Distinct device tokens the pushes go to.
     #[arg(long, default_value_t = 10_000)]
     pub tokens: usize,
+    /// Offer this many pushes per second in all (batches paced evenly over the connections)
+    /// instead of as many as the target takes; latency then counts from each batch's due
+    /// time, so a batch that waits for its connection's previous one is counted late.
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// Device shards of the in-process node(s).
     #[arg(long, default_value_t = 4)]
     pub shards: u32,
@@ -218,6 +223,7 @@ struct Totals {
 
 async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=1000).contains(&args.batch), "--batch must be 1..=1000");
+    anyhow::ensure!(args.rate != Some(0), "--rate must be at least 1");
     let (local, clients) = match &args.url {
         Some(url) => (None, vec![ApiClient::new(url, args.key.clone())?]),
         None => {
@@ -270,19 +276,36 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     let end = started + Duration::from_secs(args.secs);
     let mut tasks = Vec::new();
-    for c in 0..args.connections.max(1) {
+    let connections = args.connections.max(1);
+    // With `--rate`: each connection sends one batch per `every`, the connections staggered.
+    let every = args
+        .rate
+        .map(|rate| Duration::from_secs_f64((connections * args.batch) as f64 / rate as f64));
+    for c in 0..connections {
         let client = clients[c % clients.len()].clone();
         let totals = totals.clone();
         let bodies = bodies(&args, c as u64 + 1);
+        let mut due = every.map(|every| started + every.mul_f64(c as f64 / connections as f64));
         tasks.push(tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .unwrap_or_else(|_| unreachable!("valid bounds"));
             let mut connection = client.connect().await?;
             let mut i = 0;
             while tokio::time::Instant::now() < end {
+                let sent = match (due, every) {
+                    (Some(at), Some(every)) => {
+                        if at >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(at).await;
+                        due = Some(at + every);
+                        // Latency from the due time, so a late batch counts its wait.
+                        at
+                    }
+                    _ => tokio::time::Instant::now(),
+                };
                 let body = bodies[i % bodies.len()].clone();
                 i += 1;
-                let sent = tokio::time::Instant::now();
                 let (status, answer) = connection
                     .send(Method::POST, "/v1/push/batch", Some(body))
                     .await?;
@@ -340,8 +363,13 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     let accepted = totals.accepted.load(Ordering::Relaxed);
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "herald bench http: {} connections × batches of {} for {:.1} s → {target}",
-        args.connections, args.batch, elapsed,
+        "herald bench http: {} connections × batches of {} for {:.1} s → {target}{}",
+        args.connections,
+        args.batch,
+        elapsed,
+        args.rate
+            .map(|r| format!(", offered {r} pushes/s"))
+            .unwrap_or_default(),
     );
     println!(
         "  accepted {accepted} pushes = {:.0} pushes/s ({} batch requests = {:.0}/s); \
