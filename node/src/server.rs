@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use herald_actors::apns::ApnsTlsConfig;
 use herald_actors::seams::{DetRng, SharedClock, SystemClock, TcpConnector};
 use herald_actors::wal::{CompletionSync, FileWal, GroupCommitWal, WalClosed, WalLimits};
@@ -309,6 +310,11 @@ impl Node {
         };
         let api_addr = listener.local_addr()?;
         let mut http_stop = stop_rx;
+        // TCP_NODELAY on every accepted connection: with Nagle's algorithm a response written
+        // in two parts waits for the client's (delayed) ACK of the first.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let http = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
