@@ -47,8 +47,8 @@ pub struct HttpArgs {
     #[arg(long, default_value_t = 10_000)]
     pub tokens: usize,
     /// Offer this many pushes per second in all (batches paced evenly over the connections)
-    /// instead of as many as the target takes; latency then counts from each batch's due
-    /// time, so a batch that waits for its connection's previous one is counted late.
+    /// instead of as many as the target takes; a batch that waits for its connection's
+    /// previous one counts its latency from its due time.
     #[arg(long)]
     pub rate: Option<u64>,
     /// Device shards of the in-process node(s).
@@ -297,10 +297,17 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
                         if at >= end {
                             break;
                         }
-                        tokio::time::sleep_until(at).await;
                         due = Some(at + every);
-                        // Latency from the due time, so a late batch counts its wait.
-                        at
+                        if tokio::time::Instant::now() > at {
+                            // The previous batch's answer came after this one was due: count
+                            // the wait (no coordinated omission).
+                            at
+                        } else {
+                            // On time: from the wake-up (the timer's millisecond granularity
+                            // is the load generator's, not the target's).
+                            tokio::time::sleep_until(at).await;
+                            tokio::time::Instant::now()
+                        }
                     }
                     _ => tokio::time::Instant::now(),
                 };
