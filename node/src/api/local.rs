@@ -203,6 +203,11 @@ impl LocalBackend {
     pub fn known(&self, tenant: &str) -> bool {
         self.state().tenants.contains_key(tenant)
     }
+
+    /// How many tenants the API knows.
+    pub(crate) fn tenant_count(&self) -> usize {
+        self.state().tenants.len()
+    }
 }
 
 impl PushBackend for LocalBackend {

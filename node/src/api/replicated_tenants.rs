@@ -243,7 +243,7 @@ impl TenantAdmin for ReplicatedTenants {
             if self.inner.local.known(&spec.id) {
                 return Err(AdminError::Exists(spec.id));
             }
-            let count = self.inner.local.list().await.len();
+            let count = self.inner.local.tenant_count();
             if count >= limits::TENANTS_MAX {
                 return Err(AdminError::Full(count));
             }
@@ -253,8 +253,9 @@ impl TenantAdmin for ReplicatedTenants {
                 p8_pem: spec.p8_pem,
                 queue_max: spec.queue_max.map(|max| max as u64),
             };
-            // Check the credentials here first, so a bad key is a 400 and never replicated
-            // (the check's registration of the key is given back below).
+            // Check the credentials here first, so a bad key (or another key under a served key
+            // id) is a 400 and never replicated. The check's registration is given back at once:
+            // starting the tenant registers the key again.
             api_tenant_config(
                 &spec.id,
                 &record,
@@ -266,25 +267,18 @@ impl TenantAdmin for ReplicatedTenants {
                 field: "p8_pem",
                 message,
             })?;
-            let key_id = record.key_id.clone();
-            let created = self
-                .inner
+            (self.inner.release)(&record.key_id);
+            self.inner
                 .directory
                 .create_api_tenant(&spec.id, record, TENANT_PROPOSE_TIMEOUT)
-                .await;
+                .await
+                .map_err(|e| match e {
+                    ApiTenantError::Exists(id) => AdminError::Exists(id),
+                    ApiTenantError::Full(n) => AdminError::Full(n),
+                    other => AdminError::Unavailable(other.to_string()),
+                })?;
             // Applied here: start it now rather than at the next period.
-            let synced = if created.is_ok() {
-                Some(self.sync().await)
-            } else {
-                None
-            };
-            (self.inner.release)(&key_id);
-            created.map_err(|e| match e {
-                ApiTenantError::Exists(id) => AdminError::Exists(id),
-                ApiTenantError::Full(n) => AdminError::Full(n),
-                other => AdminError::Unavailable(other.to_string()),
-            })?;
-            let failed = synced.unwrap_or_else(|| Ok(BTreeMap::new()))?;
+            let failed = self.sync().await?;
             if let Some(why) = failed.get(&spec.id) {
                 return Err(AdminError::Unavailable(format!(
                     "created, but not started on this node: {why}"
