@@ -27,7 +27,7 @@ use crate::shard::{
 use crate::supervisor::{EngineSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::tenant::{TenantConfig, TenantMsg, TenantStatus};
 use crate::token_state::{MemoryTokenState, SharedTokenState};
-use crate::wal::{MemoryWal, SharedWal};
+use crate::wal::{JointAppend, JointPart, MemoryWal, SharedWal};
 
 /// Where APNs is: host, port and TLS (`None` for plaintext HTTP/2, the emulator's h2c mode).
 #[derive(Debug, Clone)]
@@ -551,11 +551,16 @@ impl Herald {
             ));
         }
         let mut results: Vec<Result<PushId, PushError>> = ids.iter().map(|id| Ok(*id)).collect();
-        // Every shard appends its part at the same time (in shard order, for determinism).
-        let parts = by_shard.into_iter().map(|(shard, group)| async move {
-            let (indexes, pushes): (Vec<usize>, Vec<Push>) = group.into_iter().unzip();
-            (indexes, self.enqueue(shard, pushes).await)
-        });
+        // Every shard takes its part at the same time (in shard order, for determinism), and
+        // the parts are written as one WAL append (one commit for the batch).
+        let joint = JointAppend::split(Arc::clone(&engine.wal), by_shard.len());
+        let parts = by_shard
+            .into_iter()
+            .zip(joint)
+            .map(|((shard, group), append)| async move {
+                let (indexes, pushes): (Vec<usize>, Vec<Push>) = group.into_iter().unzip();
+                (indexes, self.enqueue(shard, pushes, append).await)
+            });
         for (indexes, answers) in futures_util::future::join_all(parts).await {
             for (index, answer) in indexes.into_iter().zip(answers) {
                 if let Err(e) = answer {
@@ -566,9 +571,14 @@ impl Herald {
         Ok(results)
     }
 
-    /// Hand `pushes` to shard `shard`; `Ok(())` per push that is now held by the shard (see
-    /// [`send`](Self::send) for what each answer means).
-    async fn enqueue(&self, shard: u32, pushes: Vec<Push>) -> Vec<Result<(), PushError>> {
+    /// Hand `pushes` to shard `shard`, whose WAL records join `append`; `Ok(())` per push that
+    /// is now held by the shard (see [`send`](Self::send) for what each answer means).
+    async fn enqueue(
+        &self,
+        shard: u32,
+        pushes: Vec<Push>,
+        append: JointPart,
+    ) -> Vec<Result<(), PushError>> {
         let engine = &self.inner.engine;
         let n = pushes.len();
         let tenant = pushes.first().map(|p| p.tenant.clone()).unwrap_or_default();
@@ -593,10 +603,12 @@ impl Herald {
             .collect();
         let claim = Arc::new(AtomicU8::new(CLAIM_OPEN));
         let (reply, mut answer) = oneshot::channel();
+        let part = append.handle();
         let request = EnqueueRequest {
             pushes,
             claim: claim.clone(),
             reply,
+            append,
         };
         let not_taken = |why: String| {
             release(&shard_load, n);
@@ -622,7 +634,9 @@ impl Herald {
                     )
                     .is_ok();
                 if abandoned {
-                    // The shard will drop them untouched: exactly "not accepted".
+                    // The shard will drop them untouched: exactly "not accepted". Let the
+                    // batch's other parts be appended without waiting for this one.
+                    part.skip();
                     return not_taken(format!("shard {shard} did not take the push in time"));
                 }
                 // ...then, once it took them, for the append's own answer, within its bound.

@@ -54,7 +54,7 @@ use crate::outcome::{
 use crate::seams::{DetRng, Timestamp};
 use crate::tenant::TenantMsg;
 use crate::token_state::{TokenKey, TokenValidity};
-use crate::wal::{Completion, WalError, WalRecord};
+use crate::wal::{Completion, JointPart, WalError, WalRecord};
 
 /// A push as the shard stores it (and appends to the WAL).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +91,9 @@ pub(crate) struct EnqueueRequest {
     pub(crate) claim: Arc<AtomicU8>,
     /// One answer per push, in order; sent when the WAL append finished.
     pub(crate) reply: oneshot::Sender<Vec<Enqueued>>,
+    /// This shard's share of the batch's one WAL append (dropped unused when it brings no
+    /// record, which lets the other shards' parts go).
+    pub(crate) append: JointPart,
 }
 
 /// A WAL append that succeeded: its pushes are to be queued by the running shard.
@@ -457,6 +460,7 @@ impl ShardState {
             pushes,
             claim,
             reply,
+            append,
         } = request;
         if claim
             .compare_exchange(CLAIM_OPEN, CLAIM_TAKEN, Ordering::AcqRel, Ordering::Acquire)
@@ -554,7 +558,7 @@ impl ShardState {
                 let result = if crate::buggify::fire("wal_append_fails", 0.02) {
                     Err(WalError::Io("buggify: injected append failure".into()))
                 } else {
-                    engine.wal.append(records).await
+                    append.append(records).await
                 };
                 tracing::trace!(pushes = ?ids, ok = result.is_ok(), "WAL append finished");
                 let verdict = match result {
@@ -1142,7 +1146,7 @@ fn release(load: &AtomicUsize) {
 /// Never std's `RandomState`, so every process and run agrees.
 pub(crate) fn shard_of(token: &DeviceToken, shards: u32) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in token.to_bytes() {
+    for byte in token.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }

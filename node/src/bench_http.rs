@@ -275,6 +275,112 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     let cpu_before = crate::bench_engine::load_cpu_ms();
     let started = tokio::time::Instant::now();
     let end = started + Duration::from_secs(args.secs);
+    // The load generator runs on a thread and runtime of its own, as a client process would:
+    // on the node's runtime its tasks would wait behind the node's work, and that queueing
+    // would be counted as the node's accept latency.
+    let (answer, loaded) = tokio::sync::oneshot::channel();
+    let load = load(
+        args.clone(),
+        clients.clone(),
+        Arc::clone(&totals),
+        started,
+        end,
+    );
+    std::thread::Builder::new()
+        .name("bench-load".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(load));
+            let _ = answer.send(result);
+        })?;
+    let latency = loaded.await.context("the load thread stopped")??;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_ms = crate::bench_engine::load_cpu_ms().saturating_sub(cpu_before);
+    let accepted = totals.accepted.load(Ordering::Relaxed);
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "herald bench http: {} connections × batches of {} for {:.1} s → {target}{}",
+        args.connections,
+        args.batch,
+        elapsed,
+        args.rate
+            .map(|r| format!(", offered {r} pushes/s"))
+            .unwrap_or_default(),
+    );
+    println!(
+        "  accepted {accepted} pushes = {:.0} pushes/s ({} batch requests = {:.0}/s); \
+         refused items {}, 429 answers {}",
+        accepted as f64 / elapsed,
+        totals.requests.load(Ordering::Relaxed),
+        totals.requests.load(Ordering::Relaxed) as f64 / elapsed,
+        totals.refused.load(Ordering::Relaxed),
+        totals.overloaded.load(Ordering::Relaxed)
+    );
+    let codes = totals
+        .codes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if !codes.is_empty() {
+        println!("  refused items by code: {codes:?}");
+    }
+    println!(
+        "  accept latency per batch request (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        ms(0.50),
+        ms(0.90),
+        ms(0.99),
+        latency.max() as f64 / 1000.0
+    );
+    // With an in-process target this is everything on the machine's cores: load generator,
+    // node(s) and emulator: the cost of a push, beside the rate the cores allowed.
+    println!(
+        "  CPU of this process during the load: {:.2} s = {:.1} µs per accepted push ({:.2} cores)",
+        cpu_ms as f64 / 1000.0,
+        cpu_ms as f64 * 1000.0 / accepted.max(1) as f64,
+        cpu_ms as f64 / 1000.0 / elapsed
+    );
+    if let Some(local) = local {
+        // Every accepted push reaches the emulator (delivered) — within a bound.
+        let want = already + accepted;
+        let drain_started = tokio::time::Instant::now();
+        let deadline = drain_started + Duration::from_secs(120);
+        while local.emulator.core().accepted_count() < want
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = local.emulator.core().accepted_count() - already;
+        println!(
+            "  the emulator received {got} of the {accepted} accepted pushes ({:.1} s after the load)",
+            drain_started.elapsed().as_secs_f64()
+        );
+        let mut drained = true;
+        for node in local.nodes {
+            drained &= node.shutdown().await.engine.drained;
+        }
+        local.emulator.shutdown().await;
+        anyhow::ensure!(
+            got >= accepted,
+            "{} accepted pushes did not reach the emulator",
+            accepted - got
+        );
+        anyhow::ensure!(drained, "a node did not drain its accepted pushes");
+    }
+    Ok(())
+}
+
+/// The load: `args.connections` connections to `clients` (round robin), each sending one batch
+/// at a time until `end`; the merged accept latencies.
+async fn load(
+    args: HttpArgs,
+    clients: Vec<ApiClient>,
+    totals: Arc<Totals>,
+    started: tokio::time::Instant,
+    end: tokio::time::Instant,
+) -> anyhow::Result<Histogram<u64>> {
     let mut tasks = Vec::new();
     let connections = args.connections.max(1);
     // With `--rate`: each connection sends one batch per `every`, the connections staggered.
@@ -365,77 +471,5 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         let h = task.await.context("load task panicked")??;
         latency.add(h).context("merging histograms")?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu_ms = crate::bench_engine::load_cpu_ms().saturating_sub(cpu_before);
-    let accepted = totals.accepted.load(Ordering::Relaxed);
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "herald bench http: {} connections × batches of {} for {:.1} s → {target}{}",
-        args.connections,
-        args.batch,
-        elapsed,
-        args.rate
-            .map(|r| format!(", offered {r} pushes/s"))
-            .unwrap_or_default(),
-    );
-    println!(
-        "  accepted {accepted} pushes = {:.0} pushes/s ({} batch requests = {:.0}/s); \
-         refused items {}, 429 answers {}",
-        accepted as f64 / elapsed,
-        totals.requests.load(Ordering::Relaxed),
-        totals.requests.load(Ordering::Relaxed) as f64 / elapsed,
-        totals.refused.load(Ordering::Relaxed),
-        totals.overloaded.load(Ordering::Relaxed)
-    );
-    let codes = totals
-        .codes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    if !codes.is_empty() {
-        println!("  refused items by code: {codes:?}");
-    }
-    println!(
-        "  accept latency per batch request (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-        ms(0.50),
-        ms(0.90),
-        ms(0.99),
-        latency.max() as f64 / 1000.0
-    );
-    // With an in-process target this is everything on the machine's cores: load generator,
-    // node(s) and emulator: the cost of a push, beside the rate the cores allowed.
-    println!(
-        "  CPU of this process during the load: {:.2} s = {:.1} µs per accepted push ({:.2} cores)",
-        cpu_ms as f64 / 1000.0,
-        cpu_ms as f64 * 1000.0 / accepted.max(1) as f64,
-        cpu_ms as f64 / 1000.0 / elapsed
-    );
-    if let Some(local) = local {
-        // Every accepted push reaches the emulator (delivered) — within a bound.
-        let want = already + accepted;
-        let drain_started = tokio::time::Instant::now();
-        let deadline = drain_started + Duration::from_secs(120);
-        while local.emulator.core().accepted_count() < want
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let got = local.emulator.core().accepted_count() - already;
-        println!(
-            "  the emulator received {got} of the {accepted} accepted pushes ({:.1} s after the load)",
-            drain_started.elapsed().as_secs_f64()
-        );
-        let mut drained = true;
-        for node in local.nodes {
-            drained &= node.shutdown().await.engine.drained;
-        }
-        local.emulator.shutdown().await;
-        anyhow::ensure!(
-            got >= accepted,
-            "{} accepted pushes did not reach the emulator",
-            accepted - got
-        );
-        anyhow::ensure!(drained, "a node did not drain its accepted pushes");
-    }
-    Ok(())
+    Ok(latency)
 }

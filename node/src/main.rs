@@ -9,6 +9,21 @@ use herald_node::{admin_cmd, bench, certs_cmd, demo, emulator_cmd, push_cmd, ser
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turn transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`; it also
+/// covers memory mapped already).
+///
+/// mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`) and gives freed memory back
+/// after a short delay, so a node under steady load keeps faulting fresh 2 MiB pages in; each
+/// such fault stalled the worker that took it for 6–9 ms on the reference machine (one in ~30
+/// batch requests at 3,000 pushes/s), which was most of the accept p99 (docs/benchmarks.md).
+/// Latency-sensitive servers commonly run without THP; a failure here only costs that tail.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("herald: could not turn transparent huge pages off ({e}); latency may spike");
+    }
+}
+
 /// Herald: a distributed APNs provider.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about)]
@@ -40,6 +55,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Node(args) => return server::main(args, cli.log),

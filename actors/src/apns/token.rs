@@ -103,11 +103,15 @@ impl DeviceToken {
 
     /// The token's raw bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.bytes().collect()
+    }
+
+    /// The token's bytes, decoded from its hex form one by one (no allocation).
+    pub fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
         self.0
             .as_bytes()
             .chunks_exact(2)
             .map(|pair| (hex_value(pair[0]) << 4) | hex_value(pair[1]))
-            .collect()
     }
 }
 

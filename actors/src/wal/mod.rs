@@ -92,10 +92,12 @@ use crate::seams::{BoxFuture, Timestamp};
 
 mod file;
 mod group;
+mod joint;
 mod memory;
 
 pub use file::{CompletionSync, FileWal, LAZY_COMPLETIONS_MAX, WalClosed};
 pub use group::{GroupCommitConfig, GroupCommitWal};
+pub(crate) use joint::{JointAppend, JointPart};
 pub use memory::MemoryWal;
 
 /// One write-ahead log record: an opaque payload keyed by a caller-given 128-bit id.

@@ -286,15 +286,19 @@ impl Router {
             .map(|n| self.inner.with_id(n))
             .collect();
         // The pushes of shards this node owns go to the engine in one batch (one WAL group
-        // commit); the others are forwarded, each to its owner, concurrently.
+        // commit); the others are forwarded, each to its owner, concurrently. One snapshot of
+        // the shard maps routes the whole batch.
         let inner = &self.inner;
+        let maps = inner.maps.borrow().clone();
         let (local, remote): (Vec<_>, Vec<_>) =
             notifications
                 .into_iter()
                 .enumerate()
                 .partition(|(_, (_, notification))| {
                     let shard = inner.engine.shard_of(notification.device_token());
-                    inner.owner(shard).is_ok_and(|(owner, _)| owner == inner.id)
+                    inner
+                        .owner_in(&maps, shard)
+                        .is_ok_and(|(owner, _)| owner == inner.id)
                 });
         let (local_indexes, local): (Vec<usize>, Vec<(PushId, Notification)>) =
             local.into_iter().unzip();
@@ -311,7 +315,7 @@ impl Router {
         let mut unrouted = Vec::new();
         for (index, (id, notification)) in remote {
             let shard = inner.engine.shard_of(notification.device_token());
-            match inner.owner(shard) {
+            match inner.owner_in(&maps, shard) {
                 Ok((owner, _)) => {
                     by_owner
                         .entry(owner)
@@ -561,7 +565,11 @@ impl Inner {
 
     /// The owner of `shard` in this region and the map's epoch.
     fn owner(&self, shard: u32) -> Result<(u64, u64), PushError> {
-        let maps = self.maps.borrow().clone();
+        self.owner_in(&self.maps.borrow(), shard)
+    }
+
+    /// The owner of `shard` in this region's map of `maps`, and the map's epoch.
+    fn owner_in(&self, maps: &ShardMaps, shard: u32) -> Result<(u64, u64), PushError> {
         let map = maps.get(&self.region).ok_or_else(|| {
             PushError::Unavailable(format!("no shard map for region {:?} yet", self.region))
         })?;
