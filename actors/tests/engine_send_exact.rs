@@ -5,7 +5,7 @@
 mod engine_support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use engine_support::*;
@@ -13,12 +13,13 @@ use herald_actors::seams::{BoxFuture, Timestamp};
 use herald_actors::wal::{Finished, MemoryWal, Wal, WalError, WalRecord};
 use herald_actors::{Failure, Outcome, PushError, Tuning};
 
-/// A WAL whose appends take `delay` and then fail if `fail` is set.
+/// A WAL whose appends take `delay` and then fail if `fail` is set; it counts the appends.
 #[derive(Debug)]
 struct SlowWal {
     inner: MemoryWal,
     delay: Duration,
     fail: AtomicBool,
+    appends: AtomicUsize,
 }
 
 impl SlowWal {
@@ -27,12 +28,14 @@ impl SlowWal {
             inner: MemoryWal::new(),
             delay,
             fail: AtomicBool::new(false),
+            appends: AtomicUsize::new(0),
         })
     }
 }
 
 impl Wal for SlowWal {
     fn append(&self, batch: Vec<WalRecord>) -> BoxFuture<'_, Result<(), WalError>> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
             if self.fail.load(Ordering::SeqCst) {
@@ -142,6 +145,54 @@ async fn an_append_outlasting_the_wait_is_outcome_unknown_then_settled_by_the_lo
     })
     .await;
     assert_eq!(env.emulator.accepted_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_several_shards_is_one_append() {
+    let wal = SlowWal::new(Duration::ZERO);
+    let shared = wal.clone();
+    let env = start(
+        |_| {},
+        move |b| {
+            b.wal(shared);
+        },
+    )
+    .await;
+    let first: Vec<_> = (1..=32).map(alert).collect();
+    let shards: std::collections::BTreeSet<u32> = first
+        .iter()
+        .map(|n| env.herald.shard_of(n.device_token()))
+        .collect();
+    assert!(shards.len() > 1, "the batch spans several shards");
+    let ids: Vec<_> = env
+        .herald
+        .send_batch(TENANT, first)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        wal.appends.load(Ordering::SeqCst),
+        1,
+        "one append for the batch"
+    );
+    let got = outcomes(&env.herald, &ids).await;
+    assert!(got.values().all(delivered), "{got:?}");
+
+    // Again, half of it already done (duplicates record nothing) and half new: still one
+    // append, and only the new half is sent.
+    let again: Vec<_> = (1..=16)
+        .map(|n| alert(n).with_apns_id(ids[n as usize - 1].apns_id()))
+        .chain((33..=48).map(alert))
+        .collect();
+    let answers = env.herald.send_batch(TENANT, again).await.unwrap();
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(wal.appends.load(Ordering::SeqCst), 2);
+    let fresh: Vec<_> = answers[16..].iter().map(|a| *a.as_ref().unwrap()).collect();
+    let got = outcomes(&env.herald, &fresh).await;
+    assert!(got.values().all(delivered), "{got:?}");
+    assert_eq!(env.emulator.accepted_count(), 48);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
