@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Completion, Finished, SharedWal, Wal, WalError, WalRecord};
+use super::{
+    AppendReply as Reply, Completion, Finished, SharedWal, Wal, WalError, WalRecord,
+    append_together,
+};
 use crate::limits::{WAL_GROUP_COMMIT_QUEUE_MAX, WAL_GROUP_COMMIT_RECORDS_MAX};
 use crate::seams::{BoxFuture, Timestamp};
 
@@ -227,8 +230,6 @@ struct Writer {
     commits: Arc<AtomicU64>,
 }
 
-type Reply = oneshot::Sender<Result<(), WalError>>;
-
 /// Completions merged into one operation of the wrapped WAL.
 #[derive(Default)]
 struct Completions {
@@ -333,37 +334,12 @@ impl Writer {
         if group.is_empty() {
             return;
         }
-        let merged: Vec<WalRecord> = if group.len() == 1 {
-            group[0].0.clone()
-        } else {
-            group
-                .iter()
-                .flat_map(|(batch, _)| batch.iter().cloned())
-                .collect()
-        };
         let callers = group.len();
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        match self.inner.append(merged).await {
-            Ok(()) => {
-                tracing::trace!(callers, "group commit");
-                for (_, reply) in group {
-                    // A caller that stopped waiting does not need its answer.
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            Err(WalError::Full | WalError::RecordTooLarge { .. }) if callers > 1 => {
-                // Some caller's batch does not fit: give each caller its own answer.
-                for (batch, reply) in group {
-                    self.commits.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(self.inner.append(batch).await);
-                }
-            }
-            Err(e) => {
-                for (_, reply) in group {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
+        append_together(self.inner.as_ref(), group, || {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        })
+        .await;
+        tracing::trace!(callers, "group commit");
     }
 
     async fn commit_completions(&self, group: Completions) {

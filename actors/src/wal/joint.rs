@@ -22,9 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::{SharedWal, WalError, WalRecord};
-
-type Reply = oneshot::Sender<Result<(), WalError>>;
+use super::{AppendReply as Reply, SharedWal, WalError, WalRecord, append_together};
 
 /// Collects the parts of one batch into one [`Wal::append`](super::Wal::append).
 #[derive(Debug)]
@@ -96,32 +94,6 @@ impl JointAppend {
             None
         }
     }
-
-    /// Append every part's records as one batch and answer each part.
-    async fn commit(&self, taken: Vec<(Vec<WalRecord>, Reply)>) {
-        if taken.len() == 1 {
-            let (records, reply) = taken.into_iter().next().expect("one part");
-            let _ = reply.send(self.wal.append(records).await);
-            return;
-        }
-        let merged: Vec<WalRecord> = taken
-            .iter()
-            .flat_map(|(records, _)| records.iter().cloned())
-            .collect();
-        match self.wal.append(merged).await {
-            Err(WalError::Full | WalError::RecordTooLarge { .. }) => {
-                for (records, reply) in taken {
-                    let _ = reply.send(self.wal.append(records).await);
-                }
-            }
-            result => {
-                for (_, reply) in taken {
-                    // A part whose task is gone does not need its answer.
-                    let _ = reply.send(result.clone());
-                }
-            }
-        }
-    }
 }
 
 impl JointPart {
@@ -139,7 +111,7 @@ impl JointPart {
         let (reply, answer) = oneshot::channel();
         if let Some(taken) = handle.joint.settle(Some((records, reply))) {
             // The last part in appends for everyone.
-            handle.joint.commit(taken).await;
+            append_together(handle.joint.wal.as_ref(), taken, || {}).await;
         }
         answer.await.unwrap_or(Err(WalError::Closed))
     }
@@ -168,8 +140,8 @@ impl PartHandle {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let joint = Arc::clone(&self.joint);
-                runtime.spawn(async move { joint.commit(taken).await });
+                let wal = Arc::clone(&self.joint.wal);
+                runtime.spawn(async move { append_together(wal.as_ref(), taken, || {}).await });
             }
             // No runtime left (shutting down): dropping the replies answers `Closed`.
             Err(_) => drop(taken),
@@ -186,13 +158,18 @@ mod tests {
         WalRecord::new(id, shard, vec![1, 2, 3])
     }
 
+    /// The `N` parts of a joint append to `wal`.
+    fn parts<const N: usize>(wal: &SharedWal) -> [JointPart; N] {
+        let parts = JointAppend::split(Arc::clone(wal), N);
+        parts
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("split makes N parts"))
+    }
+
     #[tokio::test]
     async fn parts_are_appended_once_all_are_settled() {
         let wal: SharedWal = Arc::new(MemoryWal::new());
-        let mut parts = JointAppend::split(Arc::clone(&wal), 3);
-        let third = parts.pop().unwrap();
-        let second = parts.pop().unwrap();
-        let first = parts.pop().unwrap();
+        let [first, second, third] = parts(&wal);
         let a = tokio::spawn(first.append(vec![record(1, 0), record(2, 0)]));
         tokio::task::yield_now().await;
         assert_eq!(
@@ -216,9 +193,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_part_skipped_appends_the_others() {
         let wal: SharedWal = Arc::new(MemoryWal::new());
-        let mut parts = JointAppend::split(Arc::clone(&wal), 2);
-        let second = parts.pop().unwrap();
-        let first = parts.pop().unwrap();
+        let [first, second] = parts(&wal);
         let waiting = tokio::spawn(first.append(vec![record(1, 0)]));
         tokio::task::yield_now().await;
         // The engine stopped waiting for the shard: the shard's part may not append after.
@@ -235,9 +210,7 @@ mod tests {
     #[tokio::test]
     async fn without_room_each_part_gets_its_own_answer() {
         let wal: SharedWal = Arc::new(MemoryWal::with_limits(WalLimits::new(2, 1 << 20, 1 << 10)));
-        let mut parts = JointAppend::split(Arc::clone(&wal), 2);
-        let second = parts.pop().unwrap();
-        let first = parts.pop().unwrap();
+        let [first, second] = parts(&wal);
         let small = tokio::spawn(first.append(vec![record(1, 0), record(2, 0)]));
         tokio::task::yield_now().await;
         let big = second.append(vec![record(3, 1)]).await;

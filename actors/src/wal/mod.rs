@@ -209,6 +209,46 @@ pub enum WalError {
 /// A WAL shared by the actors that use it.
 pub type SharedWal = Arc<dyn Wal>;
 
+/// Where one caller's answer to an append goes.
+type AppendReply = tokio::sync::oneshot::Sender<Result<(), WalError>>;
+
+/// Append the batches of several callers to `wal` as one batch (one commit) and answer each
+/// caller, calling `issued` before each append it makes. If the merged batch is refused for
+/// lack of room ([`WalError::Full`], [`WalError::RecordTooLarge`]), each caller's batch is
+/// appended on its own, so one caller's oversized record or the last free places never fail
+/// another. A caller that stopped waiting does not need its answer.
+async fn append_together(
+    wal: &dyn Wal,
+    callers: Vec<(Vec<WalRecord>, AppendReply)>,
+    issued: impl Fn(),
+) {
+    if callers.len() <= 1 {
+        if let Some((batch, reply)) = callers.into_iter().next() {
+            issued();
+            let _ = reply.send(wal.append(batch).await);
+        }
+        return;
+    }
+    let merged: Vec<WalRecord> = callers
+        .iter()
+        .flat_map(|(batch, _)| batch.iter().cloned())
+        .collect();
+    issued();
+    match wal.append(merged).await {
+        Err(WalError::Full | WalError::RecordTooLarge { .. }) => {
+            for (batch, reply) in callers {
+                issued();
+                let _ = reply.send(wal.append(batch).await);
+            }
+        }
+        result => {
+            for (_, reply) in callers {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+}
+
 /// A device shard's write-ahead log. See the [module docs](self) for the guarantees.
 pub trait Wal: Send + Sync + fmt::Debug + 'static {
     /// Append `batch` atomically. When this returns `Ok`, every record of the batch is pending
