@@ -29,6 +29,7 @@
 //! Every push ends with exactly one outcome. Restart policy: the engine supervisor restarts
 //! a failed shard (one-for-one, restart-intensity limited); the new shard replays the write-ahead log.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -360,9 +361,10 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 
 /// What a push's done marker keeps (its note, [`encode`]d): whose push it was and how it
 /// ended.
+/// Written borrowing the tenant's name (no copy per push), read back owning it.
 #[derive(Debug, Serialize, Deserialize)]
-struct DoneNote {
-    tenant: String,
+struct DoneNote<'a> {
+    tenant: Cow<'a, str>,
     push_id: u128,
     outcome: StoredOutcome,
 }
@@ -987,7 +989,7 @@ impl ShardState {
             self.collapse.remove(&key);
         }
         let note = DoneNote {
-            tenant: entry.push.tenant.clone(),
+            tenant: Cow::Borrowed(&entry.push.tenant),
             push_id: entry.id.as_u128(),
             outcome: StoredOutcome::from(&outcome),
         };
@@ -1265,7 +1267,7 @@ mod tests {
             };
             for bytes in [encode(&note).unwrap(), serde_json::to_vec(&note).unwrap()] {
                 let back: DoneNote = decode(&bytes).unwrap();
-                assert_eq!((back.tenant.as_str(), back.push_id), ("acme", 42));
+                assert_eq!((&*back.tenant, back.push_id), ("acme", 42));
                 assert_eq!(back.outcome, outcome);
             }
         }

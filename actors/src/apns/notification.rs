@@ -415,12 +415,84 @@ fn check_raw_payload(bytes: Bytes, limit: usize) -> Result<Bytes, PayloadError> 
             limit,
         });
     }
-    let object: serde_json::Map<String, serde_json::Value> =
+    let ObjectMembers(members) =
         serde_json::from_slice(&bytes).map_err(|e| PayloadError::NotAnObject(e.to_string()))?;
-    if object.is_empty() {
+    if members == 0 {
         return Err(PayloadError::Empty);
     }
     Ok(bytes)
+}
+
+/// How many members a JSON object has, read without building it: every push's payload is
+/// checked this way. The members are checked as strictly as when serde_json builds a value
+/// (UTF-8, escapes, surrogates, numbers), only nothing is allocated. Anything but an object is
+/// an error.
+struct ObjectMembers(usize);
+
+impl<'de> Deserialize<'de> for ObjectMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = ObjectMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ObjectMembers, A::Error> {
+                let mut members = 0;
+                while map.next_entry::<AnyValue, AnyValue>()?.is_some() {
+                    members += 1;
+                }
+                Ok(ObjectMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// Any JSON value, read and checked but not kept (see [`ObjectMembers`]).
+struct AnyValue;
+
+impl<'de> Deserialize<'de> for AnyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AnyValue)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AnyValue {
+    type Value = AnyValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+    fn visit_unit<E>(self) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AnyValue, A::Error> {
+        while seq.next_element::<AnyValue>()?.is_some() {}
+        Ok(AnyValue)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnyValue, A::Error> {
+        while map.next_entry::<AnyValue, AnyValue>()?.is_some() {}
+        Ok(AnyValue)
+    }
 }
 
 /// Every value passed here was validated by its newtype: ASCII, or UTF-8 without control
@@ -640,13 +712,42 @@ mod tests {
                 "{raw:?}"
             );
         }
-        for raw in ["[1]", "{", "\"aps\"", "\u{ff}"] {
-            assert!(matches!(
+        for raw in [
+            &b"[1]"[..],
+            b"{",
+            b"\"aps\"",
+            "\u{ff}".as_bytes(),
+            b"{\"a\":1} x",
+            b"{\"a\":1,}",
+            b"{\"a\":}",
+            b"{\"a\":\"\xff\"}",
+            b"{\"\xff\":1}",
+            b"{\"a\":\"\\ud800\"}",
+            b"{\"a\":[1,{\"b\":tru}]}",
+            b"{\"a\":01}",
+        ] {
+            assert!(
+                matches!(
+                    b(PushType::Alert, "com.example.app")
+                        .raw_payload(raw)
+                        .build(),
+                    Err(NotificationError::Payload(PayloadError::NotAnObject(_)))
+                ),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        for raw in [
+            r#"{"a":[1,-2.5e3,{"b":null}],"c":"\u00e9\ud83d\ude00"}"#,
+            r#"{"aps":{}}"#,
+        ] {
+            assert!(
                 b(PushType::Alert, "com.example.app")
                     .raw_payload(raw)
-                    .build(),
-                Err(NotificationError::Payload(PayloadError::NotAnObject(_)))
-            ));
+                    .build()
+                    .is_ok(),
+                "{raw}"
+            );
         }
         // VoIP gets the larger limit.
         let mut big = Payload::new();

@@ -5,7 +5,7 @@
 //! shard's owner in this region) and statuses come from it; the registry, feedback log and
 //! tenant list stay per node (see `docs/api.md`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -59,9 +59,12 @@ struct TenantFeedback {
     entries: VecDeque<FeedbackEntry>,
 }
 
+/// Which tenant sent which recent push, for status lookups. A hash map: push ids are random,
+/// it is only looked up (never iterated, so its order cannot leak into behaviour), and it is
+/// written for every accepted push. The tenant's name is shared by the pushes of a batch.
 #[derive(Default)]
 struct Ledger {
-    by_id: BTreeMap<PushId, String>,
+    by_id: HashMap<PushId, Arc<str>>,
     order: VecDeque<PushId>,
 }
 
@@ -185,10 +188,11 @@ impl LocalBackend {
     }
 
     fn track(&self, tenant: &str, ids: impl Iterator<Item = PushId>) {
+        let tenant: Arc<str> = Arc::from(tenant);
         let mut state = self.state();
         let ledger = &mut state.ledger;
         for id in ids {
-            if ledger.by_id.insert(id, tenant.to_owned()).is_none() {
+            if ledger.by_id.insert(id, tenant.clone()).is_none() {
                 ledger.order.push_back(id);
             }
             while ledger.order.len() > limits::PUSHES_TRACKED_MAX {

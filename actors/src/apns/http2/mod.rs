@@ -63,7 +63,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
-use http::{HeaderValue, Method, Request};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Uri};
 use rustls::pki_types::ServerName;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument as _;
@@ -132,6 +133,12 @@ impl ConnectionConfig {
         if self.host.is_empty() {
             return bad("host is empty");
         }
+        if let Err(e) = self.authority() {
+            return bad(&format!(
+                "host {:?} is not a valid authority: {e}",
+                self.host
+            ));
+        }
         if self.streams_max == 0 {
             return bad("streams_max is zero");
         }
@@ -149,11 +156,12 @@ impl ConnectionConfig {
         Ok(())
     }
 
-    fn authority(&self) -> String {
+    /// The `:authority` of requests: the host, with the port unless it is 443.
+    fn authority(&self) -> Result<Authority, http::uri::InvalidUri> {
         if self.port == 443 {
-            self.host.clone()
+            Authority::try_from(self.host.as_str())
         } else {
-            format!("{}:{}", self.host, self.port)
+            Authority::try_from(format!("{}:{}", self.host, self.port))
         }
     }
 }
@@ -204,7 +212,12 @@ pub async fn connect(
         slots: Notify::new(),
         driver_wake: Notify::new(),
         state_tx,
-        authority: config.authority(),
+        authority: config.authority().map_err(|e| {
+            ConnectError::InvalidConfig(format!(
+                "host {:?} is not a valid authority: {e}",
+                config.host
+            ))
+        })?,
         config,
         clock,
         goaway,
@@ -383,7 +396,8 @@ pub(crate) struct Shared {
     /// The state, published for `closed()`.
     state_tx: watch::Sender<ConnectionState>,
     config: ConnectionConfig,
-    authority: String,
+    /// Parsed once per connection: every request's URI shares it.
+    authority: Authority,
     clock: SharedClock,
     goaway: Arc<GoAwaySlot>,
     span: tracing::Span,
@@ -586,14 +600,19 @@ impl Shared {
         authorization: Option<HeaderValue>,
     ) -> Result<Request<()>, SendError> {
         // The scheme is https even on plaintext links: they stand in for TLS.
-        let uri = format!("https://{}{}", self.authority, request.path);
-        let mut http_request = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .body(())
-            .map_err(|e| SendError::InvalidRequest(e.to_string()))?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTPS);
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = Some(
+            PathAndQuery::try_from(request.path.as_str())
+                .map_err(|e| SendError::InvalidRequest(e.to_string()))?,
+        );
+        let uri = Uri::from_parts(uri).map_err(|e| SendError::InvalidRequest(e.to_string()))?;
+        let mut http_request = Request::new(());
+        *http_request.method_mut() = Method::POST;
+        *http_request.uri_mut() = uri;
         let headers = http_request.headers_mut();
-        headers.extend(request.headers.clone());
+        *headers = request.headers.clone();
         if let Some(value) = authorization {
             headers.insert(http::header::AUTHORIZATION, value);
         }
