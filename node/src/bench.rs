@@ -80,7 +80,7 @@ pub struct H2loadArgs {
 }
 
 const TEAM_ID: &str = "HERALDBNCH";
-const BUNDLE_ID: &str = "com.example.herald";
+pub(crate) const BUNDLE_ID: &str = "com.example.herald";
 
 /// Run a benchmark command.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -347,7 +347,7 @@ pub(crate) struct EmulatorThread {
 }
 
 impl EmulatorThread {
-    fn start(threads: usize, teams: usize) -> anyhow::Result<Self> {
+    pub(crate) fn start(threads: usize, teams: usize) -> anyhow::Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // Named `emulator…` so that CPU time can be told apart (see `bench_engine::load_cpu_ms`).
@@ -419,7 +419,7 @@ impl EmulatorThread {
         }
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.thread.join();
     }

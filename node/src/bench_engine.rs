@@ -618,35 +618,48 @@ fn workload(bundle: &str, seed: u64) -> anyhow::Result<Workload> {
 const WARM_UP_PUSHES_PER_TENANT: usize = 800;
 
 /// CPU time (user + system, ms) used so far by this process's threads, except the in-process
-/// emulator's (threads named `emulator…`): the load generator's CPU. Linux only (0 elsewhere);
-/// `/proc` counts in clock ticks, assumed to be 100 per second (Linux's `USER_HZ`), and
-/// threads that already exited are not counted.
+/// emulator's (threads named `emulator…`); see [`thread_cpu_ms`].
 pub(crate) fn load_cpu_ms() -> u64 {
+    thread_cpu_ms(|name| !name.starts_with("emulator"))
+}
+
+/// CPU time (user + system, milliseconds) of this process's live threads whose name `counted`
+/// accepts. Linux only (0 elsewhere); `/proc` counts in clock ticks, assumed to be 100 per
+/// second (Linux's `USER_HZ`), and threads that already exited are not counted.
+pub(crate) fn thread_cpu_ms(counted: impl Fn(&str) -> bool) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
-    let mut ticks = 0;
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid …`: comm may hold spaces, so split after its `)`.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if stat[open + 1..close].starts_with("emulator") {
-            continue;
-        }
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after comm.
-        for i in [11, 12] {
-            ticks += fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    ticks * 10
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            task_cpu_ms(&stat)
+                .filter(|(name, _)| counted(name))
+                .map(|(_, ms)| ms)
+        })
+        .sum()
+}
+
+/// CPU time (user + system, ms) of the calling thread so far; see [`thread_cpu_ms`].
+pub(crate) fn thread_self_cpu_ms() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|stat| task_cpu_ms(&stat).map(|(_, ms)| ms))
+        .unwrap_or(0)
+}
+
+/// A thread's name and CPU time (ms) from its `/proc/…/stat` line.
+fn task_cpu_ms(stat: &str) -> Option<(&str, u64)> {
+    // `pid (comm) state ppid …`: comm may hold spaces, so split after its `)`.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after comm.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Some((stat.get(open + 1..close)?, ticks * 10))
 }
 
 /// This process's resident set size in KB (`VmRSS` in `/proc/self/status`; Linux only).

@@ -19,17 +19,18 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use herald_actors::seams::{DetRng, SystemClock};
-use herald_sim::emulator::{Emulator, EmulatorConfig};
 use hyper::Method;
 use serde_json::json;
 
 use crate::api::{ApiKeys, KeyRequest, Scope};
+use crate::bench::EmulatorThread;
+use crate::bench_engine::{thread_cpu_ms, thread_self_cpu_ms};
 use crate::config::Overrides;
 use crate::http_client::ApiClient;
 use crate::server::Node;
 
-const TEAM: &str = "HERALDHTTP";
-const BUNDLE: &str = "com.example.bench";
+/// The load generator's thread (its CPU is reported apart from the node's).
+const LOAD_THREAD: &str = "bench-load";
 
 /// Flags of `herald bench http`.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,23 +77,26 @@ pub fn run(args: HttpArgs) -> anyhow::Result<()> {
         .block_on(run_async(args))
 }
 
-/// The in-process target: the emulator and the nodes.
+/// The in-process target: the emulator (on a thread and one-worker runtime of its own, as
+/// APNs is elsewhere: its CPU is reported apart) and the nodes.
 struct Local {
-    emulator: Emulator,
+    emulator: EmulatorThread,
     nodes: Vec<Node>,
     _dir: tempfile::TempDir,
 }
 
 async fn start_local(shards: u32, count: u64) -> anyhow::Result<(Local, Vec<ApiClient>)> {
     anyhow::ensure!((1..=5).contains(&count), "--nodes must be 1..=5");
-    let emulator = Emulator::start(EmulatorConfig::default()).await?;
+    let emulator = tokio::task::spawn_blocking(|| EmulatorThread::start(1, 1)).await??;
     let dir = tempfile::tempdir()?;
-    let key = emulator.core().generate_team_key(TEAM, &[BUNDLE])?;
+    let (key, bundle) = emulator.teams.first().context("no team")?;
+    let (team, _) = crate::bench::team_names(0);
     std::fs::write(dir.path().join("bench.p8"), &key.p8_pem)?;
-    let ca = emulator
-        .ca_pem()
-        .context("the emulator has no CA (not TLS)")?;
-    std::fs::write(dir.path().join("emulator-ca.pem"), ca)?;
+    anyhow::ensure!(
+        !emulator.ca_pem.is_empty(),
+        "the emulator has no CA (not TLS)"
+    );
+    std::fs::write(dir.path().join("emulator-ca.pem"), &emulator.ca_pem)?;
     let mut secret = [0u8; 32];
     DetRng::from_os().fill(&mut secret);
     std::fs::write(dir.path().join("api-key.secret"), hex::encode(secret))?;
@@ -138,13 +142,13 @@ ca_file = "emulator-ca.pem"
 
 [[tenants]]
 id = "bench"
-team_id = "{TEAM}"
+team_id = "{team}"
 key_id = "{kid}"
 p8 = "bench.p8"
-topics = ["{BUNDLE}"]
+topics = ["{bundle}"]
 connections_max = 4
 "#,
-        port = emulator.addr().port(),
+        port = emulator.addr.port(),
         kid = key.key_id
     );
     let mut nodes = Vec::new();
@@ -201,7 +205,7 @@ fn bodies(args: &HttpArgs, seed: u64) -> Vec<Bytes> {
                     token[8..16].copy_from_slice(&(n ^ 0x9e37_79b9_7f4a_7c15).to_be_bytes());
                     json!({
                         "device_token": hex::encode(token),
-                        "topic": BUNDLE,
+                        "topic": crate::bench::BUNDLE_ID,
                         "payload": {"aps": {"alert": "bench"}},
                     })
                 })
@@ -269,10 +273,10 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     }
     let already = local
         .as_ref()
-        .map_or(0, |l| l.emulator.core().accepted_count());
+        .map_or(0, |l| l.emulator.core.accepted_count());
 
     let totals = Arc::new(Totals::default());
-    let cpu_before = crate::bench_engine::load_cpu_ms();
+    let cpu_before = CpuSplit::now();
     let started = tokio::time::Instant::now();
     let end = started + Duration::from_secs(args.secs);
     // The load generator runs on a thread and runtime of its own, as a client process would:
@@ -287,18 +291,21 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         end,
     );
     std::thread::Builder::new()
-        .name("bench-load".into())
+        .name(LOAD_THREAD.into())
         .spawn(move || {
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|runtime| runtime.block_on(load));
-            let _ = answer.send(result);
+            // This thread's CPU, read before it exits (the count of an exited thread is gone).
+            let _ = answer.send(result.map(|latency| (latency, thread_self_cpu_ms())));
         })?;
-    let latency = loaded.await.context("the load thread stopped")??;
+    let (latency, load_ms) = loaded.await.context("the load thread stopped")??;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_ms = crate::bench_engine::load_cpu_ms().saturating_sub(cpu_before);
+    let mut cpu = CpuSplit::now().since(&cpu_before);
+    cpu.load_ms = load_ms;
+    cpu.total_ms += load_ms;
     let accepted = totals.accepted.load(Ordering::Relaxed);
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
@@ -335,24 +342,37 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         latency.max() as f64 / 1000.0
     );
     // With an in-process target this is everything on the machine's cores: load generator,
-    // node(s) and emulator: the cost of a push, beside the rate the cores allowed.
+    // node(s) and emulator: the cost of a push, beside the rate the cores allowed. Then the
+    // node's part alone: what a push costs the node, so what its cores would carry if the
+    // load generator and APNs ran elsewhere.
+    let per_push = |ms: u64| ms as f64 * 1000.0 / accepted.max(1) as f64;
     println!(
         "  CPU of this process during the load: {:.2} s = {:.1} µs per accepted push ({:.2} cores)",
-        cpu_ms as f64 / 1000.0,
-        cpu_ms as f64 * 1000.0 / accepted.max(1) as f64,
-        cpu_ms as f64 / 1000.0 / elapsed
+        cpu.total_ms as f64 / 1000.0,
+        per_push(cpu.total_ms),
+        cpu.total_ms as f64 / 1000.0 / elapsed
     );
+    if local.is_some() && accepted > 0 {
+        let node_us = per_push(cpu.node_ms());
+        println!(
+            "  of which node(s) {:.1} µs, emulator {:.1} µs, load generator {:.1} µs per push; \
+             the node's CPU per push carries {:.0} pushes/s per core",
+            node_us,
+            per_push(cpu.emulator_ms),
+            per_push(cpu.load_ms),
+            1e6 / node_us.max(f64::MIN_POSITIVE)
+        );
+    }
     if let Some(local) = local {
         // Every accepted push reaches the emulator (delivered) — within a bound.
         let want = already + accepted;
         let drain_started = tokio::time::Instant::now();
         let deadline = drain_started + Duration::from_secs(120);
-        while local.emulator.core().accepted_count() < want
-            && tokio::time::Instant::now() < deadline
+        while local.emulator.core.accepted_count() < want && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let got = local.emulator.core().accepted_count() - already;
+        let got = local.emulator.core.accepted_count() - already;
         println!(
             "  the emulator received {got} of the {accepted} accepted pushes ({:.1} s after the load)",
             drain_started.elapsed().as_secs_f64()
@@ -361,7 +381,8 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         for node in local.nodes {
             drained &= node.shutdown().await.engine.drained;
         }
-        local.emulator.shutdown().await;
+        let emulator = local.emulator;
+        tokio::task::spawn_blocking(move || emulator.stop()).await?;
         anyhow::ensure!(
             got >= accepted,
             "{} accepted pushes did not reach the emulator",
@@ -370,6 +391,42 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         anyhow::ensure!(drained, "a node did not drain its accepted pushes");
     }
     Ok(())
+}
+
+/// CPU time (ms) used by this process's threads, split by who ran them.
+struct CpuSplit {
+    total_ms: u64,
+    /// The in-process emulator's threads (`emulator…`).
+    emulator_ms: u64,
+    /// The load generator's thread (it reports its own: it has exited when the load is over).
+    load_ms: u64,
+}
+
+impl CpuSplit {
+    /// The CPU used so far by the live threads (the load generator's is set by the caller).
+    fn now() -> Self {
+        CpuSplit {
+            total_ms: thread_cpu_ms(|name| name != LOAD_THREAD),
+            emulator_ms: thread_cpu_ms(|name| name.starts_with("emulator")),
+            load_ms: 0,
+        }
+    }
+
+    /// The CPU used between `before` and this sample.
+    fn since(&self, before: &CpuSplit) -> CpuSplit {
+        CpuSplit {
+            total_ms: self.total_ms.saturating_sub(before.total_ms),
+            emulator_ms: self.emulator_ms.saturating_sub(before.emulator_ms),
+            load_ms: 0,
+        }
+    }
+
+    /// Everything but the emulator and the load generator: the node(s).
+    fn node_ms(&self) -> u64 {
+        self.total_ms
+            .saturating_sub(self.emulator_ms)
+            .saturating_sub(self.load_ms)
+    }
 }
 
 /// The load: `args.connections` connections to `clients` (round robin), each sending one batch
