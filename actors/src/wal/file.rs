@@ -386,16 +386,16 @@ impl Inner {
                 txn.set_durability(redb::Durability::None)?;
             }
             {
-                let mut table = txn.open_table(RECORDS)?;
-                for (_, seq) in &planned {
-                    table.remove(*seq)?;
-                }
+                let mut seqs: Vec<u64> = planned.iter().map(|(_, seq)| *seq).collect();
+                seqs.sort_unstable();
+                remove_sorted(&mut txn.open_table(RECORDS)?, &seqs)?;
             }
             if let Some(markers) = &markers {
                 let mut table = txn.open_table(FINISHED)?;
-                for seq in &markers.drop {
-                    table.remove(*seq)?;
-                }
+                let mut seqs = markers.drop.clone();
+                seqs.sort_unstable();
+                seqs.dedup();
+                remove_sorted(&mut table, &seqs)?;
                 let mut buf = Vec::with_capacity(MARKER_BYTES);
                 for (seq, marker) in &markers.add {
                     encode_marker(marker, &mut buf);
@@ -435,6 +435,36 @@ impl Inner {
         }
         Ok(records)
     }
+}
+
+/// Keys at most this far apart are removed by one ordered scan (see [`remove_sorted`]).
+const REMOVE_SCAN_GAP_MAX: u64 = 128;
+
+/// Remove the keys `seqs` (ascending, each once) from `table`. Keys that lie close together
+/// (a shard's records of one append are neighbours; done markers are trimmed oldest first)
+/// are removed by one ordered scan of their range, which descends the tree once, instead of
+/// one descent per key; a scan passes over at most [`REMOVE_SCAN_GAP_MAX`] kept keys per
+/// removed one.
+fn remove_sorted(table: &mut redb::Table<'_, u64, &[u8]>, seqs: &[u64]) -> Result<(), redb::Error> {
+    let mut rest = seqs;
+    while let Some(&first) = rest.first() {
+        let run_len = rest
+            .windows(2)
+            .position(|pair| pair[1] - pair[0] > REMOVE_SCAN_GAP_MAX)
+            .map_or(rest.len(), |at| at + 1);
+        let (run, after) = rest.split_at(run_len);
+        rest = after;
+        match run {
+            [single] => {
+                table.remove(*single)?;
+            }
+            _ => {
+                let last = run[run.len() - 1];
+                table.retain_in(first..=last, |seq, _| run.binary_search(&seq).is_err())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Create the tables of a new store, or check an existing store's format.
@@ -566,5 +596,37 @@ mod tests {
         assert!(closed.is_closed());
         let reopened = FileWal::open(&path).unwrap();
         assert_eq!(reopened.inner.len.load(Ordering::Relaxed), 1);
+    }
+
+    /// Runs, lone keys, gaps just within and just past the scan limit, the first and last
+    /// keys: exactly the named keys go, every other stays.
+    #[test]
+    fn remove_sorted_removes_exactly_the_named_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let gap = REMOVE_SCAN_GAP_MAX;
+        let mut remove: Vec<u64> = vec![0, 1, 2, 10, 10 + gap, 10 + 2 * gap + 1, 2000, 2001];
+        remove.extend(3000..3100);
+        remove.push(4999);
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(RECORDS).unwrap();
+            for key in 0..5000u64 {
+                table.insert(key, &key.to_be_bytes()[..]).unwrap();
+            }
+            remove_sorted(&mut table, &remove).unwrap();
+            // Keys that are not there are ignored.
+            remove_sorted(&mut table, &[1, 6000]).unwrap();
+        }
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(RECORDS).unwrap();
+        let left: Vec<u64> = table
+            .iter()
+            .unwrap()
+            .map(|entry| entry.unwrap().0.value())
+            .collect();
+        let expected: Vec<u64> = (0..5000).filter(|k| !remove.contains(k)).collect();
+        assert_eq!(left, expected);
     }
 }
