@@ -511,24 +511,28 @@ impl PendingIndex {
     }
 
     /// What the done markers of `planned` (from [`Self::plan_complete`]) keep: (id, shard,
-    /// note), the note from the first of `done` naming the id.
+    /// note), the note from the first of `done` naming the id; in id order, like `planned`.
     pub(crate) fn markers_for(
         &self,
         planned: &[(u128, u64)],
         done: &[Completion],
     ) -> Vec<(u128, u32, Bytes)> {
-        // Looked up and removed from, never iterated.
-        let mut notes: HashMap<u128, Bytes> = HashMap::with_capacity(done.len());
-        for completion in done {
-            notes
-                .entry(completion.id)
-                .or_insert_with(|| completion.kept_note());
-        }
+        // Both in id order, then merged (no lookup table per call): a stable sort keeps the
+        // first completion of an id first, and `dedup` keeps it.
+        let mut notes: Vec<&Completion> = done.iter().collect();
+        notes.sort_by_key(|completion| completion.id);
+        notes.dedup_by_key(|completion| completion.id);
+        let mut notes = notes.into_iter().peekable();
         planned
             .iter()
             .filter_map(|(id, _)| {
                 let shard = self.shard_of(*id)?;
-                Some((*id, shard, notes.remove(id).unwrap_or_default()))
+                while notes.next_if(|completion| completion.id < *id).is_some() {}
+                let note = notes
+                    .next_if(|completion| completion.id == *id)
+                    .map(Completion::kept_note)
+                    .unwrap_or_default();
+                Some((*id, shard, note))
             })
             .collect()
     }

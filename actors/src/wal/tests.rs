@@ -163,6 +163,27 @@ async fn finished_markers(make: &dyn Fn(WalLimits) -> SharedWal) {
         notes,
         vec![(14, &b""[..]), (20, &b"delivered"[..]), (21, &b""[..])]
     );
+    // Out of order, an id that is not pending, and an id named twice (its first note wins).
+    wal.append(vec![record(31, "t"), record(30, "u")])
+        .await
+        .unwrap();
+    wal.complete_with(
+        vec![
+            Completion::new(31, &b"b"[..]),
+            Completion::new(99, &b"x"[..]),
+            Completion::new(30, &b"a"[..]),
+            Completion::new(31, &b"c"[..]),
+        ],
+        at(1_140),
+    )
+    .await
+    .unwrap();
+    let markers = wal.finished().await.unwrap();
+    let notes: Vec<(u128, &[u8])> = markers.iter().map(|m| (m.id, &m.note[..])).collect();
+    assert_eq!(
+        notes,
+        vec![(21, &b""[..]), (30, &b"a"[..]), (31, &b"b"[..])]
+    );
 }
 
 #[tokio::test]
