@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{Caller, Scope};
 use super::error::ApiError;
-use super::handlers::{Message, device_token, notification};
+use super::handlers::{CheckedMessage, Message, device_token};
 use super::json::ApiJson;
 use super::{ApiState, limits};
 
@@ -179,10 +179,10 @@ pub(crate) async fn push(
                     .with_field(format!("{prefix}.tokens")),
             );
         }
-        let message = entry.message(&prefix)?;
+        let message = CheckedMessage::new(entry.message(&prefix)?.as_ref(), &prefix)?;
         for (t, token) in entry.tokens.iter().enumerate() {
             let parsed = device_token(token, &format!("{prefix}.tokens[{t}]"))?;
-            pushes.push(notification(parsed, &message, None, &prefix)?);
+            pushes.push(message.notification(parsed, None, &prefix)?);
             tokens.push(token.clone());
         }
     }

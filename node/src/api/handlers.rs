@@ -49,15 +49,40 @@ pub(crate) struct PushRequest {
     payload: Option<Value>,
 }
 
-impl PushRequest {
-    fn message(&self) -> Message {
-        Message {
-            topic: self.topic.clone(),
-            push_type: self.push_type.clone(),
+impl Message {
+    /// The message, borrowed.
+    pub(crate) fn as_ref(&self) -> MessageRef<'_> {
+        MessageRef {
+            topic: self.topic.as_deref(),
+            push_type: self.push_type.as_deref(),
             priority: self.priority,
             expiration: self.expiration,
-            collapse_id: self.collapse_id.clone(),
-            payload: self.payload.clone(),
+            collapse_id: self.collapse_id.as_deref(),
+            payload: self.payload.as_ref(),
+        }
+    }
+}
+
+/// A [`Message`]'s fields, borrowed from wherever the request holds them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageRef<'a> {
+    pub(crate) topic: Option<&'a str>,
+    pub(crate) push_type: Option<&'a str>,
+    pub(crate) priority: Option<u8>,
+    pub(crate) expiration: Option<u64>,
+    pub(crate) collapse_id: Option<&'a str>,
+    pub(crate) payload: Option<&'a Value>,
+}
+
+impl PushRequest {
+    fn message(&self) -> MessageRef<'_> {
+        MessageRef {
+            topic: self.topic.as_deref(),
+            push_type: self.push_type.as_deref(),
+            priority: self.priority,
+            expiration: self.expiration,
+            collapse_id: self.collapse_id.as_deref(),
+            payload: self.payload.as_ref(),
         }
     }
 }
@@ -85,52 +110,107 @@ pub(crate) fn topic(text: Option<&str>, field_name: &str) -> Result<Topic, ApiEr
         .map_err(|e| ApiError::new("invalid_topic", e.to_string()).with_field(field_name))
 }
 
-/// Build and validate one notification for `token`; fields named under `prefix`.
+/// A [`Message`] checked field by field, with its payload serialized, ready to be addressed to
+/// any number of devices (a broadcast or a gorush entry checks and serializes it once).
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedMessage {
+    topic: Topic,
+    push_type: PushType,
+    priority: Option<Priority>,
+    expiration: Option<Expiration>,
+    collapse_id: Option<CollapseId>,
+    payload: bytes::Bytes,
+}
+
+impl CheckedMessage {
+    /// Check `message`; errors name their field under `prefix` (e.g. `pushes[3].topic`).
+    pub(crate) fn new(message: MessageRef<'_>, prefix: &str) -> Result<Self, ApiError> {
+        let topic = topic(message.topic, &field(prefix, "topic"))?;
+        let push_type = match message.push_type {
+            None => PushType::Alert,
+            Some(p) => p.parse().map_err(|e: herald_actors::apns::PushTypeError| {
+                ApiError::new("invalid_push_type", e.to_string())
+                    .with_field(field(prefix, "push_type"))
+            })?,
+        };
+        let priority = message
+            .priority
+            .map(|p| {
+                Priority::try_from(p)
+                    .map_err(|e| ApiError::invalid(field(prefix, "priority"), e.to_string()))
+            })
+            .transpose()?;
+        let expiration = message
+            .expiration
+            .map(|secs| {
+                Expiration::from_header(&secs.to_string())
+                    .map_err(|e| ApiError::invalid(field(prefix, "expiration"), e.to_string()))
+            })
+            .transpose()?;
+        let collapse_id = message
+            .collapse_id
+            .map(|c| {
+                CollapseId::new(c)
+                    .map_err(|e| ApiError::invalid(field(prefix, "collapse_id"), e.to_string()))
+            })
+            .transpose()?;
+        let Some(payload) = message.payload else {
+            return Err(ApiError::new("invalid_payload", "payload is required")
+                .with_field(field(prefix, "payload")));
+        };
+        // Serializing a `Value` cannot fail: every map key is a string.
+        let payload = serde_json::to_vec(payload).unwrap_or_default().into();
+        Ok(CheckedMessage {
+            topic,
+            push_type,
+            priority,
+            expiration,
+            collapse_id,
+            payload,
+        })
+    }
+
+    /// The notification of this message to `token` (`id` as its `apns-id`), with the checks
+    /// across fields (topic against push type, priority, payload size); errors name their
+    /// field under `prefix`.
+    pub(crate) fn notification(
+        &self,
+        token: DeviceToken,
+        id: Option<PushId>,
+        prefix: &str,
+    ) -> Result<Notification, ApiError> {
+        let mut builder = Notification::builder(token, self.topic.clone(), self.push_type);
+        if let Some(priority) = self.priority {
+            builder.priority(priority);
+        }
+        if let Some(expiration) = self.expiration {
+            builder.expiration(expiration);
+        }
+        if let Some(collapse_id) = &self.collapse_id {
+            builder.collapse_id(collapse_id.clone());
+        }
+        builder.raw_payload(self.payload.clone());
+        if let Some(id) = id {
+            builder.apns_id(id.apns_id());
+        }
+        builder.build().map_err(|e| {
+            let err = ApiError::from_notification(&e);
+            match err.field().map(str::to_owned) {
+                Some(f) => err.with_field(field(prefix, &f)),
+                None => err,
+            }
+        })
+    }
+}
+
+/// Check `message` and address it to `token` (see [`CheckedMessage`]).
 pub(crate) fn notification(
     token: DeviceToken,
-    message: &Message,
+    message: MessageRef<'_>,
     id: Option<PushId>,
     prefix: &str,
 ) -> Result<Notification, ApiError> {
-    let topic = topic(message.topic.as_deref(), &field(prefix, "topic"))?;
-    let push_type = match message.push_type.as_deref() {
-        None => PushType::Alert,
-        Some(p) => p.parse().map_err(|e: herald_actors::apns::PushTypeError| {
-            ApiError::new("invalid_push_type", e.to_string()).with_field(field(prefix, "push_type"))
-        })?,
-    };
-    let mut builder = Notification::builder(token, topic, push_type);
-    if let Some(p) = message.priority {
-        let priority = Priority::try_from(p)
-            .map_err(|e| ApiError::invalid(field(prefix, "priority"), e.to_string()))?;
-        builder.priority(priority);
-    }
-    if let Some(secs) = message.expiration {
-        let expiration = Expiration::from_header(&secs.to_string())
-            .map_err(|e| ApiError::invalid(field(prefix, "expiration"), e.to_string()))?;
-        builder.expiration(expiration);
-    }
-    if let Some(c) = &message.collapse_id {
-        let collapse = CollapseId::new(c)
-            .map_err(|e| ApiError::invalid(field(prefix, "collapse_id"), e.to_string()))?;
-        builder.collapse_id(collapse);
-    }
-    let Some(payload) = &message.payload else {
-        return Err(ApiError::new("invalid_payload", "payload is required")
-            .with_field(field(prefix, "payload")));
-    };
-    // Serializing a `Value` cannot fail: every map key is a string.
-    builder.raw_payload(serde_json::to_vec(payload).unwrap_or_default());
-    if let Some(id) = id {
-        builder.apns_id(id.apns_id());
-    }
-    builder.build().map_err(|e| {
-        let err = ApiError::from_notification(&e);
-        match err.field().map(str::to_owned) {
-            Some(f) => err.with_field(field(prefix, &f)),
-            None => err,
-        }
-    })
+    CheckedMessage::new(message, prefix)?.notification(token, id, prefix)
 }
 
 /// The `Idempotency-Key` header, checked.
@@ -174,7 +254,7 @@ pub(crate) async fn push(
     };
     let id = item_id(tenant, key.as_deref(), "")?;
     let token = device_token(&request.device_token, "device_token")?;
-    let notification = notification(token, &request.message(), id, "")?;
+    let notification = notification(token, request.message(), id, "")?;
     let mut results = state
         .backends
         .pushes
@@ -228,7 +308,9 @@ pub(crate) async fn push_batch(
         .with_field("pushes"));
     }
     let batch_key = header_key(&headers)?;
-    let mut outcomes: Vec<Result<PushId, ApiError>> = Vec::with_capacity(request.pushes.len());
+    // `None`: handed to the backend, answered below.
+    let mut outcomes: Vec<Option<Result<PushId, ApiError>>> =
+        Vec::with_capacity(request.pushes.len());
     let mut valid = Vec::new();
     let mut valid_index = Vec::new();
     for (index, item) in request.pushes.iter().enumerate() {
@@ -247,15 +329,15 @@ pub(crate) async fn push_batch(
             };
             let id = item_id(tenant, key.as_deref(), &prefix)?;
             let token = device_token(&item.device_token, &field(&prefix, "device_token"))?;
-            notification(token, &item.message(), id, &prefix)
+            notification(token, item.message(), id, &prefix)
         })();
         match built {
             Ok(n) => {
                 valid_index.push(index);
                 valid.push(n);
-                outcomes.push(Err(ApiError::new("internal", "not sent")));
+                outcomes.push(None);
             }
-            Err(e) => outcomes.push(Err(e)),
+            Err(e) => outcomes.push(Some(Err(e))),
         }
     }
     if !valid.is_empty() {
@@ -266,32 +348,47 @@ pub(crate) async fn push_batch(
             .await
             .map_err(|e| ApiError::from_push(&e))?;
         for (index, result) in valid_index.into_iter().zip(sent) {
-            outcomes[index] = result.map_err(|e| ApiError::from_push(&e));
+            outcomes[index] = Some(result.map_err(|e| ApiError::from_push(&e)));
         }
     }
-    let accepted = outcomes.iter().filter(|o| o.is_ok()).count();
+    let not_answered = ApiError::new("internal", "the backend did not answer this push");
     let results: Vec<ItemResult<'_>> = outcomes
         .iter()
         .enumerate()
-        .map(|(index, o)| match o {
-            Ok(id) => ItemResult {
+        .map(|(index, outcome)| match outcome {
+            Some(Ok(id)) => ItemResult {
                 index,
                 id: Some(id.to_string()),
                 error: None,
             },
-            Err(e) => ItemResult {
+            Some(Err(e)) => ItemResult {
                 index,
                 id: None,
                 error: Some(e.body()),
             },
+            // The backend answered fewer items than it was given (not expected).
+            None => ItemResult {
+                index,
+                id: None,
+                error: Some(not_answered.body()),
+            },
         })
         .collect();
-    let body = json!({
-        "accepted": accepted,
-        "failed": outcomes.len() - accepted,
-        "results": results,
-    });
+    let accepted = results.iter().filter(|r| r.id.is_some()).count();
+    let body = BatchAnswer {
+        accepted,
+        failed: results.len() - accepted,
+        results,
+    };
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// The answer to `POST /v1/push/batch`, serialized as it is (no JSON value built first).
+#[derive(Serialize)]
+struct BatchAnswer<'a> {
+    accepted: usize,
+    failed: usize,
+    results: Vec<ItemResult<'a>>,
 }
 
 pub(crate) async fn push_status(
@@ -565,10 +662,12 @@ pub(crate) async fn broadcast(
         topic: Some(topic(message.topic.as_deref(), "topic")?),
         tags: check_tags(&request.tags, "tags")?,
     };
-    // Validate the message once, against a placeholder token, before touching devices.
+    // Check the message once (its payload serialized once), and against a placeholder token
+    // for the checks across fields, before touching devices.
+    let message = CheckedMessage::new(message.as_ref(), "")?;
     let probe = DeviceToken::from_bytes(&[0u8; 32])
         .map_err(|e| ApiError::new("internal", e.to_string()))?;
-    notification(probe, &message, None, "")?;
+    message.notification(probe, None, "")?;
 
     let page = state
         .backends
@@ -589,7 +688,7 @@ pub(crate) async fn broadcast(
             tenant,
             &format!("broadcast/{broadcast_id}/{}", device.token),
         );
-        match notification(device.token.clone(), &message, Some(id), "") {
+        match message.notification(device.token.clone(), Some(id), "") {
             Ok(n) => built.push((device, n)),
             Err(e) => failures.push((device.token.to_string(), e)),
         }
