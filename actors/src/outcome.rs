@@ -402,6 +402,9 @@ struct StoreInner {
     by_id: HashMap<PushId, Vec<(Arc<str>, Outcome)>>,
     /// Eviction order: (id, tenant) in the order first recorded.
     order: VecDeque<(PushId, Arc<str>)>,
+    /// The tenant name recorded last, shared by the next records of the same tenant (pushes
+    /// come in bursts per tenant: one allocation per burst, not per push).
+    last_tenant: Option<Arc<str>>,
 }
 
 impl OutcomeStore {
@@ -425,8 +428,13 @@ impl OutcomeStore {
 
     /// Remember `outcome` for push `id` of `tenant` (replacing an older one).
     pub fn record_for(&self, tenant: &str, id: PushId, outcome: Outcome) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let kept = inner.by_id.entry(id).or_default();
+        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = &mut *guard;
+        // Almost every id is used by one tenant: room for one.
+        let kept = inner
+            .by_id
+            .entry(id)
+            .or_insert_with(|| Vec::with_capacity(1));
         match kept.iter().position(|(t, _)| &**t == tenant) {
             Some(at) => {
                 // Known: replace it, and it becomes the latest (its eviction place stays).
@@ -434,7 +442,14 @@ impl OutcomeStore {
                 kept.push((t, outcome));
             }
             None => {
-                let tenant: Arc<str> = Arc::from(tenant);
+                let tenant = match &inner.last_tenant {
+                    Some(last) if &**last == tenant => Arc::clone(last),
+                    _ => {
+                        let name: Arc<str> = Arc::from(tenant);
+                        inner.last_tenant = Some(Arc::clone(&name));
+                        name
+                    }
+                };
                 kept.push((Arc::clone(&tenant), outcome));
                 inner.order.push_back((id, tenant));
             }

@@ -25,8 +25,8 @@ pub const DEVICE_PATH_PREFIX: &str = "/3/device/";
 ///
 /// It serializes (for the WAL) as a record of strings and numbers with the payload as a
 /// JSON string, and deserializing runs every check again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "NotificationRecord", into = "NotificationRecord")]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "NotificationRecord")]
 pub struct Notification {
     device_token: DeviceToken,
     topic: Topic,
@@ -541,19 +541,35 @@ struct NotificationRecord {
     payload: String,
 }
 
-impl From<Notification> for NotificationRecord {
-    fn from(n: Notification) -> Self {
-        NotificationRecord {
-            // The payload was checked to be JSON, hence UTF-8, so nothing is replaced.
-            payload: String::from_utf8_lossy(&n.payload).into_owned(),
-            device_token: n.device_token,
-            topic: n.topic,
-            push_type: n.push_type,
-            priority: n.priority,
-            expiration: n.expiration,
-            collapse_id: n.collapse_id,
-            apns_id: n.apns_id,
+/// [`NotificationRecord`] borrowed from a [`Notification`]: written field for field the same
+/// (every push is written to the WAL this way, without copying it first).
+#[derive(Serialize)]
+#[serde(rename = "NotificationRecord")]
+struct NotificationRecordRef<'a> {
+    device_token: &'a DeviceToken,
+    topic: &'a Topic,
+    push_type: PushType,
+    priority: Option<Priority>,
+    expiration: Option<Expiration>,
+    collapse_id: Option<&'a CollapseId>,
+    apns_id: Option<ApnsId>,
+    payload: std::borrow::Cow<'a, str>,
+}
+
+impl Serialize for Notification {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        NotificationRecordRef {
+            device_token: &self.device_token,
+            topic: &self.topic,
+            push_type: self.push_type,
+            priority: self.priority,
+            expiration: self.expiration,
+            collapse_id: self.collapse_id.as_ref(),
+            apns_id: self.apns_id,
+            // The payload was checked to be JSON, hence UTF-8: borrowed, nothing replaced.
+            payload: String::from_utf8_lossy(&self.payload),
         }
+        .serialize(serializer)
     }
 }
 
@@ -850,5 +866,37 @@ mod tests {
         let mut bad = json;
         bad["push_type"] = json!("background");
         assert!(serde_json::from_value::<Notification>(bad).is_err());
+    }
+
+    /// Written borrowed, byte for byte as the owned record was (WAL records stay readable
+    /// both ways), in MessagePack and JSON.
+    #[test]
+    fn written_as_the_owned_record() {
+        let n = full();
+        assert!(n.collapse_id.is_some() && n.apns_id.is_some() && n.expiration.is_some());
+        let owned = NotificationRecord {
+            device_token: n.device_token.clone(),
+            topic: n.topic.clone(),
+            push_type: n.push_type,
+            priority: n.priority,
+            expiration: n.expiration,
+            collapse_id: n.collapse_id.clone(),
+            apns_id: n.apns_id,
+            payload: String::from_utf8(n.payload.to_vec()).unwrap(),
+        };
+        assert_eq!(
+            rmp_serde::to_vec(&n).unwrap(),
+            rmp_serde::to_vec(&owned).unwrap()
+        );
+        assert_eq!(
+            rmp_serde::to_vec_named(&n).unwrap(),
+            rmp_serde::to_vec_named(&owned).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_vec(&n).unwrap(),
+            serde_json::to_vec(&owned).unwrap()
+        );
+        let back: Notification = rmp_serde::from_slice(&rmp_serde::to_vec(&n).unwrap()).unwrap();
+        assert_eq!(back, n);
     }
 }
