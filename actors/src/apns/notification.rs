@@ -567,7 +567,10 @@ impl Serialize for Notification {
             collapse_id: self.collapse_id.as_ref(),
             apns_id: self.apns_id,
             // The payload was checked to be JSON, hence UTF-8: borrowed, nothing replaced.
-            payload: String::from_utf8_lossy(&self.payload),
+            payload: match std::str::from_utf8(&self.payload) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(&self.payload),
+            },
         }
         .serialize(serializer)
     }
