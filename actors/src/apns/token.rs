@@ -14,6 +14,8 @@ use crate::limits::{DEVICE_TOKEN_HEX_MAX, DEVICE_TOKEN_HEX_MIN};
 /// never relies on one length. Nothing but hex digits is accepted: no whitespace, no
 /// `0x` prefix, no `<…>` brackets.
 ///
+/// Clones share the text (a push's token is cloned into its outcome, keys and streams).
+///
 /// ```
 /// use herald_actors::apns::DeviceToken;
 ///
@@ -22,7 +24,7 @@ use crate::limits::{DEVICE_TOKEN_HEX_MAX, DEVICE_TOKEN_HEX_MIN};
 /// assert!("not hex".parse::<DeviceToken>().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DeviceToken(String);
+pub struct DeviceToken(std::sync::Arc<str>);
 
 /// Why a string is not a device token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +84,7 @@ impl DeviceToken {
                 max: DEVICE_TOKEN_HEX_MAX,
             });
         }
-        Ok(DeviceToken(hex.to_ascii_lowercase()))
+        Ok(DeviceToken(hex.to_ascii_lowercase().into()))
     }
 
     /// The token for the raw bytes an app receives from the system (`Data` on iOS).
