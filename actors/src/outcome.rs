@@ -16,11 +16,12 @@
 //! assert_eq!(a.to_string(), "00000000-0000-0000-0000-000000000001");
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::apns::{ApnsId, DeviceToken, Reason};
+use crate::keyed::KeyMap;
 use crate::seams::Timestamp;
 
 /// A push's id: a UUID, also sent as its `apns-id`.
@@ -399,7 +400,7 @@ pub struct OutcomeStore {
 struct StoreInner {
     /// The kept outcomes of each id, one per tenant, the one recorded last at the end. Only
     /// looked up, never iterated (so the map's order cannot leak into behaviour).
-    by_id: HashMap<PushId, Vec<(Arc<str>, Outcome)>>,
+    by_id: KeyMap<PushId, Vec<(Arc<str>, Outcome)>>,
     /// Eviction order: (id, tenant) in the order first recorded.
     order: VecDeque<(PushId, Arc<str>)>,
     /// The tenant name recorded last, shared by the next records of the same tenant (pushes

@@ -30,7 +30,7 @@
 //! a failed shard (one-for-one, restart-intensity limited); the new shard replays the write-ahead log.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -48,6 +48,7 @@ use crate::apns::{
 use crate::backoff::{RetryDecision, retry_decision};
 use crate::connection::{Job, JobResult};
 use crate::engine::EngineShared;
+use crate::keyed::{KeyMap, KeySet};
 use crate::limits;
 use crate::outcome::{
     Failure, Invalidation, Outcome, OutcomeRecord, PushId, PushKey, StoredOutcome,
@@ -206,22 +207,22 @@ pub(crate) struct ShardState {
     rng: DetRng,
     /// The pushes the shard holds. `entries`, `recent_set` and `appending` are hash tables
     /// (keys are SHA-256-derived, lookups per push message were a B-tree walk): they are only
-    /// looked up, never iterated, so their order cannot reach behaviour.
-    entries: HashMap<PushKey, Entry>,
+    /// looked up, never iterated, so their order cannot reach behaviour (see `keyed`).
+    entries: KeyMap<PushKey, Entry>,
     ready: BTreeSet<(u8, u64, PushKey)>,
     delayed: BTreeSet<(Instant, u64, PushKey)>,
     in_flight: BTreeSet<(Instant, PushKey)>,
     collapse: BTreeMap<(String, DeviceToken, CollapseId), PushKey>,
     /// Finished pushes remembered for dedupe, oldest first, with their finish time.
     recent: VecDeque<(PushKey, Timestamp)>,
-    recent_set: HashSet<PushKey>,
+    recent_set: KeySet<PushKey>,
     next_seq: u64,
     next_dispatch: u64,
     wake_at: Option<Instant>,
     /// Pushes held in lanes 5 and 1.
     low_lanes: usize,
     /// Pushes whose WAL append is in progress, and how many of them are in lanes 5 and 1.
-    appending: HashSet<PushKey>,
+    appending: KeySet<PushKey>,
     appending_low: usize,
     /// The pushes finished and not yet handed to the WAL for completion (each with its
     /// outcome as the done marker's note).
@@ -255,18 +256,18 @@ impl Actor for ShardActor {
             rng: args.engine.fork_rng(),
             engine: args.engine,
             load: args.load,
-            entries: HashMap::new(),
+            entries: KeyMap::default(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
             in_flight: BTreeSet::new(),
             collapse: BTreeMap::new(),
             recent: VecDeque::new(),
-            recent_set: HashSet::new(),
+            recent_set: KeySet::default(),
             next_seq: 0,
             next_dispatch: 0,
             wake_at: None,
             low_lanes: 0,
-            appending: HashSet::new(),
+            appending: KeySet::default(),
             appending_low: 0,
             completed: Vec::new(),
             completing: None,

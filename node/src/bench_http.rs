@@ -4,8 +4,11 @@
 //! request: from sending it to its answer, which comes after the WAL append), and how many of
 //! the accepted pushes the emulator received by the end.
 //!
-//! By default it starts everything in this process: the emulator, one `herald node` from a
-//! generated configuration (its data in a temporary directory) and a tenant with a key;
+//! By default it starts everything in this process: the emulator (on a thread and one-worker
+//! runtime of its own, as APNs runs elsewhere), one `herald node` from a generated
+//! configuration (its data in a temporary directory) and a tenant with a key. It reports the
+//! process's CPU per accepted push and its split: the node(s), the emulator and the load
+//! generator (by thread), so the node's own cost per push is measured, not estimated.
 //! `--nodes 3` starts a cluster of three nodes in one region (mutual TLS between them, from a
 //! generated CA) and spreads the connections over their APIs, so most pushes are forwarded to
 //! their shard's owner. With `--url` and `--key` it loads a running node instead (tokens must

@@ -78,13 +78,14 @@
 //! # }).unwrap();
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::keyed::KeyMap;
 use crate::limits::{
     WAL_BYTES_MAX, WAL_FINISHED_MAX, WAL_FINISHED_RETENTION, WAL_RECORD_BYTES_MAX, WAL_RECORDS_MAX,
 };
@@ -397,7 +398,7 @@ pub(crate) struct PendingIndex {
     /// Pending id → (sequence number, payload bytes, shard). A hash map: ids are random, the
     /// map holds up to `WAL_RECORDS_MAX` of them, and it is only looked up, never iterated (so
     /// its order cannot leak into behaviour).
-    by_id: HashMap<u128, (u64, usize, u32)>,
+    by_id: KeyMap<u128, (u64, usize, u32)>,
     bytes: u64,
     next_seq: u64,
 }
@@ -406,7 +407,7 @@ impl PendingIndex {
     pub(crate) fn new(limits: WalLimits) -> Self {
         PendingIndex {
             limits,
-            by_id: HashMap::new(),
+            by_id: KeyMap::default(),
             bytes: 0,
             next_seq: 0,
         }
