@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 /// A hash map keyed by a per-push key (see the [module docs](self)).
-pub(crate) type KeyMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub type KeyMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A hash set of per-push keys (see the [module docs](self)).
-pub(crate) type KeySet<K> = HashSet<K, foldhash::fast::RandomState>;
+pub type KeySet<K> = HashSet<K, foldhash::fast::RandomState>;

@@ -92,7 +92,7 @@ pub mod breaker;
 pub mod buggify;
 mod connection;
 mod engine;
-mod keyed;
+pub mod keyed;
 pub mod limits;
 pub mod outcome;
 pub mod rate_limit;

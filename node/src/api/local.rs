@@ -5,11 +5,12 @@
 //! shard's owner in this region) and statuses come from it; the registry, feedback log and
 //! tenant list stay per node (see `docs/api.md`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use herald_actors::apns::{DeviceToken, Notification, SigningKey, TokenMinter};
+use herald_actors::keyed::KeyMap;
 use herald_actors::seams::{BoxFuture, SharedClock, Timestamp};
 use herald_actors::{
     Credentials, Herald, Invalidation, PushError, PushId, TenantConfig, TenantError,
@@ -59,12 +60,12 @@ struct TenantFeedback {
     entries: VecDeque<FeedbackEntry>,
 }
 
-/// Which tenant sent which recent push, for status lookups. A hash map: push ids are random,
-/// it is only looked up (never iterated, so its order cannot leak into behaviour), and it is
-/// written for every accepted push. The tenant's name is shared by the pushes of a batch.
+/// Which tenant sent which recent push, for status lookups. A per-push hash map
+/// (`herald_actors::keyed`): written for every accepted push, only looked up, never iterated.
+/// The tenant's name is shared by the pushes of a batch.
 #[derive(Default)]
 struct Ledger {
-    by_id: HashMap<PushId, Arc<str>>,
+    by_id: KeyMap<PushId, Arc<str>>,
     order: VecDeque<PushId>,
 }
 

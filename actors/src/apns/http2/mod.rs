@@ -693,7 +693,7 @@ async fn read_answer(response: ResponseFuture) -> Result<Answer, h2::Error> {
     let status = response.status().as_u16();
     let apns_id = response
         .headers()
-        .get("apns-id")
+        .get(crate::apns::headers::APNS_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut stream = response.into_body();
