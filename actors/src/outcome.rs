@@ -400,12 +400,82 @@ pub struct OutcomeStore {
 struct StoreInner {
     /// The kept outcomes of each id, one per tenant, the one recorded last at the end. Only
     /// looked up, never iterated (so the map's order cannot leak into behaviour).
-    by_id: KeyMap<PushId, Vec<(Arc<str>, Outcome)>>,
+    by_id: KeyMap<PushId, Kept>,
     /// Eviction order: (id, tenant) in the order first recorded.
     order: VecDeque<(PushId, Arc<str>)>,
     /// The tenant name recorded last, shared by the next records of the same tenant (pushes
     /// come in bursts per tenant: one allocation per burst, not per push).
     last_tenant: Option<Arc<str>>,
+}
+
+/// The outcomes kept under one push id: almost always one tenant's, held inline (no
+/// allocation); several tenants' in recording order, the latest last.
+#[derive(Debug)]
+enum Kept {
+    One(Arc<str>, Outcome),
+    Many(Vec<(Arc<str>, Outcome)>),
+}
+
+impl Kept {
+    /// Replace `tenant`'s outcome, which becomes the latest; false if it has none here.
+    fn replace(&mut self, tenant: &str, outcome: &Outcome) -> bool {
+        match self {
+            Kept::One(t, kept) if &**t == tenant => {
+                *kept = outcome.clone();
+                true
+            }
+            Kept::One(..) => false,
+            Kept::Many(all) => match all.iter().position(|(t, _)| &**t == tenant) {
+                Some(at) => {
+                    let (t, _) = all.remove(at);
+                    all.push((t, outcome.clone()));
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// Add `tenant`'s outcome (it has none here), the latest.
+    fn push(&mut self, tenant: Arc<str>, outcome: Outcome) {
+        *self = match std::mem::replace(self, Kept::Many(Vec::new())) {
+            Kept::One(t, kept) => Kept::Many(vec![(t, kept), (tenant, outcome)]),
+            Kept::Many(mut all) => {
+                all.push((tenant, outcome));
+                Kept::Many(all)
+            }
+        };
+    }
+
+    /// Forget `tenant`'s outcome; true if none is left.
+    fn forget(&mut self, tenant: &Arc<str>) -> bool {
+        match self {
+            Kept::One(t, _) => t == tenant,
+            Kept::Many(all) => {
+                all.retain(|(t, _)| t != tenant);
+                all.is_empty()
+            }
+        }
+    }
+
+    /// The outcome recorded last.
+    fn latest(&self) -> Option<&Outcome> {
+        match self {
+            Kept::One(_, outcome) => Some(outcome),
+            Kept::Many(all) => all.last().map(|(_, outcome)| outcome),
+        }
+    }
+
+    /// `tenant`'s outcome.
+    fn of(&self, tenant: &str) -> Option<&Outcome> {
+        match self {
+            Kept::One(t, outcome) => (&**t == tenant).then_some(outcome),
+            Kept::Many(all) => all
+                .iter()
+                .find(|(t, _)| &**t == tenant)
+                .map(|(_, outcome)| outcome),
+        }
+    }
 }
 
 impl OutcomeStore {
@@ -431,39 +501,38 @@ impl OutcomeStore {
     pub fn record_for(&self, tenant: &str, id: PushId, outcome: Outcome) {
         let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let inner = &mut *guard;
-        // Almost every id is used by one tenant: room for one.
-        let kept = inner
+        let known = inner
             .by_id
-            .entry(id)
-            .or_insert_with(|| Vec::with_capacity(1));
-        match kept.iter().position(|(t, _)| &**t == tenant) {
-            Some(at) => {
-                // Known: replace it, and it becomes the latest (its eviction place stays).
-                let (t, _) = kept.remove(at);
-                kept.push((t, outcome));
+            .get_mut(&id)
+            .is_some_and(|kept| kept.replace(tenant, &outcome));
+        if !known {
+            // New for this tenant (and almost always for the id).
+            let tenant = match &inner.last_tenant {
+                Some(last) if &**last == tenant => Arc::clone(last),
+                _ => {
+                    let name: Arc<str> = Arc::from(tenant);
+                    inner.last_tenant = Some(Arc::clone(&name));
+                    name
+                }
+            };
+            match inner.by_id.entry(id) {
+                std::collections::hash_map::Entry::Occupied(mut kept) => {
+                    kept.get_mut().push(Arc::clone(&tenant), outcome);
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(Kept::One(Arc::clone(&tenant), outcome));
+                }
             }
-            None => {
-                let tenant = match &inner.last_tenant {
-                    Some(last) if &**last == tenant => Arc::clone(last),
-                    _ => {
-                        let name: Arc<str> = Arc::from(tenant);
-                        inner.last_tenant = Some(Arc::clone(&name));
-                        name
-                    }
-                };
-                kept.push((Arc::clone(&tenant), outcome));
-                inner.order.push_back((id, tenant));
-            }
+            inner.order.push_back((id, tenant));
         }
         while inner.order.len() > self.kept_max {
             let Some((old, tenant)) = inner.order.pop_front() else {
                 break;
             };
-            if let Some(kept) = inner.by_id.get_mut(&old) {
-                kept.retain(|(t, _)| *t != tenant);
-                if kept.is_empty() {
-                    inner.by_id.remove(&old);
-                }
+            if let Some(kept) = inner.by_id.get_mut(&old)
+                && kept.forget(&tenant)
+            {
+                inner.by_id.remove(&old);
             }
         }
     }
@@ -472,22 +541,13 @@ impl OutcomeStore {
     /// tenants used the id.
     pub fn get(&self, id: PushId) -> Option<Outcome> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner
-            .by_id
-            .get(&id)
-            .and_then(|kept| kept.last())
-            .map(|(_, outcome)| outcome.clone())
+        inner.by_id.get(&id).and_then(Kept::latest).cloned()
     }
 
     /// The outcome of push `id` of `tenant`, if it is known and still kept.
     pub fn get_for(&self, tenant: &str, id: PushId) -> Option<Outcome> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner
-            .by_id
-            .get(&id)?
-            .iter()
-            .find(|(t, _)| &**t == tenant)
-            .map(|(_, outcome)| outcome.clone())
+        inner.by_id.get(&id)?.of(tenant).cloned()
     }
 
     /// How many outcomes are kept.
@@ -545,6 +605,32 @@ mod tests {
         store.record_for("c", PushId::from_u128(8), Outcome::Expired);
         assert_eq!(store.get_for("a", id), None);
         assert_eq!(store.get(id), Some(Outcome::Expired), "b's is what is left");
+    }
+
+    #[test]
+    fn three_tenants_under_one_id_keep_their_order() {
+        let store = OutcomeStore::new(4);
+        let id = PushId::from_u128(3);
+        let delivered = Outcome::Delivered { apns_id: None };
+        store.record_for("a", id, Outcome::Expired);
+        store.record_for("b", id, Outcome::Expired);
+        store.record_for("c", id, Outcome::Expired);
+        store.record_for("b", id, delivered.clone());
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.get(id), Some(delivered.clone()), "b's, replaced last");
+        assert_eq!(store.get_for("c", id), Some(Outcome::Expired));
+        assert_eq!(store.get_for("d", id), None);
+        // Evicted in the order first recorded: a, then b, then c.
+        store.record_for("x", PushId::from_u128(10), Outcome::Expired);
+        store.record_for("x", PushId::from_u128(11), Outcome::Expired);
+        assert_eq!(store.get_for("a", id), None);
+        assert_eq!(store.get(id), Some(delivered), "b's is still the latest");
+        store.record_for("x", PushId::from_u128(12), Outcome::Expired);
+        assert_eq!(store.get_for("b", id), None);
+        assert_eq!(store.get(id), Some(Outcome::Expired), "c's is what is left");
+        store.record_for("x", PushId::from_u128(13), Outcome::Expired);
+        assert_eq!(store.get(id), None);
+        assert_eq!(store.len(), 4);
     }
 
     #[test]
