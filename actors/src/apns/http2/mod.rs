@@ -621,13 +621,12 @@ impl Shared {
 
     /// Tell the credentials how APNs answered, and follow their confirmation.
     fn credentials_answered(&self, parsed: &Result<Delivery, ResponseError>) {
-        let now = self.clock.now();
         self.transition(|inner| {
             match parsed {
                 Ok(Delivery::Rejected(r))
                     if r.status == 403 || r.reason == Reason::TooManyProviderTokenUpdates =>
                 {
-                    inner.auth.rejected(r.reason, now);
+                    inner.auth.rejected(r.reason, self.clock.now());
                 }
                 Ok(_) => inner.auth.confirm(),
                 Err(
