@@ -148,26 +148,25 @@ async fn finished_markers(make: &dyn Fn(WalLimits) -> SharedWal) {
     wal.append(vec![record(20, "r"), record(21, "s")])
         .await
         .unwrap();
-    wal.complete_with(
+    let notes = complete_and_list_notes(
+        &*wal,
         vec![
             Completion::new(20, &b"delivered"[..]),
             Completion::new(21, vec![7u8; WAL_NOTE_BYTES_MAX + 1]),
         ],
         at(1_130),
     )
-    .await
-    .unwrap();
-    let markers = wal.finished().await.unwrap();
-    let notes: Vec<(u128, &[u8])> = markers.iter().map(|m| (m.id, &m.note[..])).collect();
+    .await;
     assert_eq!(
         notes,
-        vec![(14, &b""[..]), (20, &b"delivered"[..]), (21, &b""[..])]
+        [(14, "".into()), (20, "delivered".into()), (21, "".into())]
     );
     // Out of order, an id that is not pending, and an id named twice (its first note wins).
     wal.append(vec![record(31, "t"), record(30, "u")])
         .await
         .unwrap();
-    wal.complete_with(
+    let notes = complete_and_list_notes(
+        &*wal,
         vec![
             Completion::new(31, &b"b"[..]),
             Completion::new(99, &b"x"[..]),
@@ -176,14 +175,22 @@ async fn finished_markers(make: &dyn Fn(WalLimits) -> SharedWal) {
         ],
         at(1_140),
     )
-    .await
-    .unwrap();
+    .await;
+    assert_eq!(notes, [(21, "".into()), (30, "a".into()), (31, "b".into())]);
+}
+
+/// Complete `done` at `at`, then list every kept marker's (id, note as text).
+async fn complete_and_list_notes(
+    wal: &dyn Wal,
+    done: Vec<Completion>,
+    at: crate::seams::Timestamp,
+) -> Vec<(u128, String)> {
+    wal.complete_with(done, at).await.unwrap();
     let markers = wal.finished().await.unwrap();
-    let notes: Vec<(u128, &[u8])> = markers.iter().map(|m| (m.id, &m.note[..])).collect();
-    assert_eq!(
-        notes,
-        vec![(21, &b""[..]), (30, &b"a"[..]), (31, &b"b"[..])]
-    );
+    markers
+        .into_iter()
+        .map(|m| (m.id, String::from_utf8_lossy(&m.note).into_owned()))
+        .collect()
 }
 
 #[tokio::test]

@@ -52,14 +52,14 @@ pub(crate) struct PushRequest {
 impl Message {
     /// The message, borrowed.
     pub(crate) fn as_ref(&self) -> MessageRef<'_> {
-        MessageRef {
-            topic: self.topic.as_deref(),
-            push_type: self.push_type.as_deref(),
-            priority: self.priority,
-            expiration: self.expiration,
-            collapse_id: self.collapse_id.as_deref(),
-            payload: self.payload.as_ref(),
-        }
+        MessageRef::new(
+            &self.topic,
+            &self.push_type,
+            self.priority,
+            self.expiration,
+            &self.collapse_id,
+            &self.payload,
+        )
     }
 }
 
@@ -74,16 +74,37 @@ pub(crate) struct MessageRef<'a> {
     pub(crate) payload: Option<&'a Value>,
 }
 
+impl<'a> MessageRef<'a> {
+    /// A message from a request's fields.
+    fn new(
+        topic: &'a Option<String>,
+        push_type: &'a Option<String>,
+        priority: Option<u8>,
+        expiration: Option<u64>,
+        collapse_id: &'a Option<String>,
+        payload: &'a Option<Value>,
+    ) -> Self {
+        MessageRef {
+            topic: topic.as_deref(),
+            push_type: push_type.as_deref(),
+            priority,
+            expiration,
+            collapse_id: collapse_id.as_deref(),
+            payload: payload.as_ref(),
+        }
+    }
+}
+
 impl PushRequest {
     fn message(&self) -> MessageRef<'_> {
-        MessageRef {
-            topic: self.topic.as_deref(),
-            push_type: self.push_type.as_deref(),
-            priority: self.priority,
-            expiration: self.expiration,
-            collapse_id: self.collapse_id.as_deref(),
-            payload: self.payload.as_ref(),
-        }
+        MessageRef::new(
+            &self.topic,
+            &self.push_type,
+            self.priority,
+            self.expiration,
+            &self.collapse_id,
+            &self.payload,
+        )
     }
 }
 
